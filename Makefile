@@ -1,0 +1,36 @@
+# make demo  : set up .venv from nothing (first time ~20 min: torch_cluster compiles) and run the main job
+# make test  : set up the same environment and run the test suite
+# make bench : the speed benchmarks (ratios against a baseline measured in the same run)
+PY      := .venv/bin/python
+PIP     := $(PY) -m pip --disable-pip-version-check
+STAMP   := .venv/.installed
+PINS    := requirements.txt
+pin      = $(shell grep -E '^$(1)==' $(PINS))
+
+.PHONY: install test test-all demo bench clean
+install: $(STAMP)
+
+# The stamp depends on the pins and the package metadata, so a second `make test`
+# does not reinstall, and a changed pin does.
+$(STAMP): $(PINS) setup.cfg pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PIP) install --upgrade pip setuptools wheel
+	$(PIP) install "$(call pin,torch)" "$(call pin,torchvision)"
+	MAX_JOBS=$$(nproc) $(PIP) install --no-build-isolation "$(call pin,torch-scatter)" "$(call pin,torch-cluster)"
+	$(PIP) install -c $(PINS) -e ".[test,train]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m "slow or not slow"
+
+demo: $(STAMP)
+	$(PY) -m vig_pyg demo
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_knn.py
+
+clean:
+	rm -rf .venv build *.egg-info src/*.egg-info

@@ -1,0 +1,53 @@
+"""The `vig-pyg` command line (also `python -m vig_pyg`).
+
+Each subcommand lives with the code it drives; this file only collects them.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _add_graph_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "graph", help="build patch graphs for a batch of images and print edge statistics",
+        description="Builds the kNN patch graph of ViG for a batch of the embedded digits "
+                    "images (or random maps) with both backends and prints edge statistics.")
+    p.add_argument("--images", type=int, default=16, help="batch size (default 16)")
+    p.add_argument("--size", type=int, default=14, help="grid side in patches (default 14)")
+    p.add_argument("--k", type=int, default=9, help="neighbours per node (default 9)")
+    p.add_argument("--dilation", type=int, default=1)
+    p.add_argument("--reduce-ratio", type=int, default=1)
+    p.set_defaults(func=_run_graph)
+
+
+def _run_graph(args) -> int:
+    from .graph.stats import print_graph_stats
+    print_graph_stats(args.images, args.size, args.k, args.dilation, args.reduce_ratio)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vig-pyg", description="Vision GNN (ViG) on PyTorch Geometric.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    _add_graph_parser(subparsers)
+    for module, names in (("vig_pyg.models.info", ("add_info_parser",)),
+                          ("vig_pyg.train.cli", ("add_train_parser", "add_eval_parser"))):
+        try:
+            mod = __import__(module, fromlist=list(names))
+        except ImportError:
+            continue
+        for name in names:
+            getattr(mod, name)(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

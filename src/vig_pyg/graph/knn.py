@@ -1,0 +1,292 @@
+r"""The dynamic k-nearest-neighbour graph that every Grapher block rebuilds.
+
+For queries :math:`x_i` and candidate keys :math:`y_j` of the same image (both L2-normalised)
+the distance is :math:`\lVert x_i - y_j \rVert^2 + b_{ij}` with an optional relative-position
+term :math:`b`. Each query takes its :math:`k \cdot d` nearest keys (itself included when the
+keys are the queries), sorted by ascending distance, and keeps ranks :math:`0, d, 2d, \dots`.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .relative_position import relative_position_features, relative_position_table
+
+BACKENDS = ("auto", "dense", "cluster")
+
+#: Default bound on the distance entries the dense backend holds at once (2^24 float32 =
+#: 64 MiB); large grids are processed in chunks of images and query rows below it.
+MAX_CHUNK_ELEMENTS = 2 ** 24
+
+
+@lru_cache(maxsize=64)
+def _target_index(num_targets: int, k: int, device: torch.device) -> Tensor:
+    # The target row of a fixed-degree graph never changes for a given shape.
+    return torch.arange(num_targets, device=device).repeat_interleave(k)
+
+
+def fixed_degree(edge_index: Tensor, num_targets: int) -> int | None:
+    """``k`` if ``edge_index`` has exactly ``k`` edges per target, grouped by target in
+    order (the layout :func:`knn_edges` returns), else ``None``."""
+    num_edges = edge_index.size(1)
+    if num_targets == 0 or num_edges == 0 or num_edges % num_targets:
+        return None
+    k = num_edges // num_targets
+    if torch.equal(edge_index[1], _target_index(num_targets, k, edge_index.device)):
+        return k
+    return None
+
+
+def _check_batch(batch: Tensor | None, num_nodes: int, name: str) -> Tensor | None:
+    if batch is None:
+        return None
+    if batch.dim() != 1 or batch.numel() != num_nodes:
+        raise ValueError(f"`{name}` must be a vector of length {num_nodes} (one graph id per "
+                         f"node), got shape {tuple(batch.shape)}")
+    if num_nodes > 1 and bool((batch[1:] < batch[:-1]).any()):
+        raise ValueError(f"`{name}` must be sorted (nodes of one graph stored together, as "
+                         f"in a PyG Batch); sort the nodes by graph id first")
+    return batch.long()
+
+
+def _check_finite(x: Tensor, name: str) -> None:
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(
+            f"{name} contain NaN or Inf values: nearest neighbours are undefined for them "
+            f"(check the input images and the learning rate; the graph is not built)")
+
+
+def _counts(batch: Tensor | None, num_nodes: int, num_graphs: int, device) -> Tensor:
+    if batch is None:
+        return torch.tensor([num_nodes], device=device)
+    return torch.bincount(batch, minlength=num_graphs)
+
+
+def _keep_ranks(k: int, dilation: int, stochastic: bool, epsilon: float, training: bool,
+                device) -> Tensor | slice:
+    """Which of the k*d sorted candidates each query keeps."""
+    kd = k * dilation
+    if stochastic and training and float(torch.rand(1)) < epsilon:
+        return torch.randperm(kd, device=device)[:k].sort().values
+    return slice(None, None, dilation)
+
+
+def knn_edges(x: Tensor, k: int, *, batch: Tensor | None = None, dilation: int = 1,
+              keys: Tensor | None = None, key_batch: Tensor | None = None,
+              reduce_ratio: int = 1, relative_pos: Tensor | None = None,
+              stochastic: bool = False, epsilon: float = 0.2, training: bool = False,
+              backend: str = "auto", max_chunk_elements: int = MAX_CHUNK_ELEMENTS) -> Tensor:
+    r"""Builds the (dilated) k-nearest-neighbour graph of ViG.
+
+    Args:
+        x: queries, either a feature map ``[B, C, H, W]`` (node ``b*H*W + row*W + col``) or
+            node features ``[N, C]`` with ``batch``.
+        k: neighbours kept per query.
+        batch: graph id of every node of a 2-D ``x`` (sorted); ``None`` means one graph.
+        dilation: ``d``; the ``k*d`` nearest are found and every ``d``-th is kept.
+        keys: candidate neighbours when they differ from the queries (bipartite graph):
+            a ``[B, C, H', W']`` map for a 4-D ``x``, else ``[M, C]`` with ``key_batch``.
+        reduce_ratio: ``r``; for a 4-D ``x`` without ``keys``, the keys are the ``r x r``
+            average-pooled map.
+        relative_pos: ``[N_img, M_img]`` (or ``[1, N_img, M_img]``) term added to the
+            distances of every image (pyramid models), e.g. from
+            :func:`~vig_pyg.graph.relative_position_table`.
+        stochastic, epsilon, training: with probability ``epsilon``, in training only,
+            keep ``k`` random ranks of the ``k*d`` instead of every ``d``-th.
+        backend: ``"dense"`` (batched matmul + top-k, chunked to at most
+            ``max_chunk_elements`` distances at a time), ``"cluster"``
+            (:func:`torch_cluster.knn`, the reference) or ``"auto"`` (dense when every
+            graph has the same number of nodes and keys, cluster otherwise).
+
+    Returns:
+        ``edge_index [2, N*k]``: row 0 the neighbour (source, an index into the keys),
+        row 1 the centre (target); the ``k`` edges of each target are stored together,
+        targets in order, neighbours by ascending distance.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown kNN backend {backend!r}; choose one of {BACKENDS}")
+    if k < 1 or dilation < 1 or reduce_ratio < 1:
+        raise ValueError(f"k, dilation and reduce_ratio must be >= 1, got {k}, {dilation}, "
+                         f"{reduce_ratio}")
+    grid = None
+    if x.dim() == 4:
+        b, c, h, w = x.shape
+        grid = (h, w)
+        if batch is not None or key_batch is not None:
+            raise ValueError("`batch`/`key_batch` are implied by a 4-D feature map; pass "
+                             "node features [N, C] to give them explicitly")
+        if keys is None and reduce_ratio > 1:
+            keys = F.avg_pool2d(x, reduce_ratio, reduce_ratio)
+        if keys is not None and (keys.dim() != 4 or keys.shape[:2] != x.shape[:2]):
+            raise ValueError(f"keys for a [B, C, H, W] map must be a [B, C, H', W'] map with "
+                             f"the same B and C, got {tuple(keys.shape)}")
+        queries = x.permute(0, 2, 3, 1).reshape(b, h * w, c)
+        key_nodes = queries if keys is None else keys.permute(0, 2, 3, 1).reshape(b, -1, c)
+        return _knn_grid(queries, key_nodes, k, dilation, relative_pos, stochastic, epsilon,
+                         training, backend, max_chunk_elements, grid, keys is None)
+    if x.dim() != 2:
+        raise ValueError(f"x must be node features [N, C] or a feature map [B, C, H, W], got "
+                         f"a {x.dim()}-D tensor of shape {tuple(x.shape)}")
+    if reduce_ratio > 1 and keys is None:
+        raise ValueError("reduce_ratio > 1 pools a grid: pass x as a [B, C, H, W] feature "
+                         "map, or pass the pooled `keys` yourself")
+    batch = _check_batch(batch, x.size(0), "batch")
+    if keys is None:
+        key_nodes, key_batch, self_keys = x, batch, True
+    else:
+        if keys.dim() != 2 or keys.size(1) != x.size(1):
+            raise ValueError(f"keys must be [M, {x.size(1)}] node features, got "
+                             f"{tuple(keys.shape)}")
+        key_batch = _check_batch(key_batch, keys.size(0), "key_batch")
+        if (batch is None) != (key_batch is None):
+            raise ValueError("pass both `batch` and `key_batch`, or neither")
+        key_nodes, self_keys = keys, False
+    num_graphs = 1 if batch is None else int(batch[-1]) + 1 if batch.numel() else 0
+    if key_batch is not None and key_batch.numel():
+        num_graphs = max(num_graphs, int(key_batch[-1]) + 1)
+    q_counts = _counts(batch, x.size(0), num_graphs, x.device)
+    k_counts = _counts(key_batch, key_nodes.size(0), num_graphs, x.device)
+    equal = bool((q_counts == q_counts[0]).all()) and bool((k_counts == k_counts[0]).all())
+    if backend == "auto":
+        backend = "dense" if equal else "cluster"
+    if backend == "dense":
+        if not equal:
+            raise ValueError("the dense kNN backend needs the same number of nodes in every "
+                             "graph; use backend='cluster' for variable node counts")
+        g, n, m = num_graphs, int(q_counts[0]), int(k_counts[0])
+        return _knn_grid(x.reshape(g, n, -1), key_nodes.reshape(g, m, -1), k, dilation,
+                         relative_pos, stochastic, epsilon, training, "dense",
+                         max_chunk_elements, None, self_keys)
+    _check_candidates(int(k_counts[q_counts > 0].min()) if bool((q_counts > 0).any()) else
+                      k * dilation, k, dilation)
+    _check_finite(x, "node features")
+    if not self_keys:
+        _check_finite(key_nodes, "key features")
+    if relative_pos is not None:
+        raise ValueError("a relative-position term on node features [N, C] needs the grid: "
+                         "pass a [B, C, H, W] feature map, or use backend='dense'")
+    return _cluster(F.normalize(x, dim=-1), F.normalize(key_nodes, dim=-1), batch,
+                    key_batch, k, dilation, stochastic, epsilon, training)
+
+
+def _check_candidates(num_keys: int, k: int, dilation: int) -> None:
+    if k * dilation > num_keys:
+        raise ValueError(
+            f"k * dilation = {k} * {dilation} = {k * dilation} exceeds the {num_keys} "
+            f"candidate neighbours of the smallest graph; lower k or the dilation (or the "
+            f"reduce ratio), or use larger images")
+
+
+def _knn_grid(queries: Tensor, keys: Tensor, k: int, dilation: int, relative_pos, stochastic,
+              epsilon, training, backend, max_chunk_elements, grid, self_keys) -> Tensor:
+    """Equal-size graphs: queries ``[G, N, C]``, keys ``[G, M, C]``."""
+    g, n, c = queries.shape
+    m = keys.size(1)
+    _check_candidates(m, k, dilation)
+    if relative_pos is not None:
+        if relative_pos.dim() == 3 and relative_pos.size(0) == 1:
+            relative_pos = relative_pos[0]
+        if relative_pos.shape != (n, m):
+            raise ValueError(
+                f"relative_pos must be [{n}, {m}] (queries x keys per image), got "
+                f"{tuple(relative_pos.shape)}; resize it with "
+                f"vig_pyg.graph.resize_relative_position")
+    if backend == "cluster":
+        return _cluster_grid(queries, keys, k, dilation, relative_pos, stochastic, epsilon,
+                             training, grid, self_keys)
+    with torch.no_grad():
+        # normalise along with the finiteness check: a NaN/Inf anywhere in a row shows in
+        # its norm, so only the [G, N] norms need checking
+        q_norm = torch.linalg.vector_norm(queries, dim=-1, keepdim=True)
+        _check_finite(q_norm, "node features")
+        q = queries / q_norm.clamp_min(1e-12)
+        if self_keys:
+            y = q
+        else:
+            y_norm = torch.linalg.vector_norm(keys, dim=-1, keepdim=True)
+            _check_finite(y_norm, "key features")
+            y = keys / y_norm.clamp_min(1e-12)
+        kd = k * dilation
+        # |q_i|^2 is the same for every candidate of query i, so it cannot change the order
+        y_sq = (y * y).sum(-1).unsqueeze(1)  # [G, 1, M]
+        idx = torch.empty(g, n, kd, dtype=torch.long, device=q.device)
+        img_step, row_step = _chunks(g, n, m, max_chunk_elements)
+        for g0 in range(0, g, img_step):
+            for r0 in range(0, n, row_step):
+                qs = q[g0:g0 + img_step, r0:r0 + row_step]
+                dist = torch.baddbmm(y_sq[g0:g0 + img_step], qs, y[g0:g0 + img_step].transpose(1, 2),
+                                     alpha=-2.0)
+                if relative_pos is not None:
+                    dist += relative_pos[r0:r0 + row_step]
+                idx[g0:g0 + img_step, r0:r0 + row_step] = dist.topk(kd, dim=-1, largest=False,
+                                                                    sorted=True).indices
+        idx = idx[..., _keep_ranks(k, dilation, stochastic, epsilon, training, q.device)]
+        offset = torch.arange(g, device=q.device).mul_(m).view(g, 1, 1)
+        src = (idx + offset).reshape(-1)
+        return torch.stack([src, _target_index(g * n, k, q.device)])
+
+
+def _chunks(g: int, n: int, m: int, max_elements: int) -> tuple[int, int]:
+    """(images, query rows) per chunk so a chunk's distance block stays <= max_elements."""
+    per_image = n * m
+    if per_image <= max_elements:
+        return max(1, max_elements // per_image), n
+    return 1, max(1, max_elements // m)
+
+
+def _cluster_grid(queries, keys, k, dilation, relative_pos, stochastic, epsilon, training,
+                  grid, self_keys) -> Tensor:
+    g, n, c = queries.shape
+    m = keys.size(1)
+    _check_finite(queries, "node features")
+    _check_finite(keys, "key features")
+    q = F.normalize(queries, dim=-1)
+    y = q if self_keys else F.normalize(keys, dim=-1)
+    if relative_pos is not None:
+        pos = _exact_position_features(relative_pos, grid, c, self_keys)
+        q = torch.cat([q, pos.to(q).expand(g, n, -1)], dim=-1)
+        y = q
+    batch_q = torch.arange(g, device=q.device).repeat_interleave(n)
+    batch_y = torch.arange(g, device=q.device).repeat_interleave(m)
+    return _cluster(q.reshape(g * n, -1), y.reshape(g * m, -1), batch_q, batch_y, k,
+                    dilation, stochastic, epsilon, training)
+
+
+def _exact_position_features(relative_pos: Tensor, grid, dim: int, self_keys: bool) -> Tensor:
+    """Positional features reproducing ``relative_pos`` exactly, or a clear error."""
+    if grid is None or not self_keys:
+        raise ValueError(
+            "the cluster backend supports a relative-position term only through the "
+            "positional-feature identity, which holds for keys = queries on the table's own "
+            "grid (reduce ratio 1); a bicubically resized table (r > 1 or another input "
+            "size) has no such identity: use backend='dense'")
+    expected = relative_position_table(grid, dim).to(relative_pos)
+    if not torch.allclose(relative_pos, expected, rtol=0, atol=1e-5):
+        raise ValueError(
+            f"relative_pos is not the sine-cosine table of the {grid[0]}x{grid[1]} grid at "
+            f"width {dim} (resized or trained?), so the cluster backend cannot express it "
+            f"as positional features; use backend='dense'")
+    return relative_position_features(grid, dim)
+
+
+def _cluster(q: Tensor, y: Tensor, batch_q, batch_y, k, dilation, stochastic, epsilon,
+             training) -> Tensor:
+    import torch_cluster
+
+    kd = k * dilation
+    with torch.no_grad():
+        if batch_q is None:
+            batch_q = torch.zeros(q.size(0), dtype=torch.long, device=q.device)
+            batch_y = torch.zeros(y.size(0), dtype=torch.long, device=q.device)
+        query, key = torch_cluster.knn(y, q, kd, batch_y, batch_q)
+        # torch_cluster does not promise an order within a query: sort each query's kd
+        # candidates by distance (stable on ties, so the order is reproducible).
+        dist = (q[query] - y[key]).pow(2).sum(-1)
+        order = torch.argsort(dist, stable=True)
+        order = order[torch.argsort(query[order], stable=True)]
+        key = key[order].view(-1, kd)
+        key = key[:, _keep_ranks(k, dilation, stochastic, epsilon, training, q.device)]
+        return torch.stack([key.reshape(-1), _target_index(q.size(0), k, q.device)])

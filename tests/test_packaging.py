@@ -1,0 +1,33 @@
+"""The pins live in requirements.txt; environment.yml must carry the same versions."""
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONDA_NAMES = {"torch": "pytorch", "torch-scatter": "pytorch_scatter",
+               "torch-cluster": "pytorch_cluster", "torch-geometric": "pytorch_geometric"}
+
+
+def read_pins():
+    pins = {}
+    for line in (ROOT / "requirements.txt").read_text().splitlines():
+        m = re.match(r"^([A-Za-z0-9_.-]+)==(\S+)$", line.strip())
+        if m:
+            pins[m.group(1).lower()] = m.group(2)
+    return pins
+
+
+def test_environment_yml_matches_requirements_pins():
+    pins = read_pins()
+    assert {"torch", "torchvision", "torch-cluster", "torch-scatter",
+            "torch-geometric"} <= set(pins)
+    conda = dict(re.findall(r"^\s+- ([A-Za-z0-9_.-]+)=([^=\s]+)$",
+                            (ROOT / "environment.yml").read_text(), flags=re.M))
+    expected = {CONDA_NAMES.get(name, name): version for name, version in pins.items()}
+    missing = {n: v for n, v in expected.items() if conda.get(n) != v}
+    assert not missing, f"environment.yml disagrees with requirements.txt on {missing}"
+
+
+def test_torch_pin_avoids_the_local_cpu_wheel():
+    # pip prefers the machine's local 2.13.0+cpu wheel for torch==2.13.0, on which the
+    # registry's torchvision cannot load its ops library (DEVELOPERS.md)
+    assert read_pins()["torch"] != "2.13.0"
