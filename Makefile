@@ -27,7 +27,7 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q -m "slow or not slow"
 
 demo: $(STAMP)
-	$(PY) -m vig_pyg demo
+	$(PY) -m vig_pyg graph
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_knn.py
