@@ -7,6 +7,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .models.info import add_info_parser
+from .train.cli import add_eval_parser, add_train_parser
+
 
 def _add_graph_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -32,15 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vig-pyg", description="Vision GNN (ViG) on PyTorch Geometric.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
+    add_train_parser(subparsers)
+    add_eval_parser(subparsers)
+    add_info_parser(subparsers)
     _add_graph_parser(subparsers)
-    for module, names in (("vig_pyg.models.info", ("add_info_parser",)),
-                          ("vig_pyg.train.cli", ("add_train_parser", "add_eval_parser"))):
-        try:
-            mod = __import__(module, fromlist=list(names))
-        except ImportError:
-            continue
-        for name in names:
-            getattr(mod, name)(subparsers)
     return parser
 
 

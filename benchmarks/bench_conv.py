@@ -1,0 +1,94 @@
+"""Fused fixed-degree path vs generic ``propagate`` for the four Grapher convolutions.
+
+vig_ti shape: 16 images x 196 nodes x 192 channels -> 384, k in {9, 18}, kNN graph from
+:func:`vig_pyg.graph.knn_edges`. For every conv and k, both paths run in the same process,
+alternating repeat by repeat (so machine noise hits both alike); the table gives the median
+milliseconds of each and their ratio (generic / fast):
+
+- ``fwd``: eval mode, ``torch.no_grad()`` (inference);
+- ``fwd+bwd``: train mode, forward plus backward of a fixed random output gradient, with
+  ``x`` requiring a gradient as inside a network.
+
+    .venv/bin/python benchmarks/bench_conv.py [--repeats 7] [--convs mr edge] [--ks 9 18]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from vig_pyg.conv import build_conv
+from vig_pyg.graph import knn_edges
+
+
+def _time(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def bench(conv: str, k: int, batch: int, side: int, channels: int, repeats: int):
+    torch.manual_seed(0)
+    fmap = torch.randn(batch, channels, side, side)
+    x = fmap.permute(0, 2, 3, 1).reshape(-1, channels).contiguous()
+    edge_index = knn_edges(fmap, k)
+    layer = build_conv(conv, channels, 2 * channels)
+    grad = torch.randn(x.size(0), 2 * channels)
+    xg = x.clone().requires_grad_()
+
+    def forward():
+        with torch.no_grad():
+            layer(x, edge_index)
+
+    def train_step():
+        layer(xg, edge_index).backward(grad)
+
+    rows = {}
+    for mode, fn, train in (("fwd", forward, False), ("fwd+bwd", train_step, True)):
+        layer.train(train)
+        times = {True: [], False: []}
+        for fast in (True, False):  # warm-up
+            layer.fast_path = fast
+            fn()
+        for _ in range(repeats):
+            for fast in (True, False):
+                layer.fast_path = fast
+                times[fast].append(_time(fn))
+        layer.zero_grad(set_to_none=True)
+        xg.grad = None
+        rows[mode] = (statistics.median(times[True]) * 1e3,
+                      statistics.median(times[False]) * 1e3)
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--convs", nargs="+", default=["mr", "edge", "sage", "gin"])
+    parser.add_argument("--ks", nargs="+", type=int, default=[9, 18])
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--side", type=int, default=14, help="nodes per image = side^2")
+    parser.add_argument("--channels", type=int, default=192)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"{args.batch} images x {args.side ** 2} nodes x {args.channels} -> "
+          f"{2 * args.channels} channels; median of {args.repeats} (ms)")
+    header = (f"{'conv':<6}{'k':>4} | {'fwd fast':>9}{'generic':>9}{'ratio':>7} | "
+              f"{'fwd+bwd fast':>13}{'generic':>9}{'ratio':>7}")
+    print(header)
+    print("-" * len(header))
+    for conv in args.convs:
+        for k in args.ks:
+            r = bench(conv, k, args.batch, args.side, args.channels, args.repeats)
+            (ff, fg), (tf, tg) = r["fwd"], r["fwd+bwd"]
+            print(f"{conv:<6}{k:>4} | {ff:>9.1f}{fg:>9.1f}{fg / ff:>6.2f}x | "
+                  f"{tf:>13.1f}{tg:>9.1f}{tg / tf:>6.2f}x", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""Images/s of vig_pyg's models against the dense official-style reference, same run.
+
+For each model (default vig_ti and pvig_ti), batch 16 at 224 px, float32 on the CPU:
+
+* inference: eval mode, ``torch.no_grad()``, one forward;
+* training step: train mode, forward + cross-entropy + backward + SGD step.
+
+"ours" is ``vig_pyg.models.create_model`` (channels-last, PyG patch graphs); "reference" is
+``tests/official_reference.py`` run in float32 on the same weights (a random state dict in
+the official layout, loaded into ours through ``create_model(checkpoint=...)``): NCHW
+tensors, ``[B, C, N, k]`` gathers, subtract-then-max, like the release (which SPEC measured
+at vig_ti 16.8 / 6.9 img/s and pvig_ti 10.5 / 4.3 img/s on this machine).
+
+Every (model, mode, implementation) runs in its own process, so the reported peak memory
+(``ru_maxrss`` growth over the resident size before the first forward) is its own; the
+reference and ours alternate. The best of ``--iters`` timed iterations is reported (the
+machine's two cores are shared, so the minimum is the least disturbed measurement).
+
+    python benchmarks/bench_models.py                     # full run (a few minutes)
+    python benchmarks/bench_models.py --iters 2 --models vig_ti
+    python benchmarks/bench_models.py --profile vig_ti    # torch.profiler table of ours
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+TARGETS = {  # (inference, training) speed-up over the reference
+    "vig_ti": (2.5, 2.0),
+    "pvig_ti": (2.0, 1.7),
+}
+OFFICIAL = {"vig_ti": (16.8, 6.9), "pvig_ti": (10.5, 4.3)}
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+
+def _setup(model_name: str, batch: int, img: int, seed: int = 0):
+    import torch
+
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    import official_reference as R
+
+    from vig_pyg.models import create_model
+
+    cfg = R.make_cfg(model_name)
+    sd = R.random_official_state_dict(cfg, seed=seed, dtype=torch.float32)
+    model = create_model(model_name, checkpoint=sd)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 3, img, img, generator=g)
+    y = torch.randint(0, 1000, (batch,), generator=g)
+    return R, cfg, sd, model, x, y
+
+
+def worker(model_name: str, impl: str, mode: str, batch: int, img: int, iters: int,
+           warmup: int) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    R, cfg, sd, model, x, y = _setup(model_name, batch, img)
+    if impl == "reference":
+        del model
+        params = []
+        for key, t in sd.items():
+            trainable = (t.is_floating_point() and not key.endswith(("running_mean",
+                         "running_var", "relative_pos")))
+            if mode == "train" and trainable:
+                t.requires_grad_(True)
+                params.append(t)
+        if mode == "infer":
+            def step():
+                with torch.no_grad():
+                    return R.ref_forward(sd, x, cfg)
+        else:
+            opt = torch.optim.SGD(params, lr=1e-3)
+
+            def step():
+                loss = F.cross_entropy(R.ref_forward(sd, x, cfg, training=True), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                return loss
+    else:
+        if mode == "infer":
+            model.eval()
+
+            def step():
+                with torch.no_grad():
+                    return model(x)
+        else:
+            model.train()
+            opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+
+            def step():
+                loss = F.cross_entropy(model(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                return loss
+    base = _rss_mb()
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"times": times, "peak_mb": peak - base, "threads": torch.get_num_threads()}
+
+
+def run_worker(args, model_name, impl, mode) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", model_name, impl, mode,
+           "--batch", str(args.batch), "--img", str(args.img), "--iters", str(args.iters),
+           "--warmup", str(args.warmup)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def profile(model_name: str, batch: int, img: int, mode: str) -> None:
+    import torch
+    import torch.nn.functional as F
+    from torch.profiler import ProfilerActivity, profile as tprofile
+
+    _, _, _, model, x, y = _setup(model_name, batch, img)
+    if mode == "infer":
+        model.eval()
+        fn = lambda: model(x)  # noqa: E731
+        ctx = torch.no_grad
+    else:
+        model.train()
+        fn = lambda: F.cross_entropy(model(x), y).backward()  # noqa: E731
+        ctx = torch.enable_grad
+    with ctx():
+        fn()
+        with tprofile(activities=[ProfilerActivity.CPU]) as prof:
+            fn()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--models", nargs="+", default=list(TARGETS))
+    p.add_argument("--modes", nargs="+", default=["infer", "train"], choices=["infer", "train"])
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--img", type=int, default=224)
+    p.add_argument("--iters", type=int, default=4, help="timed iterations (best is reported)")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--worker", nargs=3, metavar=("MODEL", "IMPL", "MODE"), help=argparse.SUPPRESS)
+    p.add_argument("--profile", metavar="MODEL", help="profile ours instead of benchmarking")
+    p.add_argument("--profile-mode", default="infer", choices=["infer", "train"])
+    args = p.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(*args.worker, args.batch, args.img, args.iters, args.warmup)))
+        return 0
+    if args.profile:
+        profile(args.profile, args.batch, args.img, args.profile_mode)
+        return 0
+
+    print(f"batch {args.batch}, {args.img} px, float32, CPU ({os.cpu_count()} cores), best of "
+          f"{args.iters} after {args.warmup} warm-up; each measurement in its own process")
+    header = (f"{'model':8} {'mode':6} {'reference img/s':>15} {'ours img/s':>10} {'speed-up':>8} "
+              f"{'target':>6} {'ref peak MB':>11} {'our peak MB':>11}")
+    print(header)
+    print("-" * len(header))
+    ok = True
+    for name in args.models:
+        for mode in args.modes:
+            res = {impl: run_worker(args, name, impl, mode) for impl in ("reference", "ours")}
+            ips = {impl: args.batch / min(r["times"]) for impl, r in res.items()}
+            ratio = ips["ours"] / ips["reference"]
+            target = TARGETS.get(name, (None, None))[0 if mode == "infer" else 1]
+            met = target is None or ratio >= target
+            ok &= met
+            print(f"{name:8} {mode:6} {ips['reference']:15.1f} {ips['ours']:10.1f} "
+                  f"{ratio:7.2f}x {('' if target is None else f'{target:.1f}x'):>6} "
+                  f"{res['reference']['peak_mb']:11.0f} {res['ours']['peak_mb']:11.0f}"
+                  f"{'' if met else '  (target missed)'}", flush=True)
+    print("(SPEC, official code on this machine: "
+          + ", ".join(f"{k} {v[0]} / {v[1]} img/s" for k, v in OFFICIAL.items()) + ")")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+"""Grapher graph convolutions (``in -> out`` on node rows) and their registry.
+
+ViG layers: ``"mr"`` (:class:`MRConv`, the default), ``"edge"`` (:class:`ViGEdgeConv`),
+``"sage"`` (:class:`ViGSAGEConv`), ``"gin"`` (:class:`ViGGINConv`); PyTorch Geometric
+convolutions as ``"pyg:<ClassName>"`` (:mod:`vig_pyg.conv.pyg_adapter`). Build any of them
+with :func:`build_conv`, list them with :func:`list_convs`, add one with
+:func:`register_conv`.
+"""
+from .registry import build_conv, list_convs, register_conv  # noqa: I001 (registry first)
+from .base import GrapherConv
+from .projection import GroupedProjection
+from .max_relative import MRConv
+from .edge import ViGEdgeConv
+from .sage import ViGSAGEConv
+from .gin import ViGGINConv
+from .pyg_adapter import PYG_PREFIX, PyGConv
+
+__all__ = [
+    "build_conv", "list_convs", "register_conv", "GrapherConv", "GroupedProjection",
+    "MRConv", "ViGEdgeConv", "ViGSAGEConv", "ViGGINConv", "PyGConv", "PYG_PREFIX",
+]

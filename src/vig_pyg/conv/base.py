@@ -1,0 +1,62 @@
+"""What the four Grapher convolutions share: input unpacking and the fast-path switch."""
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+from torch_geometric.nn import MessagePassing
+
+from ..graph import fixed_degree
+
+
+class GrapherConv(MessagePassing):
+    """Base of the ViG graph convolutions (``in_channels -> out_channels`` on node rows).
+
+    Subclasses call :meth:`_fixed_degree` in ``forward``: it returns ``k`` when
+    ``edge_index`` has the layout of :func:`~vig_pyg.graph.knn_edges` (``k`` edges per
+    target, grouped by target in order), in which case the fused dense path runs;
+    otherwise it returns ``None`` and the generic :meth:`propagate` path runs. Set
+    :attr:`fast_path` to ``False`` to force the generic path (tests, benchmarks).
+    """
+
+    #: Use the fused fixed-degree path when the graph allows it.
+    fast_path: bool = True
+
+    def __init__(self, in_channels: int, out_channels: Optional[int], aggr: str):
+        super().__init__(aggr=aggr, flow="source_to_target", node_dim=0)
+        self.in_channels = in_channels
+        self.out_channels = 2 * in_channels if out_channels is None else out_channels
+
+    def _unpack(self, x: Union[Tensor, Tuple[Tensor, Tensor]]) -> Tuple[Tensor, Tensor]:
+        """``(x_src, x_dst)`` from node features or a bipartite pair, checked."""
+        if isinstance(x, Tensor):
+            x_src = x_dst = x
+        elif isinstance(x, (tuple, list)) and len(x) == 2:
+            x_src, x_dst = x
+        else:
+            raise TypeError(f"{type(self).__name__} expects x as a tensor [N, C] or a pair "
+                            f"(x_src [M, C], x_dst [N, C]), got {type(x).__name__}")
+        for name, t in (("x_src", x_src), ("x_dst", x_dst)):
+            if not isinstance(t, Tensor) or t.dim() != 2 or t.size(1) != self.in_channels:
+                shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+                raise ValueError(f"{type(self).__name__}: {name} must be [num_nodes, "
+                                 f"{self.in_channels}], got {shape}")
+        return x_src, x_dst
+
+    def _fixed_degree(self, edge_index, num_targets: int) -> Optional[int]:
+        if not self.fast_path or not isinstance(edge_index, Tensor) or edge_index.is_sparse:
+            return None
+        if edge_index.dim() != 2 or edge_index.size(0) != 2:
+            raise ValueError(f"edge_index must be [2, num_edges], got "
+                             f"{tuple(edge_index.shape)}")
+        return fixed_degree(edge_index, num_targets)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({self.in_channels}, {self.out_channels}, "
+                f"groups={self.groups})")
+
+
+def interleave(a: Tensor, b: Tensor) -> Tensor:
+    """``[a_0, b_0, a_1, b_1, ...]`` along the channels of two ``[N, C]`` tensors."""
+    return torch.stack((a, b), dim=2).view(a.size(0), 2 * a.size(1))

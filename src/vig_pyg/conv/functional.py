@@ -1,0 +1,158 @@
+r"""Fused neighbourhood reductions for fixed-degree graphs (the hot path of ViG).
+
+When every target has exactly ``k`` edges, stored together and in target order (the layout
+of :func:`~vig_pyg.graph.knn_edges`), the neighbours of all targets form one dense
+``[N, k, C]`` block and a reduction over them is a plain tensor reduction, with no scatter.
+
+Three things make these faster than the obvious ``x[index].view(N, k, C).amax(1)``:
+
+- **Chunks.** The block is gathered and reduced a few hundred targets at a time into one
+  reused buffer of about 1 MiB per thread, so it is reduced while still in the core's
+  cache and the full ``[N, k, C]`` tensor (tens of MiB, a fresh ``mmap`` with its page
+  faults on every call) is never allocated. On GPUs the block is processed at once.
+- **Vectorised max with a one-byte argmax.** ``max(dim)`` with indices is not vectorised
+  over the channels on CPU and ``amax``'s backward builds several ``[N, k, C]`` masks;
+  here ``amax`` runs the forward and, only when a gradient is needed, the winning rank
+  ``r < k`` of every output is recorded as one byte (``[N, C]`` ``uint8``), so the
+  backward is a single scatter of the ``[N, C]`` output gradient.
+- **Ties.** On a tie the highest rank gets the whole gradient (``amax`` would split it
+  evenly); the total reaching the inputs is the same when tied values come from one
+  source row (duplicate edges), and exact ties between distinct rows have measure zero.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+__all__ = ["gather_max", "gather_sum", "neighbour_max", "CHUNK_BYTES_PER_THREAD"]
+
+#: Bytes of the gathered ``[chunk, k, C]`` block per intra-op thread (CPU).
+CHUNK_BYTES_PER_THREAD = 1 << 20
+
+
+def _chunk_targets(n: int, k: int, c: int, x: Tensor) -> int:
+    if x.device.type != "cpu":
+        return max(n, 1)
+    budget = CHUNK_BYTES_PER_THREAD * torch.get_num_threads()
+    return max(1, budget // max(1, k * c * x.element_size()))
+
+
+def _rank_dtype(k: int) -> torch.dtype:
+    return torch.uint8 if k <= 256 else torch.int64
+
+
+def _gather_reduce(x_src: Tensor, index: Tensor, k: int, reduce: str, need_rank: bool):
+    """``(out [N, C], rank [N, C] or None)``: ``reduce`` ("max"/"sum") over the ``k``
+    gathered rows of every target, chunk by chunk."""
+    n, c = index.numel() // k, x_src.size(1)
+    out = x_src.new_empty(n, c)
+    rank = x_src.new_empty(n, c, dtype=_rank_dtype(k)) if need_rank else None
+    if n == 0:
+        return out, rank
+    step = min(n, _chunk_targets(n, k, c, x_src))
+    buf = x_src.new_empty(step * k, c)
+    if need_rank:
+        hits = torch.empty(step * k, c, dtype=torch.bool, device=x_src.device)
+        ranks = torch.arange(k, dtype=_rank_dtype(k), device=x_src.device).view(1, k, 1)
+    for s in range(0, n, step):
+        e = min(n, s + step)
+        m = e - s
+        block = torch.index_select(x_src, 0, index[s * k:e * k], out=buf[:m * k])
+        block = block.view(m, k, c)
+        if reduce == "sum":
+            torch.sum(block, 1, out=out[s:e])
+            continue
+        torch.amax(block, 1, out=out[s:e])
+        if need_rank:  # highest rank r with block[:, r] == max
+            hit = torch.eq(block, out[s:e].unsqueeze(1), out=hits[:m * k].view(m, k, c))
+            hit = hit.view(torch.uint8) if k <= 256 else hit.to(torch.int64)
+            torch.amax(hit.mul_(ranks), 1, out=rank[s:e])
+    return out, rank
+
+
+class _GatherMax(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x_src: Tensor, index: Tensor, k: int) -> Tensor:
+        out, rank = _gather_reduce(x_src, index, k, "max", ctx.needs_input_grad[0])
+        if rank is not None:
+            ctx.save_for_backward(index, rank)
+            ctx.num_src = x_src.size(0)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        index, rank = ctx.saved_tensors
+        n, c = rank.shape
+        source = index.view(n, -1).gather(1, rank.long()).long()  # [N, C] winning rows
+        grad_src = grad.new_zeros(ctx.num_src, c).scatter_add_(0, source, grad)
+        return grad_src, None, None
+
+
+class _GatherSum(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x_src: Tensor, index: Tensor, k: int) -> Tensor:
+        ctx.save_for_backward(index)
+        ctx.num_src, ctx.k = x_src.size(0), k
+        return _gather_reduce(x_src, index, k, "sum", False)[0]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        index, = ctx.saved_tensors
+        targets = index.view(-1, ctx.k)
+        grad_src = grad.new_zeros(ctx.num_src, grad.size(1))
+        for r in range(ctx.k):  # k scatters of [N, C]: no [N, k, C] tensor
+            grad_src.index_add_(0, targets[:, r], grad)
+        return grad_src, None, None
+
+
+class _NeighbourMax(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, rows: Tensor, k: int) -> Tensor:
+        block = rows.view(-1, k, rows.size(1))
+        out = block.amax(1)
+        if ctx.needs_input_grad[0]:
+            ranks = torch.arange(k, dtype=_rank_dtype(k), device=rows.device).view(1, k, 1)
+            hit = block == out.unsqueeze(1)
+            hit = hit.view(torch.uint8) if k <= 256 else hit.to(torch.int64)
+            ctx.save_for_backward(hit.mul_(ranks).amax(1))
+            ctx.k = k
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        rank, = ctx.saved_tensors
+        n, c = rank.shape
+        grad_rows = grad.new_zeros(n, ctx.k, c)
+        grad_rows.scatter_(1, rank.long().unsqueeze(1), grad.unsqueeze(1))
+        return grad_rows.view(-1, c), None
+
+
+def _wants_grad(t: Tensor) -> bool:
+    return torch.is_grad_enabled() and t.requires_grad
+
+
+def gather_max(x_src: Tensor, index: Tensor, k: int) -> Tensor:
+    r"""``out[i] = max_{r < k} x_src[index[i * k + r]]`` channel-wise: ``[N, C]`` for an
+    ``index`` of ``N * k`` source rows (row 0 of a fixed-degree ``edge_index``)."""
+    if not _wants_grad(x_src):
+        return _gather_reduce(x_src, index, k, "max", False)[0]
+    return _GatherMax.apply(x_src, index, k)
+
+
+def gather_sum(x_src: Tensor, index: Tensor, k: int) -> Tensor:
+    r"""``out[i] = sum_{r < k} x_src[index[i * k + r]]``: ``[N, C]``."""
+    if not _wants_grad(x_src):
+        return _gather_reduce(x_src, index, k, "sum", False)[0]
+    return _GatherSum.apply(x_src, index, k)
+
+
+def neighbour_max(rows: Tensor, k: int) -> Tensor:
+    r"""``out[i] = max_{r < k} rows[i * k + r]`` channel-wise: per-edge rows ``[N * k, C]``
+    (grouped by target) reduced to ``[N, C]``."""
+    if not _wants_grad(rows):
+        return rows.view(-1, k, rows.size(1)).amax(1)
+    return _NeighbourMax.apply(rows, k)

@@ -1,0 +1,226 @@
+"""The configuration of one ViG network and the per-block schedules derived from it.
+
+One dataclass describes both kinds. An isotropic model is one stage (``channels``,
+``blocks`` of length 1, reduce ratio 1) behind a stride-16 stem; a pyramid model has four
+stages behind a stride-4 stem with a stride-2 downsample before every later stage.
+The schedules follow the official release (see SPEC "Schedules"):
+
+* isotropic: ``k_i = int(linspace(k, 2k, depth)[i])``, max dilation ``196 // max(k_i)``;
+* pyramid: ``k_i = k``, max dilation ``49 // k``;
+* both: ``d_i = min(i // 4 + 1, max dilation)`` and drop path ``linspace(0, rate, depth)[i]``,
+  with ``i`` counting blocks across stages.
+
+196 and 49 are the node counts of the last stage at 224 px: they are constants of the
+architecture (not of the input size), so a model keeps its schedule at any resolution.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Iterable
+
+KINDS = ("isotropic", "pyramid")
+KNN_BACKENDS = ("auto", "dense", "cluster")
+#: Last-stage node count at 224 px, the constant of the max-dilation rule.
+_DILATION_NODES = {"isotropic": 196, "pyramid": 49}
+_PYRAMID_STEM_STRIDE = 4
+
+
+class ModelConfigError(ValueError):
+    """An invalid model configuration (a ``ValueError`` whose message names the fix)."""
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """Everything one Grapher + FFN block needs."""
+    index: int           # position among all blocks (across stages)
+    stage: int
+    channels: int
+    k: int
+    dilation: int
+    reduce_ratio: int
+    drop_path: float
+
+
+@dataclass
+class ViGConfig:
+    """A ViG network. ``channels``/``blocks``/``reduce_ratios`` have one entry per stage."""
+    kind: str = "isotropic"
+    channels: tuple = (192,)
+    blocks: tuple = (12,)
+    reduce_ratios: tuple = (1,)
+    stem_stride: int = 16
+    k: int = 9
+    conv: str = "mr"
+    act: str = "gelu"
+    num_classes: int = 1000
+    in_chans: int = 3
+    drop_path_rate: float = 0.0
+    dropout: float = 0.0
+    stochastic: bool = False
+    epsilon: float = 0.2
+    img_size: tuple = (224, 224)
+    knn_backend: str = "auto"
+    head_hidden: int = 1024
+    name: str = ""
+
+    def __post_init__(self):
+        self.channels = _int_tuple(self.channels, "channels")
+        self.blocks = _int_tuple(self.blocks, "blocks")
+        self.reduce_ratios = _int_tuple(self.reduce_ratios, "reduce_ratios")
+        self.img_size = _img_size(self.img_size)
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def num_stages(self) -> int:
+        return len(self.channels)
+
+    @property
+    def depth(self) -> int:
+        return sum(self.blocks)
+
+    @property
+    def total_stride(self) -> int:
+        """Pixels per node side in the last stage."""
+        return self.stem_stride * 2 ** (self.num_stages - 1)
+
+    def stage_grids(self, img_size=None) -> list[tuple[int, int]]:
+        """Node grid of every stage for an input of ``img_size`` (default: the config's)."""
+        h, w = _img_size(img_size if img_size is not None else self.img_size)
+        h, w = _conv_out(h, self.stem_stride), _conv_out(w, self.stem_stride)
+        grids = [(h, w)]
+        for _ in range(1, self.num_stages):
+            h, w = (h + 1) // 2, (w + 1) // 2   # 3x3 conv, stride 2, padding 1
+            grids.append((h, w))
+        return grids
+
+    def block_specs(self) -> list[BlockSpec]:
+        import torch  # the schedules use torch.linspace exactly like the release
+
+        depth = self.depth
+        k_hi = 2 * self.k if self.kind == "isotropic" else self.k
+        ks = [int(v.item()) for v in torch.linspace(self.k, k_hi, depth)]
+        max_dilation = max(1, _DILATION_NODES[self.kind] // max(ks))
+        dpr = [v.item() for v in torch.linspace(0, self.drop_path_rate, depth)]
+        specs, i = [], 0
+        for stage, (c, n, r) in enumerate(zip(self.channels, self.blocks, self.reduce_ratios)):
+            for _ in range(n):
+                specs.append(BlockSpec(i, stage, c, ks[i], min(i // 4 + 1, max_dilation), r,
+                                       dpr[i]))
+                i += 1
+        return specs
+
+    def to_dict(self) -> dict:
+        """Plain containers only (``torch.load(weights_only=True)`` reads them back)."""
+        out = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ViGConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ModelConfigError(f"unknown model config fields {unknown}; valid: {sorted(names)}")
+        return cls(**d)
+
+    # ------------------------------------------------------------------ checks
+    def validate(self) -> "ViGConfig":
+        who = self.name or self.kind
+        if self.kind not in KINDS:
+            raise ModelConfigError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if self.knn_backend not in KNN_BACKENDS:
+            raise ModelConfigError(f"knn_backend must be one of {KNN_BACKENDS}, got "
+                                   f"{self.knn_backend!r}")
+        s = self.num_stages
+        if s < 1 or len(self.blocks) != s or len(self.reduce_ratios) != s:
+            raise ModelConfigError(
+                f"{who}: channels, blocks and reduce_ratios need one entry per stage, got "
+                f"{list(self.channels)}, {list(self.blocks)}, {list(self.reduce_ratios)}")
+        if self.kind == "isotropic" and s != 1:
+            raise ModelConfigError(f"{who}: an isotropic model has one stage (channels and depth "
+                                   f"are single numbers)")
+        if any(b < 1 for b in self.blocks):
+            raise ModelConfigError(f"{who}: every stage needs at least one block, got "
+                                   f"{list(self.blocks)}")
+        if any(r < 1 for r in self.reduce_ratios):
+            raise ModelConfigError(f"{who}: reduce ratios must be >= 1, got "
+                                   f"{list(self.reduce_ratios)}")
+        stem_div = 8 if self.kind == "isotropic" else 2
+        for c in self.channels:
+            if c < 4 or c % 4:
+                raise ModelConfigError(f"{who}: channels must be positive multiples of 4 (the "
+                                       f"graph convolutions use 4 groups), got {list(self.channels)}")
+        if self.channels[0] % stem_div:
+            raise ModelConfigError(f"{who}: the stem needs channels divisible by {stem_div}, got "
+                                   f"{self.channels[0]}")
+        if self.kind == "isotropic":
+            if self.stem_stride not in (1, 2, 4, 8, 16):
+                raise ModelConfigError(f"{who}: stem_stride must be one of 1, 2, 4, 8, 16 (16 is "
+                                       f"the official stem), got {self.stem_stride}")
+        elif self.stem_stride != _PYRAMID_STEM_STRIDE:
+            raise ModelConfigError(f"{who}: the pyramid stem has stride 4; stem_stride cannot "
+                                   f"be changed")
+        if self.k < 1:
+            raise ModelConfigError(f"{who}: k must be >= 1, got {self.k}")
+        if not 0.0 <= self.drop_path_rate < 1.0 or not 0.0 <= self.dropout < 1.0:
+            raise ModelConfigError(f"{who}: drop_path_rate and dropout must be in [0, 1)")
+        if not 0.0 <= self.epsilon <= 1.0:
+            raise ModelConfigError(f"{who}: epsilon must be in [0, 1], got {self.epsilon}")
+        if self.num_classes < 1 or self.in_chans < 1:
+            raise ModelConfigError(f"{who}: num_classes and in_chans must be >= 1")
+        self._check_img_size()
+        return self
+
+    def _check_img_size(self) -> None:
+        who = self.name or self.kind
+        h, w = self.img_size
+        step = self.total_stride
+        for stage, r in enumerate(self.reduce_ratios):  # pooled grids need multiples of r
+            step = math.lcm(step, self.stem_stride * 2 ** stage * r)
+        if h % step or w % step or h < step or w < step:
+            raise ModelConfigError(
+                f"{who}: img_size {h}x{w} is not a positive multiple of {step} (stem stride "
+                f"{self.stem_stride}, {self.num_stages} stage(s), reduce ratios "
+                f"{list(self.reduce_ratios)}); use e.g. img_size="
+                f"{max(step, round(h / step) * step)}")
+        grids = self.stage_grids()
+        for spec in self.block_specs():
+            gh, gw = grids[spec.stage]
+            r = spec.reduce_ratio
+            keys = (gh // r) * (gw // r)
+            if spec.k * spec.dilation > keys:
+                fix = (f"a smaller stem_stride, " if self.kind == "isotropic" and self.stem_stride > 1
+                       else "")
+                raise ModelConfigError(
+                    f"{who}: at img_size {h}x{w} block {spec.index} needs k * dilation = "
+                    f"{spec.k} * {spec.dilation} = {spec.k * spec.dilation} candidate "
+                    f"neighbours but its {gh}x{gw} grid offers {keys}"
+                    f"{f' (after {r}x{r} pooling)' if r > 1 else ''}; use a larger img_size, "
+                    f"{fix}a smaller k or fewer blocks")
+
+
+def _conv_out(size: int, stride: int) -> int:
+    # a chain of 3x3 / padding-1 convs with stride 2 halves and rounds up each time
+    while stride > 1:
+        size = (size + 1) // 2
+        stride //= 2
+    return size
+
+
+def _int_tuple(v, name) -> tuple:
+    if isinstance(v, int):
+        return (v,)
+    if isinstance(v, Iterable) and not isinstance(v, (str, bytes)):
+        out = tuple(v)
+        if all(isinstance(x, int) and not isinstance(x, bool) for x in out):
+            return out
+    raise ModelConfigError(f"{name} must be an int or a list of ints, got {v!r}")
+
+
+def _img_size(v) -> tuple:
+    if isinstance(v, int) and not isinstance(v, bool):
+        return (v, v)
+    if isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(x, int) for x in v):
+        return (int(v[0]), int(v[1]))
+    raise ModelConfigError(f"img_size must be an int or (height, width), got {v!r}")

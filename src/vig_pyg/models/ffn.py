@@ -1,0 +1,21 @@
+"""The FFN block: fc1 (1x1 C -> hC + BN) -> activation -> fc2 (1x1 hC -> C + BN) -> drop path
+-> + input."""
+from __future__ import annotations
+
+from timm.layers import DropPath
+from torch import Tensor, nn
+
+from .activation import make_act
+from .convbn import ConvBN
+
+
+class FFN(nn.Module):
+    def __init__(self, channels: int, hidden: int, act: str = "gelu", drop_path: float = 0.0):
+        super().__init__()
+        self.fc1 = ConvBN(channels, hidden)
+        self.act = make_act(act)
+        self.fc2 = ConvBN(hidden, channels)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop_path(self.fc2(self.act(self.fc1(x)))) + x

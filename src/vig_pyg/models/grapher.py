@@ -1,0 +1,111 @@
+"""The Grapher block: fc1 -> graph convolution on the dynamic kNN patch graph -> fc2 ->
+drop path -> + input.
+
+The map arrives channels-last (see :mod:`.vig`), so the node view that PyG works on,
+``x [B*H*W, C]``, is the map's own memory: building the :class:`~vig_pyg.graph.PatchGraph`
+and going back to a map after the graph convolution copy nothing.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath
+from torch import Tensor, nn
+
+from ..graph import PatchGraph, knn_edges, relative_position_table, resize_relative_position
+from .convbn import ConvBN
+
+
+def _build_conv(name: str, channels: int, act: str) -> nn.Module:
+    from ..conv import build_conv  # imported late: vig_pyg.conv imports torch_geometric convs
+
+    return build_conv(name, channels, 2 * channels, act=act)
+
+
+class Grapher(nn.Module):
+    """One Grapher.
+
+    Args:
+        channels: C (the graph convolution maps C -> 2C, fc2 brings it back to C).
+        k, dilation: the ``k`` neighbours kept of the ``k * dilation`` nearest.
+        reduce_ratio: r > 1 makes the candidate neighbours the r x r average-pooled map
+            (a bipartite graph: pooled keys -> all nodes).
+        grid_size: the node grid the relative-position table is built for (pyramid models);
+            ``None`` for no relative-position term (isotropic models).
+    """
+
+    def __init__(self, channels: int, k: int = 9, dilation: int = 1, conv: str = "mr",
+                 act: str = "gelu", reduce_ratio: int = 1, drop_path: float = 0.0,
+                 grid_size: tuple[int, int] | None = None, stochastic: bool = False,
+                 epsilon: float = 0.2, knn_backend: str = "auto"):
+        super().__init__()
+        self.k, self.dilation, self.reduce_ratio = k, dilation, reduce_ratio
+        self.stochastic, self.epsilon, self.knn_backend = stochastic, epsilon, knn_backend
+        self.fc1 = ConvBN(channels, channels)
+        self.graph_conv = _build_conv(conv, channels, act)
+        self.fc2 = ConvBN(2 * channels, channels)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        if grid_size is not None:
+            table = relative_position_table(tuple(grid_size), channels, reduce_ratio)
+            # frozen: part of the checkpoint (and of the parameter count), never trained
+            self.relative_pos = nn.Parameter(table.unsqueeze(0), requires_grad=False)
+        else:
+            self.relative_pos = None
+        self._rel_cache: tuple | None = None
+        self._warned_sizes: set = set()
+
+    def extra_repr(self) -> str:
+        return (f"k={self.k}, dilation={self.dilation}, reduce_ratio={self.reduce_ratio}"
+                + (f", stochastic=True, epsilon={self.epsilon}" if self.stochastic else ""))
+
+    def _relative_pos(self, num_queries: int, num_keys: int) -> Tensor | None:
+        """The stored table, bicubically resized when the grid differs from the one it was
+        built for (cached per size and table version)."""
+        rel = self.relative_pos
+        if rel is None or rel.shape[1:] == (num_queries, num_keys):
+            return rel
+        key = (num_queries, num_keys, rel.dtype, rel.device, rel._version, rel.data_ptr())
+        if self._rel_cache is None or self._rel_cache[0] != key:
+            with torch.no_grad():
+                resized = resize_relative_position(rel, num_queries, num_keys)
+            self._rel_cache = (key, resized)
+        return self._rel_cache[1]
+
+    def _dilation_for(self, num_keys: int, grid) -> int:
+        """The scheduled dilation, or on grids too small for ``k * d`` candidates (inputs
+        smaller than the model was built for) the largest that fits, ``num_keys // k``."""
+        d = self.dilation
+        if self.k * d <= num_keys or num_keys < self.k:
+            return d  # fits, or hopeless (knn_edges names the problem)
+        fitted = num_keys // self.k
+        if grid not in self._warned_sizes:
+            self._warned_sizes.add(grid)
+            warnings.warn(
+                f"a {grid[0]}x{grid[1]} node grid offers {num_keys} candidate neighbours, fewer "
+                f"than k * dilation = {self.k} * {d}: using dilation {fitted} at this input size "
+                f"(larger inputs keep the schedule)", stacklevel=3)
+        return fitted
+
+    def forward(self, x: Tensor) -> Tensor:
+        shortcut = x
+        x = self.fc1(x)
+        b, c, h, w = x.shape
+        r = self.reduce_ratio
+        keys = F.avg_pool2d(x, r, r) if r > 1 else None
+        num_keys = h * w if keys is None else keys.shape[2] * keys.shape[3]
+        edge_index = knn_edges(
+            x, self.k, dilation=self._dilation_for(num_keys, (h, w)), keys=keys,
+            relative_pos=self._relative_pos(h * w, num_keys),
+            stochastic=self.stochastic, epsilon=self.epsilon, training=self.training,
+            backend=self.knn_backend)
+        graph = PatchGraph.from_feature_map(x)
+        graph.edge_index = edge_index
+        if keys is None:
+            out = self.graph_conv(graph.x, graph.edge_index)
+        else:  # bipartite: sources are the pooled keys, targets every node
+            src = keys.permute(0, 2, 3, 1).reshape(-1, c)
+            out = self.graph_conv((src, graph.x), graph.edge_index)
+        x = self.fc2(graph.to_feature_map(out))
+        return self.drop_path(x) + shortcut

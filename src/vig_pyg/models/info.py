@@ -1,0 +1,107 @@
+"""Model card: parameters and multiply-accumulates of the zoo (``vig-pyg info``).
+
+MACs are what :class:`torch.utils.flop_counter.FlopCounterMode` counts (convolutions and
+matrix products, so the kNN distance matmuls too, like the figures of the release) divided
+by 2, for one image in eval mode.
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch import nn
+
+from .zoo import TOP1, ZOO, create_model, list_models
+
+#: Paper top-1 of vig_ti's aggregator ablation (SPEC "Grapher variants").
+TOP1_VIG_TI_CONVS = {"mr": 73.9, "edge": 74.3, "sage": 74.0, "gin": 72.8}
+
+
+def count_params(model: nn.Module) -> tuple[int, int]:
+    """(total, trainable); frozen relative-position tables count in the total only."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
+
+
+def count_macs(model: nn.Module, img_size=224) -> dict:
+    """``{"total": MACs, "knn": MACs of the kNN distance matmuls}`` for one image."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
+    p = next(model.parameters())
+    # zeros: the count depends on shapes only, and an untrained network in eval mode
+    # (BatchNorm without statistics) can overflow on random images (gin sums neighbours)
+    x = torch.zeros(1, model.config.in_chans, h, w, dtype=p.dtype, device=p.device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x)
+    finally:
+        model.train(was_training)
+    ops = counter.get_flop_counts().get("Global", {})
+    knn = sum(v for op, v in ops.items() if "baddbmm" in str(op))
+    return {"total": counter.get_total_flops() // 2, "knn": knn // 2}
+
+
+def model_card(name: str, conv: str = "mr", img_size=224, macs: bool = True, **kwargs) -> dict:
+    """Parameters and (optionally) MACs of one zoo model."""
+    model = create_model(name, conv=conv, img_size=img_size, **kwargs)
+    total, trainable = count_params(model)
+    card = {"model": name, "kind": ZOO[name]["kind"], "conv": conv,
+            "img_size": model.config.img_size, "params": total, "trainable": trainable}
+    if macs:
+        counted = count_macs(model, img_size)
+        card["macs"], card["knn_macs"] = counted["total"], counted["knn"]
+    if tuple(model.config.img_size) == (224, 224) and not kwargs:
+        if conv == "mr":
+            card["top1"] = TOP1[name]
+        elif name == "vig_ti" and conv in TOP1_VIG_TI_CONVS:
+            card["top1"] = TOP1_VIG_TI_CONVS[conv]
+    return card
+
+
+def model_cards(names=None, conv: str = "mr", img_size=224, macs: bool = True) -> list[dict]:
+    return [model_card(n, conv, img_size, macs) for n in (names or list_models())]
+
+
+def format_table(cards: list[dict]) -> str:
+    header = ["model", "kind", "conv", "params (M)", "trainable (M)", "GMACs", "kNN GMACs",
+              "top-1"]
+    rows = []
+    for c in cards:
+        rows.append([c["model"], c["kind"], c["conv"], f"{c['params'] / 1e6:.2f}",
+                     f"{c['trainable'] / 1e6:.2f}",
+                     f"{c['macs'] / 1e9:.2f}" if "macs" in c else "-",
+                     f"{c['knn_macs'] / 1e9:.3f}" if "knn_macs" in c else "-",
+                     f"{c['top1']:.1f}" if "top1" in c else "-"])
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    fmt = lambda r: "  ".join(s.ljust(w) if i < 3 else s.rjust(w)  # noqa: E731
+                              for i, (s, w) in enumerate(zip(r, widths)))
+    lines = [fmt(header), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows]
+    return "\n".join(lines)
+
+
+def add_info_parser(subparsers) -> argparse.ArgumentParser:
+    """Adds the ``info`` sub-command to an ``argparse`` sub-parser collection."""
+    p = subparsers.add_parser(
+        "info", help="parameters and GMACs of the model zoo",
+        description="Model card of the ViG zoo: parameters (total / trainable) and "
+                    "multiply-accumulates for one image (FlopCounterMode / 2; the kNN "
+                    "distance matmuls included, as in the release's figures).")
+    p.add_argument("--model", action="append", choices=list_models(), metavar="NAME",
+                   help=f"model(s) to describe (repeatable; default: all of {list_models()})")
+    p.add_argument("--conv", default="mr",
+                   help="graph convolution (mr, edge, sage, gin or a PyG name; default mr)")
+    p.add_argument("--img-size", type=int, default=224, help="input size (default 224)")
+    p.add_argument("--no-macs", action="store_true", help="parameters only (fast)")
+    p.set_defaults(func=run_info)
+    return p
+
+
+def run_info(args) -> int:
+    cards = model_cards(args.model, args.conv, args.img_size, macs=not args.no_macs)
+    print(f"ViG zoo, {args.img_size} x {args.img_size} input, batch 1, eval "
+          f"(MACs = FlopCounterMode FLOPs / 2)")
+    print(format_table(cards))
+    return 0

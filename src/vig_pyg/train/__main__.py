@@ -1,0 +1,7 @@
+"""``python -m vig_pyg.train {train,eval} ...``."""
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

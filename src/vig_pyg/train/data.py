@@ -1,0 +1,256 @@
+"""Datasets, transforms and loaders.
+
+* ``digits``: scikit-learn's handwritten digits (shipped inside scikit-learn, no download):
+  1,797 8x8 grey images of 10 classes, upsampled (bicubic) to ``img_size`` RGB, with a fixed
+  stratified train/test split (``data.split_seed``, ``data.test_fraction``).
+* ``cifar10`` / ``cifar100``: torchvision datasets under ``data.root`` (``data.download=true``
+  fetches them; nothing is ever downloaded otherwise).
+* ``imagefolder``: ``ROOT/train/<class>/*.jpg`` and ``ROOT/val/<class>/*.jpg`` (ImageNet layout).
+
+Training transforms come from ``timm.data.create_transform`` (random-resized crop, flip,
+RandAugment, random erasing); mixup / cutmix is applied per batch by ``timm.data.Mixup``.
+
+The training sampler is a :class:`torch.utils.data.DistributedSampler` (also with one
+process) wrapped so that an epoch can start at any batch: a run resumed mid-epoch sees
+exactly the batches the interrupted run would have seen.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler
+
+from .config import Config, ConfigError
+
+
+# --------------------------------------------------------------------------- datasets
+def digits_split(test_fraction: float = 0.2, seed: int = 0):
+    """Indices ``(train, test)`` of the fixed stratified split of sklearn's digits, and labels."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    labels = digits.target.astype(np.int64)
+    train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=test_fraction,
+                                           stratify=labels, random_state=seed, shuffle=True)
+    return np.sort(train_idx), np.sort(test_idx), labels
+
+
+class DigitsDataset(Dataset):
+    """sklearn's 8x8 digits as ``img_size`` x ``img_size`` RGB PIL images (labels 0-9)."""
+
+    classes = [str(i) for i in range(10)]
+
+    def __init__(self, train: bool = True, img_size: int = 32, transform=None,
+                 test_fraction: float = 0.2, split_seed: int = 0):
+        from sklearn.datasets import load_digits
+
+        train_idx, test_idx, labels = digits_split(test_fraction, split_seed)
+        idx = train_idx if train else test_idx
+        images = load_digits().images[idx]  # float 0..16
+        grey = np.clip(images * (255.0 / 16.0), 0, 255).round().astype(np.uint8)
+        self.images = [Image.fromarray(g, mode="L").resize((img_size, img_size), Image.BICUBIC)
+                       .convert("RGB") for g in grey]
+        self.targets = labels[idx].tolist()
+        self.indices = idx
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int):
+        img = self.images[i]
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, self.targets[i]
+
+
+def num_classes_of(dataset: str) -> Optional[int]:
+    return {"digits": 10, "cifar10": 10, "cifar100": 100}.get(dataset)
+
+
+def _posterize_compat(img, bits_to_keep, **__):
+    """timm's posterize, except that 0 bits gives the black image older Pillow returned
+    (Pillow >= 11 rejects 0, which timm's "inc1" RandAugment asks for at full magnitude)."""
+    from PIL import ImageOps
+
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size, 0)
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+def _patch_timm_posterize() -> None:
+    from timm.data import auto_augment
+
+    for name in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal"):
+        if name in auto_augment.NAME_TO_OP:
+            auto_augment.NAME_TO_OP[name] = _posterize_compat
+
+
+def build_transforms(cfg: Config, train: bool):
+    from timm.data import create_transform
+
+    _patch_timm_posterize()
+
+    d, a = cfg.data, cfg.aug
+    common = dict(input_size=d.img_size, interpolation=d.interpolation,
+                  mean=tuple(d.mean), std=tuple(d.std))
+    if not train:
+        return create_transform(is_training=False, crop_pct=d.crop_pct, **common)
+    return create_transform(
+        is_training=True, scale=tuple(a.scale), ratio=tuple(a.ratio), hflip=a.hflip,
+        color_jitter=a.color_jitter, auto_augment=a.auto_augment or None,
+        re_prob=a.re_prob, re_mode=a.re_mode, **common)
+
+
+def _check_root(cfg: Config, what: str) -> str:
+    root = cfg.data.root
+    if not root:
+        raise ConfigError(f"data.dataset={cfg.data.dataset} needs data.root=DIR ({what})")
+    return os.path.expanduser(root)
+
+
+def build_datasets(cfg: Config):
+    """``(train, test, num_classes)``; raises ConfigError for a missing or empty root."""
+    d = cfg.data
+    train_tf, test_tf = build_transforms(cfg, True), build_transforms(cfg, False)
+    if d.dataset == "digits":
+        kw = dict(img_size=d.img_size, test_fraction=d.test_fraction, split_seed=d.split_seed)
+        return (DigitsDataset(True, transform=train_tf, **kw),
+                DigitsDataset(False, transform=test_tf, **kw), 10)
+    if d.dataset in ("cifar10", "cifar100"):
+        import torchvision
+
+        root = _check_root(cfg, "where the CIFAR files are, or add data.download=true to fetch them")
+        cls = torchvision.datasets.CIFAR10 if d.dataset == "cifar10" else torchvision.datasets.CIFAR100
+        if not d.download and not os.path.isdir(root):
+            raise ConfigError(f"dataset root '{root}' does not exist: point data.root at the "
+                              f"directory holding the {d.dataset} files, or add data.download=true")
+        try:
+            train = cls(root, train=True, transform=train_tf, download=d.download)
+            test = cls(root, train=False, transform=test_tf, download=d.download)
+        except RuntimeError as exc:
+            raise ConfigError(f"{d.dataset} not found under '{root}' ({str(exc).splitlines()[0]}): "
+                              "point data.root at the extracted files or add data.download=true") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read {d.dataset} under '{root}' ({exc}): check data.root, or "
+                              "add data.download=true (needs network)") from None
+        return train, test, len(train.classes)
+    if d.dataset == "imagefolder":
+        import torchvision
+
+        root = _check_root(cfg, "with DIR/train/<class>/ and DIR/val/<class>/")
+        if not os.path.isdir(root):
+            raise ConfigError(f"dataset root '{root}' does not exist: point data.root at a "
+                              f"directory with {d.train_split}/ and {d.val_split}/ class folders")
+        out = []
+        for split, tf in ((d.train_split, train_tf), (d.val_split, test_tf)):
+            path = os.path.join(root, split)
+            if not os.path.isdir(path):
+                raise ConfigError(f"dataset split '{path}' does not exist: data.root needs "
+                                  f"{d.train_split}/ and {d.val_split}/ sub-directories "
+                                  "(or set data.train_split / data.val_split)")
+            try:
+                out.append(torchvision.datasets.ImageFolder(path, transform=tf))
+            except (FileNotFoundError, RuntimeError) as exc:
+                raise ConfigError(f"no images in '{path}' ({str(exc).splitlines()[0]}): expected "
+                                  "one sub-directory of images per class") from None
+        if out[0].classes != out[1].classes:
+            raise ConfigError(f"class folders of '{d.train_split}' and '{d.val_split}' under "
+                              f"'{root}' differ: both splits need the same class directories")
+        return out[0], out[1], len(out[0].classes)
+    raise ConfigError(f"unknown dataset '{d.dataset}'")
+
+
+# --------------------------------------------------------------------------- sampling
+class ResumableSampler(Sampler):
+    """A :class:`DistributedSampler` whose epoch can start at any position.
+
+    ``set_epoch(epoch, start)`` fixes the shuffle (seeded by ``seed + epoch``, as
+    DistributedSampler does) and skips the first ``start`` indices of this rank's share.
+    """
+
+    def __init__(self, dataset, num_replicas: int, rank: int, seed: int, shuffle: bool = True):
+        super().__init__()
+        self.inner = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank,
+                                        shuffle=shuffle, seed=seed, drop_last=False)
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.inner.set_epoch(epoch)
+        self.start = start
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(self.inner)
+        return iter(indices[self.start:])
+
+    def __len__(self) -> int:
+        return len(self.inner) - self.start
+
+
+class ShardSampler(Sampler):
+    """Evaluation shard of one rank: every ``world``-th index, no padding, no duplicates."""
+
+    def __init__(self, n: int, num_replicas: int, rank: int):
+        super().__init__()
+        self.indices = list(range(rank, n, num_replicas))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+
+class TrainLoader:
+    """Epoch-wise training batches that can start mid-epoch.
+
+    Full batches only (``drop_last``), so every epoch has ``steps_per_epoch`` steps on every
+    rank. The DataLoader gets its own generator, re-seeded each epoch, so creating an
+    iterator never draws from the global torch RNG (which the augmentations use).
+    """
+
+    def __init__(self, dataset, batch_size: int, num_workers: int, seed: int,
+                 num_replicas: int = 1, rank: int = 0, pin_memory: bool = False):
+        self.sampler = ResumableSampler(dataset, num_replicas, rank, seed)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.steps_per_epoch = len(self.sampler.inner) // batch_size
+        if self.steps_per_epoch == 0:
+            raise ConfigError(f"data.batch_size={batch_size} is larger than the {len(self.sampler.inner)} "
+                              "training images per process: lower data.batch_size")
+        self.generator = torch.Generator()
+        self.loader = DataLoader(
+            dataset, batch_sampler=BatchSampler(self.sampler, batch_size, drop_last=True),
+            num_workers=num_workers, pin_memory=pin_memory, generator=self.generator,
+            persistent_workers=False)
+
+    def epoch(self, epoch: int, start_step: int = 0):
+        self.sampler.set_epoch(epoch, start_step * self.batch_size)
+        self.generator.manual_seed(self.seed * 100003 + epoch)
+        return iter(self.loader)
+
+
+def build_eval_loader(dataset, batch_size: int, num_workers: int, num_replicas: int = 1,
+                      rank: int = 0, pin_memory: bool = False) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size,
+                      sampler=ShardSampler(len(dataset), num_replicas, rank),
+                      num_workers=num_workers, pin_memory=pin_memory)
+
+
+def build_mixup(cfg: Config, num_classes: int):
+    """A timm Mixup (also applies label smoothing), or None when mixup and cutmix are off."""
+    a = cfg.aug
+    if a.mixup <= 0 and a.cutmix <= 0:
+        return None
+    from timm.data import Mixup
+
+    return Mixup(mixup_alpha=a.mixup, cutmix_alpha=a.cutmix, prob=a.mixup_prob,
+                 switch_prob=a.mixup_switch_prob, mode="batch", label_smoothing=a.smoothing,
+                 num_classes=num_classes)
