@@ -3,13 +3,14 @@
 vig_ti shape: 16 images x 196 nodes x 192 channels -> 384, k in {9, 18}, kNN graph from
 :func:`vig_pyg.graph.knn_edges`. For every conv and k, both paths run in the same process,
 alternating repeat by repeat (so machine noise hits both alike); the table gives the median
-milliseconds of each and their ratio (generic / fast):
+(``--stat min``: the minimum) milliseconds of each and their ratio (generic / fast):
 
 - ``fwd``: eval mode, ``torch.no_grad()`` (inference);
 - ``fwd+bwd``: train mode, forward plus backward of a fixed random output gradient, with
   ``x`` requiring a gradient as inside a network.
 
     .venv/bin/python benchmarks/bench_conv.py [--repeats 7] [--convs mr edge] [--ks 9 18]
+        [--threads 1] [--stat min]
 """
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ def _time(fn) -> float:
     return time.perf_counter() - t
 
 
-def bench(conv: str, k: int, batch: int, side: int, channels: int, repeats: int):
+def bench(conv: str, k: int, batch: int, side: int, channels: int, repeats: int,
+          stat=statistics.median):
     torch.manual_seed(0)
     fmap = torch.randn(batch, channels, side, side)
     x = fmap.permute(0, 2, 3, 1).reshape(-1, channels).contiguous()
@@ -58,8 +60,7 @@ def bench(conv: str, k: int, batch: int, side: int, channels: int, repeats: int)
                 times[fast].append(_time(fn))
         layer.zero_grad(set_to_none=True)
         xg.grad = None
-        rows[mode] = (statistics.median(times[True]) * 1e3,
-                      statistics.median(times[False]) * 1e3)
+        rows[mode] = (stat(times[True]) * 1e3, stat(times[False]) * 1e3)
     return rows
 
 
@@ -72,19 +73,21 @@ def main(argv=None):
     parser.add_argument("--channels", type=int, default=192)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--stat", choices=["median", "min"], default="median")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"{args.batch} images x {args.side ** 2} nodes x {args.channels} -> "
-          f"{2 * args.channels} channels; median of {args.repeats} (ms)")
+          f"{2 * args.channels} channels; {args.stat} of {args.repeats} (ms)")
     header = (f"{'conv':<6}{'k':>4} | {'fwd fast':>9}{'generic':>9}{'ratio':>7} | "
               f"{'fwd+bwd fast':>13}{'generic':>9}{'ratio':>7}")
     print(header)
     print("-" * len(header))
     for conv in args.convs:
         for k in args.ks:
-            r = bench(conv, k, args.batch, args.side, args.channels, args.repeats)
+            r = bench(conv, k, args.batch, args.side, args.channels, args.repeats,
+                      statistics.median if args.stat == "median" else min)
             (ff, fg), (tf, tg) = r["fwd"], r["fwd+bwd"]
             print(f"{conv:<6}{k:>4} | {ff:>9.1f}{fg:>9.1f}{fg / ff:>6.2f}x | "
                   f"{tf:>13.1f}{tg:>9.1f}{tg / tf:>6.2f}x", flush=True)

@@ -11,13 +11,15 @@ the official layout, loaded into ours through ``create_model(checkpoint=...)``):
 tensors, ``[B, C, N, k]`` gathers, subtract-then-max, like the release (which SPEC measured
 at vig_ti 16.8 / 6.9 img/s and pvig_ti 10.5 / 4.3 img/s on this machine).
 
-Every (model, mode, implementation) runs in its own process, so the reported peak memory
-(``ru_maxrss`` growth over the resident size before the first forward) is its own; the
-reference and ours alternate. The best of ``--iters`` timed iterations is reported (the
-machine's two cores are shared, so the minimum is the least disturbed measurement).
+Timing: for each (model, mode) one process holds both implementations and alternates
+them step by step, so a disturbance from other work on the machine hits both alike; the
+best of ``--iters`` steps each is reported (the least disturbed), with the median beside
+it. Peak memory: every (model, mode, implementation) runs once more in its own process,
+and its ``ru_maxrss`` growth over the resident size before the first step is reported.
 
     python benchmarks/bench_models.py                     # full run (a few minutes)
     python benchmarks/bench_models.py --iters 2 --models vig_ti
+    python benchmarks/bench_models.py --threads 1 --clock cpu   # on a busy machine
     python benchmarks/bench_models.py --profile vig_ti    # torch.profiler table of ours
 """
 from __future__ import annotations
@@ -26,6 +28,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -61,8 +64,7 @@ def _setup(model_name: str, batch: int, img: int, seed: int = 0):
     return R, cfg, sd, model, x, y
 
 
-def worker(model_name: str, impl: str, mode: str, batch: int, img: int, iters: int,
-           warmup: int) -> dict:
+def _make_step(model_name: str, impl: str, mode: str, batch: int, img: int):
     import torch
     import torch.nn.functional as F
 
@@ -106,22 +108,43 @@ def worker(model_name: str, impl: str, mode: str, batch: int, img: int, iters: i
                 loss.backward()
                 opt.step()
                 return loss
-    base = _rss_mb()
+    return step
+
+
+def time_worker(model_name: str, mode: str, batch: int, img: int, iters: int,
+                warmup: int, threads: int, clock: str) -> dict:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    timer = time.perf_counter if clock == "wall" else time.process_time
+    steps = {impl: _make_step(model_name, impl, mode, batch, img)
+             for impl in ("reference", "ours")}
     for _ in range(warmup):
-        step()
-    times = []
+        for step in steps.values():
+            step()
+    times = {impl: [] for impl in steps}
     for _ in range(iters):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
+        for impl, step in steps.items():
+            t0 = timer()
+            step()
+            times[impl].append(timer() - t0)
+    return {"times": times, "threads": torch.get_num_threads()}
+
+
+def memory_worker(model_name: str, impl: str, mode: str, batch: int, img: int) -> dict:
+    step = _make_step(model_name, impl, mode, batch, img)
+    base = _rss_mb()
+    step()
+    step()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"times": times, "peak_mb": peak - base, "threads": torch.get_num_threads()}
+    return {"peak_mb": peak - base}
 
 
-def run_worker(args, model_name, impl, mode) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", model_name, impl, mode,
+def _run(args, *worker_args) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", *worker_args,
            "--batch", str(args.batch), "--img", str(args.img), "--iters", str(args.iters),
-           "--warmup", str(args.warmup)]
+           "--warmup", str(args.warmup), "--threads", str(args.threads), "--clock", args.clock]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -155,36 +178,55 @@ def main(argv=None) -> int:
     p.add_argument("--img", type=int, default=224)
     p.add_argument("--iters", type=int, default=4, help="timed iterations (best is reported)")
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--worker", nargs=3, metavar=("MODEL", "IMPL", "MODE"), help=argparse.SUPPRESS)
+    p.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads (default: torch's choice, all cores)")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="wall: elapsed time (default); cpu: process CPU time, which other "
+                        "work on a busy machine disturbs far less; use with --threads 1")
     p.add_argument("--profile", metavar="MODEL", help="profile ours instead of benchmarking")
     p.add_argument("--profile-mode", default="infer", choices=["infer", "train"])
     args = p.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(*args.worker, args.batch, args.img, args.iters, args.warmup)))
+        kind, *rest = args.worker
+        if kind == "time":
+            out = time_worker(*rest, args.batch, args.img, args.iters, args.warmup,
+                              args.threads, args.clock)
+        else:
+            out = memory_worker(*rest, args.batch, args.img)
+        print(json.dumps(out))
         return 0
     if args.profile:
         profile(args.profile, args.batch, args.img, args.profile_mode)
         return 0
 
-    print(f"batch {args.batch}, {args.img} px, float32, CPU ({os.cpu_count()} cores), best of "
-          f"{args.iters} after {args.warmup} warm-up; each measurement in its own process")
-    header = (f"{'model':8} {'mode':6} {'reference img/s':>15} {'ours img/s':>10} {'speed-up':>8} "
-              f"{'target':>6} {'ref peak MB':>11} {'our peak MB':>11}")
+    print(f"batch {args.batch}, {args.img} px, float32, CPU ({os.cpu_count()} cores, "
+          f"{args.threads or 'all'} thread(s), {args.clock} clock); {args.iters} alternating "
+          f"steps per implementation after {args.warmup} warm-up")
+    header = (f"{'model':8} {'mode':6} {'reference img/s':>16} {'ours img/s':>13} "
+              f"{'speed-up':>8} {'target':>6} {'ref peak MB':>11} {'our peak MB':>11}")
     print(header)
     print("-" * len(header))
     ok = True
     for name in args.models:
         for mode in args.modes:
-            res = {impl: run_worker(args, name, impl, mode) for impl in ("reference", "ours")}
-            ips = {impl: args.batch / min(r["times"]) for impl, r in res.items()}
-            ratio = ips["ours"] / ips["reference"]
+            res = _run(args, "time", name, mode)
+            best = {impl: args.batch / min(t) for impl, t in res["times"].items()}
+            med = {impl: args.batch / statistics.median(t) for impl, t in res["times"].items()}
+            ratio = best["ours"] / best["reference"]
+            mem = ({impl: _run(args, "memory", name, impl, mode)["peak_mb"]
+                    for impl in ("reference", "ours")} if not args.no_memory else
+                   {"reference": float("nan"), "ours": float("nan")})
             target = TARGETS.get(name, (None, None))[0 if mode == "infer" else 1]
             met = target is None or ratio >= target
             ok &= met
-            print(f"{name:8} {mode:6} {ips['reference']:15.1f} {ips['ours']:10.1f} "
-                  f"{ratio:7.2f}x {('' if target is None else f'{target:.1f}x'):>6} "
-                  f"{res['reference']['peak_mb']:11.0f} {res['ours']['peak_mb']:11.0f}"
+            print(f"{name:8} {mode:6} {best['reference']:7.1f} ({med['reference']:5.1f}) "
+                  f"{best['ours']:5.1f} ({med['ours']:5.1f}) {ratio:7.2f}x "
+                  f"{('' if target is None else f'{target:.1f}x'):>6} "
+                  f"{mem['reference']:11.0f} {mem['ours']:11.0f}"
                   f"{'' if met else '  (target missed)'}", flush=True)
+    print("img/s: best step (median in brackets); speed-up from the best steps")
     print("(SPEC, official code on this machine: "
           + ", ".join(f"{k} {v[0]} / {v[1]} img/s" for k, v in OFFICIAL.items()) + ")")
     return 0 if ok else 1

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -98,6 +99,11 @@ def sincos_1d(dim: int, pos: torch.Tensor) -> torch.Tensor:
 def official_relative_pos(dim: int, grid: int, r: int) -> torch.Tensor:
     """[1, n, n / r^2] float32, as the release builds it (MAE-style numpy sin-cos, float32,
     bicubic resize, negated)."""
+    return _official_relative_pos(dim, grid, r).clone()
+
+
+@lru_cache(maxsize=32)
+def _official_relative_pos(dim: int, grid: int, r: int) -> torch.Tensor:
     gh = torch.arange(grid, dtype=torch.float64)
     gw = torch.arange(grid, dtype=torch.float64)
     mesh_w, mesh_h = torch.meshgrid(gw, gh, indexing="xy")  # np.meshgrid(grid_w, grid_h)

@@ -177,7 +177,7 @@ GRAPHS = {
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("graph", list(GRAPHS))
 @pytest.mark.parametrize("name", list(LAYERS))
-def test_against_dense_reference(name, graph, training):
+def test_against_dense_reference(name, graph, training, monkeypatch):
     n_dst, n_src, degrees, shuffle = GRAPHS[graph]
     bipartite = n_src is not None
     n_src = n_src or n_dst
@@ -213,6 +213,14 @@ def test_against_dense_reference(name, graph, training):
         pname = key if key == "eps" else key.rsplit(".", 1)[0] + "." + pkey[key.rsplit(".", 1)[1]]
         torch.testing.assert_close(params[pname].grad.reshape(g.shape), g, rtol=1e-8,
                                    atol=1e-10, msg=lambda m: f"{pname}: {m}")
+
+    if not training:  # inference without autograd: per-edge rows go in chunks of 2 targets
+        from vig_pyg.conv import functional
+
+        monkeypatch.setattr(functional, "CHUNK_BYTES_PER_THREAD", 1)
+        with torch.no_grad():
+            out_ng = layer((x_src, x_dst) if bipartite else x_src, ei)
+        torch.testing.assert_close(out_ng, ref.detach(), rtol=1e-9, atol=1e-10)
 
     # BatchNorm running statistics: momentum 0.1, unbiased variance, over nodes or edges
     for prefix, (mu, var) in stats.items():
@@ -480,3 +488,63 @@ def test_projection_rows_view_is_grouped_and_copy_free():
     with FlopCounterMode(display=False) as counter:
         proj(x)
     assert counter.get_total_flops() == 2 * 10 * 12 * 8 // 4
+
+
+# ------------------------------------------------------------- the fused primitives
+@pytest.mark.parametrize("chunk_bytes", [1, 200, None], ids=["1-target", "few", "default"])
+@pytest.mark.parametrize("k", [1, 4, 300])
+def test_fused_reductions_match_plain_torch(monkeypatch, k, chunk_bytes):
+    """gather_max / gather_sum / neighbour_max, chunked or not, k above the uint8 range
+    too, against plain gathers with autograd (forward and input gradients)."""
+    from vig_pyg.conv import functional
+
+    if chunk_bytes is not None:
+        monkeypatch.setattr(functional, "CHUNK_BYTES_PER_THREAD", chunk_bytes)
+    gen = torch.Generator().manual_seed(k)
+    n, m, c = 7, max(k, 5) + 3, 6
+    index = torch.stack([torch.randperm(m, generator=gen)[:k] for _ in range(n)]).view(-1)
+    x = torch.randn(m, c, generator=gen, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(n, c, generator=gen, dtype=torch.float64)
+    rows = torch.randn(n * k, c, generator=gen, dtype=torch.float64, requires_grad=True)
+    cases = [
+        (lambda: functional.gather_max(x, index, k),
+         lambda: torch.stack([x[index[i * k:(i + 1) * k]].max(0).values for i in range(n)]),
+         x),
+        (lambda: functional.gather_sum(x, index, k),
+         lambda: torch.stack([x[index[i * k:(i + 1) * k]].sum(0) for i in range(n)]), x),
+        (lambda: functional.neighbour_max(rows, k),
+         lambda: torch.stack([rows[i * k:(i + 1) * k].max(0).values for i in range(n)]),
+         rows),
+    ]
+    for ours, plain, leaf in cases:
+        out, expect = ours(), plain()
+        torch.testing.assert_close(out, expect, rtol=0, atol=1e-12)
+        g1, = torch.autograd.grad(out, leaf, grad)
+        g2, = torch.autograd.grad(expect, leaf, grad)
+        torch.testing.assert_close(g1, g2, rtol=0, atol=1e-12)
+        with torch.no_grad():
+            torch.testing.assert_close(ours(), expect.detach(), rtol=0, atol=1e-12)
+
+
+def test_layer_with_many_chunks_equals_generic(monkeypatch):
+    from vig_pyg.conv import functional
+
+    monkeypatch.setattr(functional, "CHUNK_BYTES_PER_THREAD", 300)  # a few targets each
+    torch.manual_seed(0)
+    fmap = torch.randn(3, C, 5, 5, dtype=torch.float64)
+    x = fmap.permute(0, 2, 3, 1).reshape(-1, C).requires_grad_()
+    ei = knn_edges(fmap, 6)
+    for name in LAYERS:
+        layer = randomize(LAYERS[name](C, OUT, groups=GROUPS)).double()
+        outs = []
+        for fast in (True, False):
+            layer.fast_path = fast
+            out = layer(x, ei)
+            outs.append((out, torch.autograd.grad(out.square().sum(), x)[0]))
+        torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(outs[0][1], outs[1][1], rtol=1e-10, atol=1e-12)
+        layer.eval()
+        with torch.no_grad():
+            chunked = layer(x, ei)
+            layer.fast_path = False
+            torch.testing.assert_close(chunked, layer(x, ei), rtol=1e-10, atol=1e-12)

@@ -52,6 +52,15 @@ class GrapherConv(MessagePassing):
                              f"{tuple(edge_index.shape)}")
         return fixed_degree(edge_index, num_targets)
 
+    def _rows_independent(self, *inputs: Tensor) -> bool:
+        """True when per-edge rows can be processed in chunks: every submodule is in eval
+        mode (BatchNorm uses its running statistics) and no gradient is needed."""
+        if any(m.training for m in self.modules()):
+            return False
+        if not torch.is_grad_enabled():
+            return True
+        return not any(t.requires_grad for t in (*inputs, *self.parameters()))
+
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({self.in_channels}, {self.out_channels}, "
                 f"groups={self.groups})")

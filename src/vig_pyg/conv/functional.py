@@ -7,9 +7,10 @@ of :func:`~vig_pyg.graph.knn_edges`), the neighbours of all targets form one den
 Three things make these faster than the obvious ``x[index].view(N, k, C).amax(1)``:
 
 - **Chunks.** The block is gathered and reduced a few hundred targets at a time into one
-  reused buffer of about 1 MiB per thread, so it is reduced while still in the core's
-  cache and the full ``[N, k, C]`` tensor (tens of MiB, a fresh ``mmap`` with its page
-  faults on every call) is never allocated. On GPUs the block is processed at once.
+  reused buffer of about 1 MiB per thread (at most :data:`MAX_CHUNKS` chunks), so it is
+  reduced while still in the core's cache and the full ``[N, k, C]`` tensor (tens of MiB,
+  a fresh ``mmap`` with its page faults on every call) is never allocated. On GPUs the
+  block is processed at once.
 - **Vectorised max with a one-byte argmax.** ``max(dim)`` with indices is not vectorised
   over the channels on CPU and ``amax``'s backward builds several ``[N, k, C]`` masks;
   here ``amax`` runs the forward and, only when a gradient is needed, the winning rank
@@ -25,21 +26,44 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = ["gather_max", "gather_sum", "neighbour_max", "CHUNK_BYTES_PER_THREAD"]
+__all__ = ["gather_max", "gather_sum", "neighbour_max", "map_target_chunks", "chunk_targets",
+           "CHUNK_BYTES_PER_THREAD", "MAX_CHUNKS"]
 
 #: Bytes of the gathered ``[chunk, k, C]`` block per intra-op thread (CPU).
 CHUNK_BYTES_PER_THREAD = 1 << 20
+#: At most this many chunks per call: every op is a parallel region, whose start and end
+#: cost little on an idle machine but can stall for milliseconds on an oversubscribed one.
+MAX_CHUNKS = 8
 
 
-def _chunk_targets(n: int, k: int, c: int, x: Tensor) -> int:
-    if x.device.type != "cpu":
+def chunk_targets(n: int, bytes_per_target: int, device: torch.device) -> int:
+    """Targets per chunk: about :data:`CHUNK_BYTES_PER_THREAD` per thread of the largest
+    per-target intermediate, at most :data:`MAX_CHUNKS` chunks; all ``n`` on GPUs."""
+    if device.type != "cpu":
         return max(n, 1)
-    budget = CHUNK_BYTES_PER_THREAD * torch.get_num_threads()
-    return max(1, budget // max(1, k * c * x.element_size()))
+    step = CHUNK_BYTES_PER_THREAD * torch.get_num_threads() // max(1, bytes_per_target)
+    return min(max(n, 1), max(1, step, -(-n // MAX_CHUNKS)))
+
+
+def map_target_chunks(fn, n: int, width: int, bytes_per_target: int, like: Tensor) -> Tensor:
+    """``[n, width]`` output filled chunk by chunk: ``fn(start, end, out[start:end])``
+    writes the rows of targets ``start..end-1``. For row-independent computations only
+    (no autograd, BatchNorm in eval mode), to keep per-edge intermediates in cache."""
+    out = like.new_empty(n, width)
+    step = chunk_targets(n, bytes_per_target, like.device)
+    for s in range(0, n, step):
+        fn(s, min(n, s + step), out[s:min(n, s + step)])
+    return out
 
 
 def _rank_dtype(k: int) -> torch.dtype:
     return torch.uint8 if k <= 256 else torch.int64
+
+
+def _as_rank(hit: Tensor) -> Tensor:
+    """A boolean ``[.., k, C]`` "equals the max" mask as integers to multiply by the ranks
+    (``>=`` against the max is ``==`` and a little faster on CPU)."""
+    return hit.view(torch.uint8) if hit.size(-2) <= 256 else hit.to(torch.int64)
 
 
 def _gather_reduce(x_src: Tensor, index: Tensor, k: int, reduce: str, need_rank: bool):
@@ -50,7 +74,7 @@ def _gather_reduce(x_src: Tensor, index: Tensor, k: int, reduce: str, need_rank:
     rank = x_src.new_empty(n, c, dtype=_rank_dtype(k)) if need_rank else None
     if n == 0:
         return out, rank
-    step = min(n, _chunk_targets(n, k, c, x_src))
+    step = chunk_targets(n, k * c * x_src.element_size(), x_src.device)
     buf = x_src.new_empty(step * k, c)
     if need_rank:
         hits = torch.empty(step * k, c, dtype=torch.bool, device=x_src.device)
@@ -64,10 +88,9 @@ def _gather_reduce(x_src: Tensor, index: Tensor, k: int, reduce: str, need_rank:
             torch.sum(block, 1, out=out[s:e])
             continue
         torch.amax(block, 1, out=out[s:e])
-        if need_rank:  # highest rank r with block[:, r] == max
-            hit = torch.eq(block, out[s:e].unsqueeze(1), out=hits[:m * k].view(m, k, c))
-            hit = hit.view(torch.uint8) if k <= 256 else hit.to(torch.int64)
-            torch.amax(hit.mul_(ranks), 1, out=rank[s:e])
+        if need_rank:
+            hit = torch.ge(block, out[s:e].unsqueeze(1), out=hits[:m * k].view(m, k, c))
+            torch.amax(_as_rank(hit).mul_(ranks), 1, out=rank[s:e])
     return out, rank
 
 
@@ -111,13 +134,11 @@ class _GatherSum(torch.autograd.Function):
 class _NeighbourMax(torch.autograd.Function):
     @staticmethod
     def forward(ctx, rows: Tensor, k: int) -> Tensor:
-        block = rows.view(-1, k, rows.size(1))
+        block = rows.reshape(-1, k, rows.size(1))
         out = block.amax(1)
         if ctx.needs_input_grad[0]:
             ranks = torch.arange(k, dtype=_rank_dtype(k), device=rows.device).view(1, k, 1)
-            hit = block == out.unsqueeze(1)
-            hit = hit.view(torch.uint8) if k <= 256 else hit.to(torch.int64)
-            ctx.save_for_backward(hit.mul_(ranks).amax(1))
+            ctx.save_for_backward(_as_rank(block >= out.unsqueeze(1)).mul_(ranks).amax(1))
             ctx.k = k
         return out
 
@@ -138,6 +159,7 @@ def _wants_grad(t: Tensor) -> bool:
 def gather_max(x_src: Tensor, index: Tensor, k: int) -> Tensor:
     r"""``out[i] = max_{r < k} x_src[index[i * k + r]]`` channel-wise: ``[N, C]`` for an
     ``index`` of ``N * k`` source rows (row 0 of a fixed-degree ``edge_index``)."""
+    index = index.contiguous()
     if not _wants_grad(x_src):
         return _gather_reduce(x_src, index, k, "max", False)[0]
     return _GatherMax.apply(x_src, index, k)
@@ -145,6 +167,7 @@ def gather_max(x_src: Tensor, index: Tensor, k: int) -> Tensor:
 
 def gather_sum(x_src: Tensor, index: Tensor, k: int) -> Tensor:
     r"""``out[i] = sum_{r < k} x_src[index[i * k + r]]``: ``[N, C]``."""
+    index = index.contiguous()
     if not _wants_grad(x_src):
         return _gather_reduce(x_src, index, k, "sum", False)[0]
     return _GatherSum.apply(x_src, index, k)
@@ -154,5 +177,5 @@ def neighbour_max(rows: Tensor, k: int) -> Tensor:
     r"""``out[i] = max_{r < k} rows[i * k + r]`` channel-wise: per-edge rows ``[N * k, C]``
     (grouped by target) reduced to ``[N, C]``."""
     if not _wants_grad(rows):
-        return rows.view(-1, k, rows.size(1)).amax(1)
+        return rows.reshape(-1, k, rows.size(1)).amax(1)
     return _NeighbourMax.apply(rows, k)

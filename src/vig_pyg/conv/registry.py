@@ -40,22 +40,28 @@ def register_conv(name: str, *, replace: bool = False) -> Callable:
     return decorator
 
 
+def conv_factory(name: str):
+    """The constructor registered as ``name``, or a ``"pyg:<ClassName>"`` adapter for any
+    PyG convolution; an unknown name raises a ValueError listing the known ones."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    from .pyg_adapter import PYG_PREFIX, pyg_conv_factory
+
+    factory = pyg_conv_factory(name[len(PYG_PREFIX):]) if (
+        isinstance(name, str) and name.startswith(PYG_PREFIX)) else None
+    if factory is None:
+        raise ValueError(f"unknown graph convolution {name!r}; known: "
+                         f"{', '.join(list_convs())} (PyG convolutions as "
+                         f"'{PYG_PREFIX}<ClassName>')")
+    return factory
+
+
 def build_conv(name: str, in_channels: int, out_channels: Optional[int] = None,
                **kwargs) -> nn.Module:
     """Builds the convolution registered as ``name`` (``in_channels -> out_channels``,
     default ``2 * in_channels``); ``kwargs`` go to its constructor (``groups``, ``act``,
     ``bias`` for the ViG layers, the PyG constructor's arguments for ``"pyg:..."``)."""
-    if name not in _REGISTRY:
-        from .pyg_adapter import PYG_PREFIX, pyg_conv_factory
-
-        factory = pyg_conv_factory(name[len(PYG_PREFIX):]) if (
-            isinstance(name, str) and name.startswith(PYG_PREFIX)) else None
-        if factory is None:
-            raise ValueError(f"unknown graph convolution {name!r}; known: "
-                             f"{', '.join(list_convs())} (PyG convolutions as "
-                             f"'{PYG_PREFIX}<ClassName>')")
-    else:
-        factory = _REGISTRY[name]
+    factory = conv_factory(name)
     if out_channels is None:
         out_channels = 2 * in_channels
     return factory(in_channels, out_channels, **kwargs)

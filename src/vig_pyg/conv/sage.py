@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import GrapherConv
-from .functional import neighbour_max
+from .functional import map_target_chunks, neighbour_max
 from .projection import GroupedProjection
 from .registry import register_conv
 
@@ -30,7 +30,8 @@ class ViGSAGEConv(GrapherConv):
     In eval mode with ``act="relu"`` this is ``relu`` of
     :class:`torch_geometric.nn.conv.SAGEConv` (``aggr="max", project=True``) with weights
     folded from the grouped convolutions and BatchNorms; named ``ViGSAGEConv`` to keep the
-    two apart.
+    two apart. In inference (eval mode, no gradient) a fixed-degree graph's edges go
+    through ``nn1`` a few hundred targets at a time.
 
     Args:
         in_channels (int): node feature width :math:`C`.
@@ -62,8 +63,18 @@ class ViGSAGEConv(GrapherConv):
 
     def forward(self, x: Union[Tensor, Tuple[Tensor, Tensor]], edge_index: Tensor) -> Tensor:
         x_src, x_dst = self._unpack(x)
-        k = self._fixed_degree(edge_index, x_dst.size(0))
-        if k is not None:
+        n = x_dst.size(0)
+        k = self._fixed_degree(edge_index, n)
+        if k is not None and self._rows_independent(x_src, x_dst):  # inference: chunks
+            src = edge_index[0]
+
+            def chunk(s: int, e: int, out: Tensor):
+                rows = self.nn1(x_src.index_select(0, src[s * k:e * k]))
+                torch.amax(rows.view(e - s, k, -1), 1, out=out)
+
+            a = map_target_chunks(chunk, n, self.in_channels,
+                                  k * self.in_channels * x_dst.element_size(), x_dst)
+        elif k is not None:
             a = neighbour_max(self.nn1(x_src.index_select(0, edge_index[0])), k)
         else:
             a = self.propagate(edge_index, x=(x_src, x_dst),

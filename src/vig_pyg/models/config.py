@@ -132,6 +132,11 @@ class ViGConfig:
         if self.knn_backend not in KNN_BACKENDS:
             raise ModelConfigError(f"knn_backend must be one of {KNN_BACKENDS}, got "
                                    f"{self.knn_backend!r}")
+        if self.kind == "pyramid" and self.knn_backend == "cluster":
+            raise ModelConfigError(
+                f"{who}: pyramid models need the dense kNN backend: the cluster backend "
+                f"cannot express their pooled keys and resized relative-position tables; "
+                f"use knn_backend='auto' or 'dense'")
         s = self.num_stages
         if s < 1 or len(self.blocks) != s or len(self.reduce_ratios) != s:
             raise ModelConfigError(

@@ -50,11 +50,12 @@ def _entry(name: str) -> dict:
 
 
 def _check_conv(conv: str) -> None:
-    from ..conv import list_convs
+    from ..conv.registry import conv_factory
 
-    valid = list(list_convs())
-    if conv not in valid:
-        raise ModelConfigError(f"unknown graph convolution {conv!r}; valid convs: {valid}")
+    try:
+        conv_factory(conv)
+    except ValueError as e:
+        raise ModelConfigError(str(e)) from None
 
 
 def model_config(name: str, num_classes: int = 1000, conv: str = "mr", k: int = 9,

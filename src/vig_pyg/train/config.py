@@ -114,6 +114,7 @@ class TrainConfig:
     max_steps: int = 0                   # stop after N optimizer steps (0: full schedule); for smoke tests
     sync_bn: bool = False                # SyncBatchNorm under DDP (cuda)
     device: str = "auto"                 # auto, cpu, cuda, cuda:N
+    threads: str = "auto"                # CPU intra-op threads: auto (1 or all, by measured speed), default (torch's), or N
 
 
 @dataclass
@@ -332,6 +333,10 @@ def validate(cfg: Config) -> None:
         section, key = dotted.split(".")
         if getattr(getattr(cfg, section), key) < 0:
             raise ConfigError(f"{dotted} must not be negative, got {getattr(getattr(cfg, section), key)}")
+    th = cfg.train.threads
+    if th not in ("auto", "default") and not (th.isdigit() and int(th) > 0):
+        raise ConfigError(f"train.threads='{th}' is not supported: use auto, default or a "
+                          "positive number")
     if not 0 < cfg.data.test_fraction < 1:
         raise ConfigError(f"data.test_fraction must be between 0 and 1, got {cfg.data.test_fraction}")
     for name in ("mean", "std"):

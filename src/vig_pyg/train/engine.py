@@ -36,6 +36,7 @@ from . import checkpoint as ckpt_io
 from . import distributed as D
 from .config import Config, ConfigError, build_config
 from .data import TrainLoader, build_datasets, build_eval_loader, build_mixup
+from .threads import ThreadTuner
 
 CSV_FIELDS = ["epoch", "global_step", "lr", "train_loss", "train_img_per_s", "test_loss",
               "test_top1", "test_top5", "ema_test_loss", "ema_test_top1", "ema_test_top5",
@@ -305,9 +306,11 @@ def train(cfg: Config, output: Optional[str] = None, resume: Optional[str] = Non
     wall0 = time.perf_counter()
     device = resolve_device(cfg, int(os.environ.get("LOCAL_RANK", "0")))
     info = D.init_distributed(device.type)
+    threads = torch.get_num_threads()
     try:
         return _train(cfg, output, resume, resume_state, device, info, wall0)
     finally:
+        torch.set_num_threads(threads)
         D.cleanup(info)
 
 
@@ -480,6 +483,12 @@ def _train(cfg, output, resume, resume_state, device, info, wall0) -> dict:
         }
         ckpt_io.atomic_save(payload, os.path.join(ckpt_dir, path_name))
 
+    tuner = None
+    if device.type == "cpu":
+        if t.threads.isdigit():
+            torch.set_num_threads(int(t.threads))
+        elif t.threads == "auto" and not t.deterministic:
+            tuner = ThreadTuner(torch.get_num_threads())
     scheduler.step_update(state.global_step)
     session0 = time.perf_counter()
     clip = o.clip_grad
@@ -512,6 +521,9 @@ def _train(cfg, output, resume, resume_state, device, info, wall0) -> dict:
                 x, y = mixup(x, y)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
+            if tuner is not None:
+                tuner.before_step()
+                compute0 = time.perf_counter()
             with precision.autocast(device):
                 out = ddp_model(x)
             loss = criterion(out.float(), y)
@@ -525,6 +537,8 @@ def _train(cfg, output, resume, resume_state, device, info, wall0) -> dict:
                 dispatch_clip_grad(model.parameters(), clip, mode=o.clip_mode)
             scaler.step(optimizer)
             scaler.update()
+            if tuner is not None:
+                tuner.after_step(time.perf_counter() - compute0)
             state.global_step += 1
             scheduler.step_update(state.global_step)
             if ema is not None:
@@ -594,6 +608,8 @@ def _train(cfg, output, resume, resume_state, device, info, wall0) -> dict:
             if "ema_test_top1" in row:
                 msg += f" (ema {float(row['ema_test_top1']):.2f}%)"
             msg += f"  {epoch_time:.1f} s"
+            if tuner is not None and tuner.active:
+                msg += f"  (threads {tuner.describe()})"
             print(msg, flush=True)
         if finished_epoch:
             epoch += 1

@@ -32,6 +32,8 @@ def run_eval(checkpoint: str, config_path: Optional[str] = None, overrides: Opti
     if weights not in ("auto", "ema", "model"):
         raise ConfigError(f"--weights {weights}: use auto, ema or model")
     device = resolve_device(cfg)
+    if device.type == "cpu" and cfg.train.threads.isdigit():
+        torch.set_num_threads(int(cfg.train.threads))
     precision = resolve_precision(cfg, device)
     channels_last = cfg.train.channels_last if cfg.train.channels_last is not None else device.type == "cuda"
     _, test_set, num_classes = build_datasets(cfg)
