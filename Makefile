@@ -27,10 +27,12 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q -m "slow or not slow"
 
 demo: $(STAMP)
-	$(PY) -m vig_pyg graph
+	$(PY) -m vig_pyg train --config configs/demo.yaml
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_knn.py
+	$(PY) benchmarks/bench_conv.py
+	$(PY) benchmarks/bench_models.py
 
 clean:
 	rm -rf .venv build *.egg-info src/*.egg-info
