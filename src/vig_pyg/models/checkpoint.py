@@ -225,16 +225,16 @@ def checkpoint_dict(model: nn.Module, **extra) -> dict:
             "config": cfg.to_dict(), "state_dict": state, **extra}
 
 
-def save_checkpoint(model: nn.Module, path, **extra) -> str:
-    """Writes :func:`checkpoint_dict` atomically: a temporary file in the same directory,
-    flushed and fsync'ed, then ``os.replace`` (a crash leaves the old file or the new one)."""
+def atomic_save(obj, path) -> str:
+    """``torch.save`` to a temporary file in the target directory, flushed and fsync'ed,
+    then ``os.replace``: a crash leaves the old file or the new one, never a torn one."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=directory)
     try:
         with os.fdopen(fd, "wb") as fh:
-            torch.save(checkpoint_dict(model, **extra), fh)
+            torch.save(obj, fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -244,4 +244,17 @@ def save_checkpoint(model: nn.Module, path, **extra) -> str:
         except OSError:
             pass
         raise
+    try:  # make the rename itself durable
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
     return path
+
+
+def save_checkpoint(model: nn.Module, path, **extra) -> str:
+    """Writes :func:`checkpoint_dict` atomically (see :func:`atomic_save`)."""
+    return atomic_save(checkpoint_dict(model, **extra), path)
