@@ -174,3 +174,22 @@ def test_print_config(capsys):
     code, out, _ = run_cli(["train", "--config", os.path.join(REPO, "configs", "demo.yaml"), "--print-config",
                             "--set", "optim.lr=0.01"], capsys)
     assert code == 0 and "lr: 0.01" in out and "dataset: digits" in out
+
+
+def test_eval_official_release_layout(trained, capsys, tmp_path):
+    """A file laid out like the official release (``gconv`` keys, ``module.`` prefix, wrapped
+    under ``state_dict_ema``) evaluates through create_model(checkpoint=...) to the same
+    accuracy as our own export."""
+    from vig_pyg.models.checkpoint import read_checkpoint, vig_pyg_to_official
+
+    state, _ = read_checkpoint(str(trained / "model.pt"))
+    official = {"state_dict_ema": {"module." + vig_pyg_to_official(k): v for k, v in state.items()}}
+    assert any(".graph_conv.gconv." in k for k in official["state_dict_ema"])
+    path = tmp_path / "release.pth"
+    torch.save(official, path)
+    js = tmp_path / "eval.json"
+    code, out, err = run_cli(["eval", "--checkpoint", str(path), "--json", str(js), "--no-progress",
+                              "--set", *TINY[:2]], capsys)
+    assert code == 0, err
+    summary = json.loads((trained / "summary.json").read_text())
+    assert json.loads(js.read_text())["top1"] == pytest.approx(summary["top1"])

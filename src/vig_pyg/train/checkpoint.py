@@ -18,13 +18,13 @@ from __future__ import annotations
 import os
 import pickle
 import random
-import tempfile
 import zipfile
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..models.checkpoint import atomic_save  # noqa: F401  (re-exported for the engine)
 from .config import ConfigError
 
 FORMAT = "vig_pyg.train"
@@ -81,31 +81,7 @@ def restore_rng(state: dict) -> None:
 
 
 # --------------------------------------------------------------------------- files
-def atomic_save(obj: Any, path: str) -> None:
-    """``torch.save`` to a temp file in the target directory, fsync, then ``os.replace``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+# one atomic writer for the whole library: models.checkpoint.atomic_save
 
 
 def load_file(path: str) -> Any:
@@ -118,11 +94,14 @@ def load_file(path: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+        text = str(exc)
+        if "Unsupported global" in text:
+            what = next((l.strip() for l in text.splitlines() if "Unsupported global" in l), "")
             raise ConfigError(f"checkpoint '{path}' holds objects other than tensors and plain "
-                              f"containers ({first[:120]}): re-save it as a plain state_dict") from None
-        raise ConfigError(f"checkpoint '{path}' is truncated or corrupt ({first[:120] or 'unpickling failed'}): "
+                              f"containers ({what[:120]}): re-save it as a plain state_dict") from None
+        detail = next((l.strip() for l in text.splitlines() if l.strip().startswith("Unsupported")),
+                      text.strip().splitlines()[0] if text.strip() else "unpickling failed")
+        raise ConfigError(f"checkpoint '{path}' is truncated or corrupt ({detail[:120]}): "
                           "re-download or re-create it") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError,
             IndexError, AttributeError) as exc:

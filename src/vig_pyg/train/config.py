@@ -106,7 +106,7 @@ class TrainConfig:
     """Loop, precision, determinism and checkpointing."""
     epochs: int = 100
     seed: int = 0
-    amp: str = "auto"                    # auto (cuda: bf16 or fp16, cpu: off), none, bf16, fp16 (cuda only)
+    amp: str = "auto"                    # auto (cuda: bf16 or fp16; cpu: bf16 with AVX512-BF16/AMX, else off), none, bf16, fp16 (cuda only)
     channels_last: Optional[bool] = None  # null: on for cuda, off for cpu
     deterministic: bool = False          # torch.use_deterministic_algorithms + fixed seeds
     ckpt_every_steps: int = 0            # also checkpoint every N optimizer steps (0: epoch ends only)
