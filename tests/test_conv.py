@@ -548,3 +548,24 @@ def test_layer_with_many_chunks_equals_generic(monkeypatch):
             chunked = layer(x, ei)
             layer.fast_path = False
             torch.testing.assert_close(chunked, layer(x, ei), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["mr", "edge", "sage", "gin"])
+def test_reset_parameters_reaches_every_projection(name):
+    layer = make_layer(name)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.fill_(0.5)
+        for b in layer.buffers():
+            if b.is_floating_point():
+                b.fill_(0.5)
+    layer.reset_parameters()
+    projections = [m for m in layer.modules() if isinstance(m, torch.nn.Sequential)]
+    assert projections
+    for proj in projections:
+        conv, bn = proj[0], proj[1]
+        assert torch.count_nonzero(conv.bias) == 0 and not torch.all(conv.weight == 0.5)
+        assert torch.all(bn.weight == 1) and torch.all(bn.bias == 0)
+        assert torch.all(bn.running_mean == 0) and torch.all(bn.running_var == 1)
+    if name == "gin":
+        assert float(layer.eps) == 0.0

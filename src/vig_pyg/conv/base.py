@@ -8,6 +8,7 @@ from torch import Tensor
 from torch_geometric.nn import MessagePassing
 
 from ..graph import fixed_degree
+from .projection import GroupedProjection
 
 
 class GrapherConv(MessagePassing):
@@ -27,6 +28,13 @@ class GrapherConv(MessagePassing):
         super().__init__(aggr=aggr, flow="source_to_target", node_dim=0)
         self.in_channels = in_channels
         self.out_channels = 2 * in_channels if out_channels is None else out_channels
+
+    def reset_parameters(self):
+        """Resets the aggregation and every grouped projection (``nn``, ``nn1``, ...)."""
+        super().reset_parameters()
+        for module in self.children():
+            if isinstance(module, GroupedProjection):
+                module.reset_parameters()
 
     def _unpack(self, x: Union[Tensor, Tuple[Tensor, Tensor]]) -> Tuple[Tensor, Tensor]:
         """``(x_src, x_dst)`` from node features or a bipartite pair, checked."""

@@ -57,10 +57,6 @@ class ViGEdgeConv(GrapherConv):
         self.groups = groups
         self.nn = GroupedProjection(2 * in_channels, self.out_channels, groups, act, bias)
 
-    def reset_parameters(self):
-        super().reset_parameters()
-        self.nn.reset_parameters()
-
     def forward(self, x: Union[Tensor, Tuple[Tensor, Tensor]], edge_index: Tensor) -> Tensor:
         x_src, x_dst = self._unpack(x)
         n, c = x_dst.shape

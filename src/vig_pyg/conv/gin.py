@@ -49,7 +49,6 @@ class ViGGINConv(GrapherConv):
 
     def reset_parameters(self):
         super().reset_parameters()
-        self.nn.reset_parameters()
         nn.init.zeros_(self.eps)
 
     def forward(self, x: Union[Tensor, Tuple[Tensor, Tensor]], edge_index: Tensor) -> Tensor:

@@ -56,11 +56,6 @@ class ViGSAGEConv(GrapherConv):
         self.nn1 = GroupedProjection(in_channels, in_channels, groups, act, bias)
         self.nn2 = GroupedProjection(2 * in_channels, self.out_channels, groups, act, bias)
 
-    def reset_parameters(self):
-        super().reset_parameters()
-        self.nn1.reset_parameters()
-        self.nn2.reset_parameters()
-
     def forward(self, x: Union[Tensor, Tuple[Tensor, Tensor]], edge_index: Tensor) -> Tensor:
         x_src, x_dst = self._unpack(x)
         n = x_dst.size(0)
