@@ -568,4 +568,4 @@ def test_reset_parameters_reaches_every_projection(name):
         assert torch.all(bn.weight == 1) and torch.all(bn.bias == 0)
         assert torch.all(bn.running_mean == 0) and torch.all(bn.running_var == 1)
     if name == "gin":
-        assert float(layer.eps) == 0.0
+        assert float(layer.eps.detach()) == 0.0
