@@ -7,7 +7,8 @@ warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
                         category=FutureWarning)
 
 from .graph import PatchGraph, knn_edges  # noqa: E402
+from .errors import VigPygError  # noqa: E402
 from .models import create_model, list_models  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["create_model", "list_models", "PatchGraph", "knn_edges", "__version__"]
+__all__ = ["VigPygError", "create_model", "list_models", "PatchGraph", "knn_edges", "__version__"]

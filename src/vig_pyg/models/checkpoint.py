@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import VigPygError
+
 FORMAT = "vig_pyg"
 VERSION = 1
 _WRAPPERS = ("state_dict", "model", "state_dict_ema", "model_ema", "ema")
@@ -32,7 +34,7 @@ _EMA_FIRST = ("state_dict_ema", "model_ema", "ema", "state_dict", "model")
 _PREFIXES = ("module.", "_orig_mod.")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(VigPygError):
     """A checkpoint that cannot be read or does not fit the model; the message says why."""
 
 

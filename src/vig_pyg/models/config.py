@@ -20,6 +20,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from ..errors import VigPygError
+
 KINDS = ("isotropic", "pyramid")
 KNN_BACKENDS = ("auto", "dense", "cluster")
 #: Last-stage node count at 224 px, the constant of the max-dilation rule.
@@ -27,7 +29,7 @@ _DILATION_NODES = {"isotropic": 196, "pyramid": 49}
 _PYRAMID_STEM_STRIDE = 4
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(VigPygError):
     """An invalid model configuration (a ``ValueError`` whose message names the fix)."""
 
 

@@ -17,8 +17,10 @@ from typing import Any, Optional
 
 import yaml
 
+from ..errors import VigPygError
 
-class ConfigError(ValueError):
+
+class ConfigError(VigPygError):
     """A problem with the user's input; the CLI prints it as one line and exits with 2."""
 
 
