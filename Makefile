@@ -17,7 +17,7 @@ $(STAMP): $(PINS) setup.cfg pyproject.toml
 	$(PIP) install --upgrade pip setuptools wheel
 	$(PIP) install "$(call pin,torch)" "$(call pin,torchvision)"
 	MAX_JOBS=$$(nproc) $(PIP) install --no-build-isolation "$(call pin,torch-scatter)" "$(call pin,torch-cluster)"
-	$(PIP) install -c $(PINS) -e ".[test,train]"
+	$(PIP) install -c $(PINS) -e ".[all]"
 	touch $(STAMP)
 
 test: $(STAMP)
