@@ -33,13 +33,13 @@ def test_yaml_then_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("optim:\n  lr: 1e-3\ntrain:\n  epochs: 7\n")
     cfg = build_config(str(path), ["optim.lr=2e-4", "data.mean=[0.1, 0.2, 0.3]",
-                                   "model.overrides.channels=48", "train.channels_last=null",
-                                   "ema.enabled=false"])
+                                   "model.channels=48", "ema.enabled=false"])
     assert cfg.optim.lr == pytest.approx(2e-4) and isinstance(cfg.optim.lr, float)
     assert cfg.train.epochs == 7
     assert cfg.data.mean == [0.1, 0.2, 0.3]
-    assert cfg.model.overrides == {"channels": 48}
-    assert cfg.train.channels_last is None and cfg.ema.enabled is False
+    assert cfg.model.options == {"channels": 48}
+    assert cfg.to_dict()["model"]["channels"] == 48  # written beside the other model keys
+    assert cfg.ema.enabled is False
 
 
 def test_yaml_1e3_is_a_float(tmp_path):
@@ -50,9 +50,17 @@ def test_yaml_1e3_is_a_float(tmp_path):
     assert cfg.optim.lr == pytest.approx(1e-3) and cfg.optim.clip_grad == 5.0
 
 
-def test_dict_override_as_yaml():
-    cfg = build_config(None, ["model.overrides={channels: 64, depth: 4}"])
-    assert cfg.model.overrides == {"channels": 64, "depth": 4}
+def test_model_options_are_the_models_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  name: pvig_ti\n  channels: [8, 16, 24, 32]\n  blocks: [1, 1, 1, 1]\n")
+    cfg = build_config(str(path), ["model.reduce_ratios=[2, 1, 1, 1]"])
+    assert cfg.model.options == {"channels": [8, 16, 24, 32], "blocks": [1, 1, 1, 1],
+                                 "reduce_ratios": [2, 1, 1, 1]}
+    # an override of the isotropic models only is refused for a pyramid one, by the models
+    # package, which lists the valid ones
+    with pytest.raises(ConfigError) as err:
+        build_config(str(path), ["model.depth=4"])
+    assert "depth" in str(err.value) and "reduce_ratios" in str(err.value)
 
 
 @pytest.mark.parametrize("item, fragment", [
@@ -62,7 +70,12 @@ def test_dict_override_as_yaml():
     ("train.epochs=2.5", "config key 'train.epochs' expects int"),
     ("train.deterministic=maybe", "expects bool"),
     ("data.dataset=mnist", "data.dataset='mnist' is not supported"),
-    ("model.conv=gat", "model.conv='gat' is not supported: pick one of mr, edge, sage, gin"),
+    ("model.conv=gat", "unknown graph convolution 'gat'; known: mr, edge, sage, gin, pyg:GATConv"),
+    ("model.chanels=64", "chanels"),
+    ("model.overrides={channels: 64}", "write the model's options directly"),
+    ("model.drop_path=0.1", "drop_path"),
+    ("model.imports=[no_such_module_xyz]", "cannot import 'no_such_module_xyz'"),
+    ("model.img_size=64", "model.img_size is set by data.img_size"),
     ("train.amp=fp8", "pick one of auto, none, bf16, fp16"),
     ("optim.lr", "is not KEY=VALUE"),
     ("data.batch_size=0", "data.batch_size must be positive"),
@@ -103,7 +116,7 @@ def test_missing_and_broken_files(tmp_path):
 
 
 def test_saved_config_round_trip():
-    cfg = build_config(None, ["optim.lr=3e-4", "model.overrides.depth=2"])
+    cfg = build_config(None, ["optim.lr=3e-4", "model.depth=2"])
     again = build_config(None, [], base=cfg.to_dict())
     assert again == cfg
     assert yaml.safe_load(cfg.to_yaml()) == cfg.to_dict()

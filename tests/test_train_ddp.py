@@ -12,17 +12,17 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNNER = textwrap.dedent("""
     import os, sys, torch
     from vig_pyg.train.config import build_config
-    from vig_pyg.train.engine import train
+    from vig_pyg.train.fit import fit_run
 
     out = sys.argv[1]
     cfg = build_config(None, [
-        "model.overrides={channels: 32, depth: 2, stem_stride: 8}", "model.k=4",
+        "model.channels=32", "model.depth=2", "model.stem_stride=8", "model.k=4",
         "data.batch_size=16", "train.epochs=1", "train.max_steps=5", "train.seed=3",
         "log.progress=false", "log.tensorboard=false", "aug.mixup=0.8", "aug.cutmix=1.0",
-        "model.drop_path=0.1"])
-    summary = train(cfg, output=os.path.join(out, "run"))
+        "model.drop_path_rate=0.1"])
+    summary, run = fit_run(cfg, output=os.path.join(out, "run"))
     rank = int(os.environ["RANK"])
-    torch.save({k: v.detach().clone() for k, v in summary["_model"].state_dict().items()},
+    torch.save({k: v.detach().clone() for k, v in run.model.state_dict().items()},
                os.path.join(out, f"rank{rank}.pt"))
 """)
 

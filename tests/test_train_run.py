@@ -13,7 +13,7 @@ from vig_pyg.train.cli import main
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # A ViG small enough for a test: 2 blocks of 32 channels on a 4x4 node grid (32 px, stride 8).
-TINY = ["model.overrides={channels: 32, depth: 2, stem_stride: 8}", "model.k=4",
+TINY = ["model.channels=32", "model.depth=2", "model.stem_stride=8", "model.k=4",
         "data.batch_size=32", "log.progress=false", "train.epochs=2", "train.max_steps=6",
         "sched.warmup_epochs=0", "aug.mixup=0.8", "aug.cutmix=1.0"]
 
@@ -50,7 +50,7 @@ def test_run_outputs(trained):
     rows = (trained / "metrics.csv").read_text().strip().splitlines()
     assert rows[0].startswith("epoch,global_step,lr,train_loss") and len(rows) == 2
     state = torch.load(trained / "checkpoints" / "last.pt", weights_only=True)
-    assert state["global_step"] == 6 and state["ema"] is not None
+    assert state["run"]["global_step"] == 6 and state["ema"] is not None
     assert {"python", "numpy", "torch"} <= set(state["rng"])
     assert not [f for f in os.listdir(trained / "checkpoints") if f.startswith(".tmp")]
 
@@ -73,7 +73,7 @@ def test_eval_model_file_through_create_model(trained, capsys, tmp_path):
     path official release weights take)."""
     js = tmp_path / "eval.json"
     code, out, err = run_cli(["eval", "--checkpoint", str(trained / "model.pt"), "--json", str(js),
-                              "--no-progress", "--set", *TINY[:2]], capsys)
+                              "--no-progress", "--set", *TINY[:4]], capsys)
     assert code == 0, err
     summary = json.loads((trained / "summary.json").read_text())
     assert json.loads(js.read_text())["top1"] == pytest.approx(summary["top1"])
@@ -102,7 +102,7 @@ def test_error_unknown_model_and_conv(capsys, tmp_path):
     res = run_cli(["train", "--set", *TINY, "model.name=vig_xl", "--output", str(out_dir)], capsys)
     _one_error_line(*res, "unknown model 'vig_xl'", "vig_ti", "pvig_b")
     res = run_cli(["train", "--set", *TINY, "model.conv=gat", "--output", str(out_dir)], capsys)
-    _one_error_line(*res, "model.conv='gat'", "mr, edge, sage, gin")
+    _one_error_line(*res, "unknown graph convolution 'gat'", "mr, edge, sage, gin", "pyg:GATv2Conv")
     res = run_cli(["train", "--set", *TINY, "optim.lrr=1", "--output", str(out_dir)], capsys)
     _one_error_line(*res, "unknown config key 'optim.lrr'", "weight_decay")
     assert not out_dir.exists()
@@ -117,7 +117,7 @@ def test_error_image_size(capsys, tmp_path):
 
 def test_error_checkpoint_of_another_model(trained, capsys, tmp_path):
     ckpt = str(trained / "checkpoints" / "last.pt")
-    other = "model.overrides={channels: 48, depth: 2, stem_stride: 8}"
+    other = "model.channels=48"
     res = run_cli(["eval", "--checkpoint", ckpt, "--set", other], capsys)
     _one_error_line(*res, "does not fit", "model.name")
     # as initial weights of a new run: nothing may be written
@@ -149,10 +149,10 @@ def test_resume_finished_run_needs_more_epochs(trained, capsys, tmp_path):
     run = tmp_path / "copy"
     shutil.copytree(trained, run)
     res = run_cli(["train", "--resume", str(run)], capsys)  # stopped by train.max_steps=6
-    _one_error_line(*res, "already reached train.max_steps=6")
+    _one_error_line(*res, "already finished train.max_steps=6")
     ckpt = run / "checkpoints" / "last.pt"
     state = torch.load(ckpt, weights_only=True)
-    state.update(epoch=2, step_in_epoch=0)
+    state["run"].update(epoch=2, step_in_epoch=0)
     torch.save(state, ckpt)
     res = run_cli(["train", "--resume", str(run), "--set", "train.max_steps=0"], capsys)
     _one_error_line(*res, "already finished all 2 epochs", "train.epochs")
@@ -189,7 +189,7 @@ def test_eval_official_release_layout(trained, capsys, tmp_path):
     torch.save(official, path)
     js = tmp_path / "eval.json"
     code, out, err = run_cli(["eval", "--checkpoint", str(path), "--json", str(js), "--no-progress",
-                              "--set", *TINY[:2]], capsys)
+                              "--set", *TINY[:4]], capsys)
     assert code == 0, err
     summary = json.loads((trained / "summary.json").read_text())
     assert json.loads(js.read_text())["top1"] == pytest.approx(summary["top1"])

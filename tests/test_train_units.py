@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from vig_pyg.train import checkpoint as C
-from vig_pyg.train.config import ConfigError
+from vig_pyg.errors import VigPygError
 from vig_pyg.train.threads import ThreadTuner
 
 
@@ -36,11 +36,13 @@ def test_atomic_save_leaves_no_temp_files_and_replaces(tmp_path):
 
 
 def test_load_file_errors(tmp_path):
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(VigPygError, match="does not exist"):
         C.load_file(str(tmp_path / "missing.pt"))
+    with pytest.raises(VigPygError, match="is a directory"):
+        C.load_file(str(tmp_path))
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(ConfigError, match="truncated or corrupt"):
+    with pytest.raises(VigPygError, match="truncated or corrupt"):
         C.load_file(str(junk))
 
 

@@ -39,20 +39,37 @@ class CheckpointError(VigPygError):
 
 
 # ---------------------------------------------------------------------------- reading
-def _load_file(path) -> Any:
+def load_file(path) -> Any:
+    """The one place the library reads a checkpoint file: ``torch.load(weights_only=True)``
+    on the CPU, with a one-line :class:`CheckpointError` for a missing, truncated, corrupt
+    or unsafe (pickled objects) file. Every reader (models, training, evaluation,
+    detection, diagnostics) goes through here, and reads each file once."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path!r} is a directory: pass a .pt/.pth file (a "
+                              "training run keeps RUN/checkpoints/last.pt and RUN/model.pt)")
     if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint {path!r} does not exist or is not a file")
+        raise CheckpointError(f"checkpoint {path!r} does not exist: check the path")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:160]
-        raise CheckpointError(
-            f"checkpoint {path!r} cannot be loaded with weights_only=True ({first}); it holds "
-            f"objects other than tensors and plain containers: re-save its state dict") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        # weights_only refuses pickled objects by naming an "Unsupported global"; anything
+        # else it cannot unpickle is a damaged file
+        unsafe = next((line.strip() for line in str(exc).splitlines()
+                       if "Unsupported global" in line), None)
+        if unsafe:
+            raise CheckpointError(
+                f"checkpoint {path!r} holds objects other than tensors and plain containers, "
+                f"which torch.load(weights_only=True) refuses ({unsafe[:120]}): re-save its "
+                "state dict") from None
+        first = (str(exc).strip().splitlines() or ["unpickling failed"])[0][:120]
+        raise CheckpointError(f"checkpoint {path!r} is truncated or corrupt ({first}): "
+                              "re-download or re-create it") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError,
+            IndexError, AttributeError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-        raise CheckpointError(f"checkpoint {path!r} is truncated or corrupt ({first})") from None
+        raise CheckpointError(f"checkpoint {path!r} is truncated or corrupt ({first}): "
+                              "re-download or re-create it") from None
 
 
 def _is_state_dict(obj) -> bool:
@@ -71,7 +88,7 @@ def read_checkpoint(source, use_ema: bool = False) -> tuple[dict, dict]:
     """A path (or loaded dict) -> ``(state_dict, meta)``; ``meta`` has ``model_name`` and
     ``config`` for vig_pyg files, else is empty. ``use_ema`` prefers the EMA weights of a
     file that has both."""
-    obj = source if isinstance(source, Mapping) else _load_file(source)
+    obj = source if isinstance(source, Mapping) else load_file(source)
     where = "the given dict" if isinstance(source, Mapping) else repr(os.fspath(source))
     meta: dict = {}
     if not isinstance(obj, Mapping):

@@ -1,34 +1,33 @@
-"""Training checkpoints: atomic writes, ``weights_only`` loading, RNG states as tensors.
+"""What a training checkpoint adds to model weights: the resume side.
 
 A training checkpoint is a plain dict that ``torch.load(weights_only=True)`` accepts::
 
-    {"format": "vig_pyg.train", "version": 1,
+    {"format": "vig_pyg.train", "version": 2,
+     "run": {...},                                  # RunState.state_dict(): counters, evals
      "model": state_dict, "ema": state_dict | None,
      "optimizer": ..., "scheduler": ..., "scaler": ... | None,
-     "epoch": e, "step_in_epoch": s, "global_step": g,   # the next batch to train is (e, s)
      "rng": {"python": LongTensor, "numpy": LongTensor, "torch": ByteTensor, "cuda": [...]},
-     "config": {...}, "metrics": {...}, "elapsed_s": float, "world_size": int}
+     "config": {...}, "model_name": str, "num_classes": int, "world_size": int}
 
-Files are written to a temporary name in the same directory, flushed, fsync'ed and moved
-into place with ``os.replace``, so a crash (even SIGKILL) leaves either the old or the new
-file, never a torn one.
+Reading the file (and reading model weights out of it) is ``vig_pyg.models.checkpoint``'s
+job, the library's one reader; writing goes through its ``atomic_save``. This module keeps
+what is about resuming: the RNG states as tensors, the format tag, and finding the file of
+a run directory.
 """
 from __future__ import annotations
 
 import os
-import pickle
 import random
-import zipfile
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..models.checkpoint import atomic_save  # noqa: F401  (re-exported for the engine)
+from ..models.checkpoint import atomic_save, load_file  # noqa: F401  (the one writer / reader)
 from .config import ConfigError
 
 FORMAT = "vig_pyg.train"
-VERSION = 1
+VERSION = 2
 
 
 # --------------------------------------------------------------------------- RNG states
@@ -81,35 +80,6 @@ def restore_rng(state: dict) -> None:
 
 
 # --------------------------------------------------------------------------- files
-# one atomic writer for the whole library: models.checkpoint.atomic_save
-
-
-def load_file(path: str) -> Any:
-    """``torch.load(path, weights_only=True)`` with one-line errors for the usual problems."""
-    if not os.path.exists(path):
-        raise ConfigError(f"checkpoint '{path}' does not exist: check the path")
-    if os.path.isdir(path):
-        raise ConfigError(f"checkpoint '{path}' is a directory: pass a .pt/.pth file "
-                          "(a run's checkpoint is RUN/checkpoints/last.pt)")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        text = str(exc)
-        if "Unsupported global" in text:
-            what = next((l.strip() for l in text.splitlines() if "Unsupported global" in l), "")
-            raise ConfigError(f"checkpoint '{path}' holds objects other than tensors and plain "
-                              f"containers ({what[:120]}): re-save it as a plain state_dict") from None
-        detail = next((l.strip() for l in text.splitlines() if l.strip().startswith("Unsupported")),
-                      text.strip().splitlines()[0] if text.strip() else "unpickling failed")
-        raise ConfigError(f"checkpoint '{path}' is truncated or corrupt ({detail[:120]}): "
-                          "re-download or re-create it") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError,
-            IndexError, AttributeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"checkpoint '{path}' is truncated or corrupt ({first[:120]}): "
-                          "re-download or re-create it") from None
-
-
 def is_training_checkpoint(obj: Any) -> bool:
     return isinstance(obj, dict) and obj.get("format") == FORMAT
 
@@ -128,30 +98,11 @@ def resolve_resume_path(path: str) -> str:
     return path
 
 
-def strip_prefix(state: dict, prefix: str = "module.") -> dict:
-    if state and all(k.startswith(prefix) for k in state):
-        return {k[len(prefix):]: v for k, v in state.items()}
-    return state
-
-
-def load_model_state(model: torch.nn.Module, state: dict, source: str, model_name: str) -> None:
-    """``load_state_dict(strict=True)`` with a one-line error naming the mismatch."""
-    state = strip_prefix(state)
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
-    if missing or unexpected or shapes:
-        parts = []
-        if shapes:
-            k = shapes[0]
-            parts.append(f"{len(shapes)} shape mismatches, e.g. {k} {tuple(state[k].shape)} vs "
-                         f"{tuple(own[k].shape)}")
-        if missing:
-            parts.append(f"{len(missing)} missing keys, e.g. {missing[0]}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys, e.g. {unexpected[0]}")
-        raise ConfigError(f"checkpoint '{source}' does not fit model '{model_name}' "
-                          f"({'; '.join(parts)}): use the model config it was trained with "
-                          "(model.name, model.overrides, data.img_size, number of classes)")
-    model.load_state_dict(state, strict=True)
+def read_training_checkpoint(resume: str) -> tuple[str, dict]:
+    """``--resume RUN_OR_FILE`` -> (checkpoint path, the loaded training checkpoint)."""
+    path = resolve_resume_path(resume)
+    state = load_file(path)
+    if not is_training_checkpoint(state):
+        raise ConfigError(f"'{path}' is not a vig-pyg training checkpoint (model weights only?): "
+                          "to start from weights use --set model.checkpoint=PATH instead of --resume")
+    return path, state

@@ -14,7 +14,8 @@ import argparse
 import os
 import sys
 
-from .config import ConfigError, describe_keys
+from ..errors import VigPygError
+from .config import describe_keys
 
 TRAIN_HELP = "train a ViG on digits (built in), CIFAR-10/100 or an ImageNet-style folder"
 EVAL_HELP = "evaluate a checkpoint (ours or the official release) on a test split"
@@ -68,6 +69,8 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                    "saved config is used (--set still applies, e.g. train.epochs=N)")
     p.add_argument("--print-config", action="store_true",
                    help="print the effective config (every key) and exit")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (same as --set train.compile=true)")
     p.set_defaults(func=train_command)
     return p
 
@@ -94,27 +97,19 @@ def _fail(cmd: str, exc: BaseException) -> int:
 
 
 def train_command(args: argparse.Namespace) -> int:
-    from .config import build_config
-
+    overrides = list(args.overrides) + (["train.compile=true"] if args.compile else [])
     try:
         if args.print_config:
-            if args.resume:
-                from .engine import prepare_resume
-                _, _, cfg = prepare_resume(args.resume, args.config, args.overrides)
-            else:
-                cfg = build_config(args.config, args.overrides)
+            from .fit import resolve_config
+
+            cfg, _, _ = resolve_config(args.config, overrides, args.resume)
             print(cfg.to_yaml(), end="")
             return 0
-        from .engine import prepare_resume, train
+        from .fit import fit
 
-        if args.resume:
-            path, state, cfg = prepare_resume(args.resume, args.config, args.overrides)
-            train(cfg, output=args.output, resume=path, resume_state=state)
-        else:
-            cfg = build_config(args.config, args.overrides)
-            train(cfg, output=args.output)
+        fit(args.config, overrides, output=args.output, resume=args.resume)
         return 0
-    except ConfigError as exc:
+    except VigPygError as exc:
         return _fail("train", exc)
     except KeyboardInterrupt:
         print("vig-pyg train: interrupted (resume with --resume RUN_DIR)", file=sys.stderr)
@@ -128,7 +123,7 @@ def eval_command(args: argparse.Namespace) -> int:
         run_eval(args.checkpoint, args.config, args.overrides, weights=args.weights,
                  json_path=args.json, progress=not args.no_progress)
         return 0
-    except ConfigError as exc:
+    except VigPygError as exc:
         return _fail("eval", exc)
     except KeyboardInterrupt:
         raise SystemExit(130)

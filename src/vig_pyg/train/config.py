@@ -26,14 +26,21 @@ class ConfigError(VigPygError):
 
 @dataclass
 class ModelConfig:
-    """The network (``vig_pyg.models.create_model``)."""
+    """The network: the arguments of ``vig_pyg.models.create_model``.
+
+    Besides the keys below, the section takes every override the chosen model accepts
+    (``vig_pyg.models.list_overrides(name)``: ``channels``, ``depth``, ``stem_stride``,
+    ``blocks``, ``reduce_ratios``, ``act``, ``dropout``, ...), written like the others:
+    ``--set model.channels=64 model.depth=4``. They are kept in ``options`` and checked by
+    the models package itself, with the same errors as ``create_model``'s.
+    """
     name: str = "vig_ti"                 # a zoo name: vig_ti, vig_s, vig_b, pvig_ti, pvig_s, pvig_m, pvig_b
-    conv: str = "mr"                     # graph convolution: mr, edge, sage, gin
+    conv: str = "mr"                     # any name of vig_pyg.conv.list_convs(), pyg:<Class>, or a registered layer
     k: int = 9                           # neighbours per node
-    drop_path: float = 0.0               # stochastic depth rate of the last block
-    dropout: float = 0.0                 # dropout before the classifier
+    drop_path_rate: float = 0.0          # stochastic depth rate of the last block
     checkpoint: Optional[str] = None     # initial weights (official release or ours), e.g. to fine-tune
-    overrides: dict = field(default_factory=dict)  # other create_model arguments: channels, depth, stem_stride, blocks, reduce_ratios
+    imports: list = field(default_factory=list)  # modules (or .py files) imported first, e.g. a @register_conv layer
+    options: dict = field(default_factory=dict)  # the model's other overrides (see above)
 
 
 @dataclass
@@ -109,7 +116,6 @@ class TrainConfig:
     epochs: int = 100
     seed: int = 0
     amp: str = "auto"                    # auto (cuda: bf16 or fp16; cpu: bf16 with AVX512-BF16/AMX, else off), none, bf16, fp16 (cuda only)
-    channels_last: Optional[bool] = None  # null: on for cuda, off for cpu
     deterministic: bool = False          # torch.use_deterministic_algorithms + fixed seeds
     ckpt_every_steps: int = 0            # also checkpoint every N optimizer steps (0: epoch ends only)
     eval_every: int = 1                  # evaluate every N epochs (and always after the last)
@@ -117,6 +123,7 @@ class TrainConfig:
     sync_bn: bool = False                # SyncBatchNorm under DDP (cuda)
     device: str = "auto"                 # auto, cpu, cuda, cuda:N
     threads: str = "auto"                # CPU intra-op threads: auto (1 or all, by measured speed), default (torch's), or N
+    compile: bool = False                # torch.compile the model (also --compile)
 
 
 @dataclass
@@ -140,7 +147,10 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Plain sections; the model's options sit beside its other keys, as written."""
+        out = dataclasses.asdict(self)
+        out["model"].update(out["model"].pop("options"))
+        return out
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -163,6 +173,17 @@ def _unknown(key: str, prefix: str, valid: list) -> ConfigError:
     where = f"in '{prefix[:-1]}' " if prefix else ""
     return ConfigError(f"unknown config key '{prefix}{key}'{hint}; valid keys {where}are: "
                        + ", ".join(valid))
+
+
+def _number_or_text(value: Any) -> Any:
+    """List items: YAML 1.1 reads ``1e-3`` as text; such text becomes the number it spells,
+    other text (a module name) stays text."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        return value
 
 
 def _coerce(value: Any, typ: Any, key: str) -> Any:
@@ -205,7 +226,7 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
                 value = yaml.safe_load(value)
             if not isinstance(value, list):
                 raise ValueError
-            return [float(v) if isinstance(v, str) else v for v in value]
+            return [_number_or_text(v) for v in value]
         if typ is dict:
             if value is None:
                 return {}
@@ -233,10 +254,13 @@ def _set(cfg: Config, dotted: str, value: Any) -> None:
     obj = getattr(cfg, section)
     key = parts[1]
     valid = _valid_keys(type(obj))
+    if section == "model" and key not in valid:
+        _set_model_option(obj, parts[1:], value)
+        return
     if key not in valid:
         raise _unknown(key, section + ".", valid)
     typ = _hints(type(obj))[key]
-    if len(parts) > 2:  # model.overrides.channels=96: one entry of a free-form dict
+    if len(parts) > 2:
         if typ is not dict:
             raise ConfigError(f"config key '{section}.{key}' has no sub-keys (got '{dotted}')")
         getattr(obj, key)[".".join(parts[2:])] = value
@@ -244,6 +268,19 @@ def _set(cfg: Config, dotted: str, value: Any) -> None:
     if typ is dict and isinstance(value, str):
         value = yaml.safe_load(value)
     setattr(obj, key, _coerce(value, typ, f"{section}.{key}"))
+
+
+def _set_model_option(model: ModelConfig, parts: list, value: Any) -> None:
+    """``model.<key>`` that is not one of ModelConfig's own fields: an override of the model,
+    checked later by the models package (:func:`validate_model`)."""
+    key = parts[0]
+    if key in ("overrides", "options"):
+        raise ConfigError(f"model.{key} is not a key: write the model's options directly in "
+                          "the model section, e.g. model.channels=64 model.depth=4")
+    if len(parts) > 1:
+        raise ConfigError(f"config key 'model.{key}' has no sub-keys (got "
+                          f"'model.{'.'.join(parts)}')")
+    model.options[key] = value
 
 
 def apply_dict(cfg: Config, data: dict, source: str = "config") -> Config:
@@ -311,7 +348,6 @@ CHOICES = {
     "train.amp": ("auto", "none", "bf16", "fp16"),
     "sched.name": ("cosine", "tanh", "constant"),
     "optim.clip_mode": ("norm", "value", "agc"),
-    "model.conv": ("mr", "edge", "sage", "gin"),
 }
 
 
@@ -331,7 +367,7 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{dotted} must be positive, got {getattr(getattr(cfg, section), key)}")
     for dotted in ["data.num_workers", "train.ckpt_every_steps", "train.max_steps", "optim.lr",
                    "optim.weight_decay", "sched.warmup_epochs", "aug.mixup", "aug.cutmix",
-                   "aug.smoothing", "model.drop_path", "model.dropout"]:
+                   "aug.smoothing", "model.drop_path_rate"]:
         section, key = dotted.split(".")
         if getattr(getattr(cfg, section), key) < 0:
             raise ConfigError(f"{dotted} must not be negative, got {getattr(getattr(cfg, section), key)}")
@@ -353,6 +389,32 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"ema.decay must be in [0, 1), got {cfg.ema.decay}")
     if cfg.data.dataset == "imagefolder" and not cfg.data.root:
         raise ConfigError("data.dataset=imagefolder needs data.root=DIR (with DIR/train and DIR/val)")
+    validate_model(cfg)
+
+
+def model_kwargs(cfg: Config, num_classes: int) -> dict:
+    """The ``create_model`` arguments of the model section (without the checkpoint)."""
+    m = cfg.model
+    return dict(num_classes=num_classes, conv=m.conv, k=m.k, drop_path_rate=m.drop_path_rate,
+                img_size=cfg.data.img_size, **m.options)
+
+
+def validate_model(cfg: Config) -> None:
+    """The model section, checked by the models package (zoo names, ``list_convs()``,
+    ``list_overrides()``) after importing ``model.imports`` (which may register convs)."""
+    from ..models import model_config
+    from ..models.config import ModelConfigError
+    from .imports import import_modules
+
+    import_modules(cfg.model.imports)
+    reserved = sorted(set(cfg.model.options) & {"num_classes", "img_size"})
+    if reserved:
+        fix = "data.img_size" if reserved[0] == "img_size" else "the data set"
+        raise ConfigError(f"model.{reserved[0]} is set by {fix}: remove it from the model section")
+    try:  # names and options; whether data.img_size fits is checked when the model is built
+        model_config(cfg.model.name, **{**model_kwargs(cfg, num_classes=1000), "img_size": 224})
+    except ModelConfigError as exc:
+        raise ConfigError(f"model section: {exc}") from None
 
 
 def describe_keys() -> str:

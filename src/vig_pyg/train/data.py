@@ -217,7 +217,8 @@ class TrainLoader:
     """
 
     def __init__(self, dataset, batch_size: int, num_workers: int, seed: int,
-                 num_replicas: int = 1, rank: int = 0, pin_memory: bool = False):
+                 num_replicas: int = 1, rank: int = 0, pin_memory: bool = False,
+                 worker_init_fn=None):
         self.sampler = ResumableSampler(dataset, num_replicas, rank, seed)
         self.batch_size = batch_size
         self.seed = seed
@@ -229,7 +230,7 @@ class TrainLoader:
         self.loader = DataLoader(
             dataset, batch_sampler=BatchSampler(self.sampler, batch_size, drop_last=True),
             num_workers=num_workers, pin_memory=pin_memory, generator=self.generator,
-            persistent_workers=False)
+            persistent_workers=False, worker_init_fn=worker_init_fn)
 
     def epoch(self, epoch: int, start_step: int = 0):
         self.sampler.set_epoch(epoch, start_step * self.batch_size)
@@ -238,10 +239,23 @@ class TrainLoader:
 
 
 def build_eval_loader(dataset, batch_size: int, num_workers: int, num_replicas: int = 1,
-                      rank: int = 0, pin_memory: bool = False) -> DataLoader:
+                      rank: int = 0, pin_memory: bool = False, worker_init_fn=None) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size,
                       sampler=ShardSampler(len(dataset), num_replicas, rank),
-                      num_workers=num_workers, pin_memory=pin_memory)
+                      num_workers=num_workers, pin_memory=pin_memory,
+                      worker_init_fn=worker_init_fn)
+
+
+def loader_init(imports):
+    """The loader workers' ``worker_init_fn``: import ``model.imports`` in each worker
+    (a spawned worker starts with a fresh interpreter); None when there is nothing to import."""
+    if not imports:
+        return None
+    import functools
+
+    from .imports import worker_init
+
+    return functools.partial(worker_init, list(imports))
 
 
 def build_mixup(cfg: Config, num_classes: int):

@@ -8,64 +8,69 @@ from typing import Optional
 
 import torch
 
+from ..models.checkpoint import load_file
 from . import checkpoint as ckpt_io
-from . import distributed as D
-from .config import ConfigError, build_config
-from .data import build_datasets, build_eval_loader
-from .engine import (build_model, check_input_size, evaluate, resolve_device, resolve_precision)
+from .config import Config, ConfigError, build_config
+from .data import build_datasets, build_eval_loader, loader_init
+from .loop import evaluate
+from .setup import (build_model, check_input_size, load_run_weights, resolve_device,
+                    resolve_precision)
+
+
+def _pick_weights(ckpt: dict, training: bool, weights: str, path: str) -> tuple[str, object]:
+    """Which weights of the file to evaluate -> (label, weights)."""
+    if weights not in ("auto", "ema", "model"):
+        raise ConfigError(f"--weights {weights}: use auto, ema or model")
+    if not training:
+        if weights == "ema":
+            raise ConfigError("--weights ema needs a vig-pyg training checkpoint; this file holds "
+                              "one set of weights: use --weights auto")
+        return "file", ckpt
+    which = weights if weights != "auto" else ("ema" if ckpt.get("ema") is not None else "model")
+    if ckpt.get(which) is None:
+        raise ConfigError(f"checkpoint '{path}' has no EMA weights: use --weights model")
+    return which, ckpt[which]
+
+
+def _model_for(cfg: Config, num_classes: int, training: bool, state) -> torch.nn.Module:
+    if training:  # a training checkpoint's weights fit the model its config builds
+        model = build_model(cfg, num_classes, initial_weights=False)
+        load_run_weights(model, state, "checkpoint")
+        return model
+    return build_model(cfg, num_classes, weights=state)
 
 
 def run_eval(checkpoint: str, config_path: Optional[str] = None, overrides: Optional[list] = None,
              weights: str = "auto", json_path: Optional[str] = None, progress: bool = True) -> dict:
     """Evaluate ``checkpoint``: a vig-pyg training checkpoint (its saved config is the base)
-    or model weights in the official-release layout or ours (loaded by ``create_model``)."""
+    or model weights in the official-release layout or ours. The file is read once."""
     wall0 = time.perf_counter()
-    if not os.path.exists(checkpoint):
-        raise ConfigError(f"checkpoint '{checkpoint}' does not exist: check the path "
-                          "(a training run keeps RUN/checkpoints/last.pt)")
     if os.path.isdir(checkpoint):
         checkpoint = ckpt_io.resolve_resume_path(checkpoint)
-    state = ckpt_io.load_file(checkpoint)
-    training = ckpt_io.is_training_checkpoint(state)
-    base = state.get("config") if training and not config_path else None
+    ckpt = load_file(checkpoint)
+    training = ckpt_io.is_training_checkpoint(ckpt)
+    base = ckpt.get("config") if training and not config_path else None
     cfg = build_config(config_path, overrides, base=base)
-    if weights not in ("auto", "ema", "model"):
-        raise ConfigError(f"--weights {weights}: use auto, ema or model")
+    which, state = _pick_weights(ckpt, training, weights, checkpoint)
     device = resolve_device(cfg)
     if device.type == "cpu" and cfg.train.threads.isdigit():
         torch.set_num_threads(int(cfg.train.threads))
     precision = resolve_precision(cfg, device)
-    channels_last = cfg.train.channels_last if cfg.train.channels_last is not None else device.type == "cuda"
     _, test_set, num_classes = build_datasets(cfg)
     torch.manual_seed(cfg.train.seed)
-    if training:
-        model = build_model(cfg, num_classes, with_checkpoint=False)
-        which = weights
-        if which == "auto":
-            which = "ema" if state.get("ema") is not None else "model"
-        if which == "ema" and state.get("ema") is None:
-            raise ConfigError(f"checkpoint '{checkpoint}' has no EMA weights: use --weights model")
-        ckpt_io.load_model_state(model, state[which], checkpoint, cfg.model.name)
-    else:
-        if weights == "ema":
-            raise ConfigError("--weights ema needs a vig-pyg training checkpoint; this file holds "
-                              "one set of weights: use --weights auto")
-        which = "file"
-        cfg.model.checkpoint = checkpoint
-        model = build_model(cfg, num_classes, with_checkpoint=True)
-    del state
-    model.to(device)
+    model = _model_for(cfg, num_classes, training, state).to(device)
+    del ckpt, state
     check_input_size(model, cfg, device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    loader = build_eval_loader(test_set, cfg.data.eval_batch_size, cfg.data.num_workers)
-    res = evaluate(model, loader, device, precision, channels_last, D.DistInfo(), progress, "eval")
+    loader = build_eval_loader(test_set, cfg.data.eval_batch_size, cfg.data.num_workers,
+                               worker_init_fn=loader_init(cfg.model.imports))
+    res = evaluate(model, loader, device, precision, progress=progress, desc="eval")
+    split = "test" if cfg.data.dataset != "imagefolder" else cfg.data.val_split
     out = {"checkpoint": os.path.abspath(checkpoint), "weights": which, "model": cfg.model.name,
-           "dataset": cfg.data.dataset, "split": "test" if cfg.data.dataset != "imagefolder" else cfg.data.val_split,
-           "img_size": cfg.data.img_size, "precision": precision.name, "device": str(device),
-           "top1": res["top1"], "top5": res["top5"], "loss": res["loss"], "images": res["images"],
+           "dataset": cfg.data.dataset, "split": split, "img_size": cfg.data.img_size,
+           "precision": precision.name, "device": str(device), "top1": res["top1"],
+           "top5": res["top5"], "loss": res["loss"], "images": res["images"],
            "img_per_s": res["img_per_s"], "wall_time_s": time.perf_counter() - wall0}
-    print(f"{cfg.model.name} on {out['dataset']} ({out['split']}, {res['images']} images, "
+    print(f"{cfg.model.name} on {out['dataset']} ({split}, {res['images']} images, "
           f"{cfg.data.img_size} px, {which} weights): top-1 {res['top1']:.2f}%  top-5 "
           f"{res['top5']:.2f}%  loss {res['loss']:.4f}  {res['img_per_s']:.1f} img/s", flush=True)
     if json_path:
