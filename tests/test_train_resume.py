@@ -31,21 +31,41 @@ ARGS = ["train", "--set", "model.channels=32", "model.depth=2", "model.stem_stri
         "optim.clip_grad=1.0", "data.eval_batch_size=90"]
 
 
-def _run(*extra, crash=None):
+KILLS = {
+    "checkpoint@2": "mid-epoch, right after the step-14 checkpoint",
+    "epoch_row@1": "epoch 1's row written, its checkpoint not",
+    "eval@6": "inside epoch 1's evaluation of the EMA weights",
+    "summary@1": "model.pt written, summary.json not",
+}
+
+
+def _start(*extra, crash=None):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     env.pop("VIG_PYG_CRASH_AT", None)
     if crash:
         env["VIG_PYG_CRASH_AT"] = crash
-    return subprocess.run([sys.executable, "-m", "vig_pyg.train", *ARGS, *extra], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.Popen([sys.executable, "-m", "vig_pyg.train", *ARGS, *extra], cwd=REPO,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(proc):
+    out, err = proc.communicate(timeout=600)
+    return proc.returncode, out, err
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    out = tmp_path_factory.mktemp("reference") / "run"
-    proc = _run("--output", str(out))
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return out
+def runs(tmp_path_factory):
+    """The uninterrupted reference and, for every kill point, a run killed there and then
+    resumed. The processes run side by side (one thread each) to keep the test short."""
+    root = tmp_path_factory.mktemp("resume")
+    procs = {"reference": _start("--output", str(root / "reference"))}
+    procs.update({c: _start("--output", str(root / c), crash=c) for c in KILLS})
+    first = {name: _finish(p) for name, p in procs.items()}
+    assert first["reference"][0] == 0, first["reference"][2][-2000:]
+    for crash, where in KILLS.items():
+        assert first[crash][0] == -9, f"not killed {where}: {first[crash][2][-1000:]}"
+    resumed = {c: _start("--resume", str(root / c)) for c in KILLS}
+    return root, {c: _finish(p) for c, p in resumed.items()}
 
 
 def _rows(run):
@@ -60,19 +80,13 @@ def _scalars(run):
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
-@pytest.mark.parametrize("crash, where", [
-    ("checkpoint@2", "mid-epoch, right after the step-14 checkpoint"),
-    ("epoch_row@1", "epoch 1's row written, its checkpoint not"),
-    ("eval@6", "inside epoch 1's evaluation of the EMA weights"),
-    ("summary@1", "model.pt written, summary.json not"),
-])
-def test_sigkill_then_resume_matches_uninterrupted(reference, tmp_path, crash, where):
-    run = tmp_path / "killed"
-    victim = _run("--output", str(run), crash=crash)
-    assert victim.returncode == -9, f"not killed {where}: {victim.stderr[-1000:]}"
-    resumed = _run("--resume", str(run))
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "resumed from" in resumed.stdout
+@pytest.mark.parametrize("crash", list(KILLS))
+def test_sigkill_then_resume_matches_uninterrupted(runs, crash):
+    root, resumed = runs
+    reference, run = root / "reference", root / crash
+    code, out, err = resumed[crash]
+    assert code == 0, err[-2000:]
+    assert "resumed from" in out
 
     a = torch.load(reference / "checkpoints" / "last.pt", weights_only=True)
     b = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
@@ -101,7 +115,8 @@ def test_sigkill_then_resume_matches_uninterrupted(reference, tmp_path, crash, w
     assert same(sa) == same(sb)
 
 
-def test_resume_of_a_finished_run_is_refused(reference, tmp_path):
-    proc = _run("--resume", str(reference))
-    assert proc.returncode == 2
-    assert "already finished train.max_steps=56" in proc.stderr
+def test_resume_of_a_finished_run_is_refused(runs):
+    root, _ = runs
+    code, _, err = _finish(_start("--resume", str(root / "reference")))
+    assert code == 2
+    assert "already finished train.max_steps=56" in err
