@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import yaml
 
-from ..errors import VigPygError
+from ..errors import VigPygError, one_line
 
 
 class ConfigError(VigPygError):
@@ -322,7 +322,7 @@ def load_yaml(path: str) -> dict:
         raise ConfigError(f"config file '{path}' not found: check the path "
                           "(shipped configs: configs/demo.yaml, configs/cifar10.yaml, configs/imagenet.yaml)") from None
     except yaml.YAMLError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = one_line(exc)
         raise ConfigError(f"config file '{path}' is not valid YAML ({first}): fix the syntax") from None
     except OSError as exc:
         raise ConfigError(f"config file '{path}' cannot be read ({exc.strerror})") from None

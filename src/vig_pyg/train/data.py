@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler
 
+from ..errors import one_line
 from .config import Config, ConfigError
 
 
@@ -136,7 +137,7 @@ def build_datasets(cfg: Config):
             train = cls(root, train=True, transform=train_tf, download=d.download)
             test = cls(root, train=False, transform=test_tf, download=d.download)
         except RuntimeError as exc:
-            raise ConfigError(f"{d.dataset} not found under '{root}' ({str(exc).splitlines()[0]}): "
+            raise ConfigError(f"{d.dataset} not found under '{root}' ({one_line(exc)}): "
                               "point data.root at the extracted files or add data.download=true") from None
         except OSError as exc:
             raise ConfigError(f"cannot read {d.dataset} under '{root}' ({exc}): check data.root, or "
@@ -159,7 +160,7 @@ def build_datasets(cfg: Config):
             try:
                 out.append(torchvision.datasets.ImageFolder(path, transform=tf))
             except (FileNotFoundError, RuntimeError) as exc:
-                raise ConfigError(f"no images in '{path}' ({str(exc).splitlines()[0]}): expected "
+                raise ConfigError(f"no images in '{path}' ({one_line(exc)}): expected "
                                   "one sub-directory of images per class") from None
         if out[0].classes != out[1].classes:
             raise ConfigError(f"class folders of '{d.train_split}' and '{d.val_split}' under "

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..errors import one_line
 from . import checkpoint as ckpt_io
 from . import distributed as D
 from .config import Config, ConfigError
@@ -147,7 +148,7 @@ class Run:
                 self.scaler.load_state_dict(ckpt["scaler"])
         except (ValueError, KeyError, RuntimeError) as exc:
             raise ConfigError(f"checkpoint '{path}' does not match this run's optimizer or "
-                              f"settings ({str(exc).splitlines()[0][:120]}): resume with the "
+                              f"settings ({one_line(exc)[:120]}): resume with the "
                               "config it was written with") from None
         self.state = RunState.from_checkpoint(ckpt)
         self.state.resumes += 1
