@@ -17,20 +17,7 @@ ADAPTED = ["GATConv", "GATv2Conv", "GCNConv", "SAGEConv", "GINConv", "Transforme
 NOT_BIPARTITE = {"GCNConv"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: see tests/test_conv.py
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def clean_registry():
-    saved = dict(registry_module._REGISTRY)
-    yield
-    registry_module._REGISTRY.clear()
-    registry_module._REGISTRY.update(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def graph(channels=16, bipartite=False, seed=0):
