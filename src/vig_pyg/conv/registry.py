@@ -23,6 +23,7 @@ from ..errors import VigPygError
 class ConvNameError(VigPygError):
     """A graph convolution name that is not registered and no prefix resolves."""
 
+
 _REGISTRY: Dict[str, Callable[..., nn.Module]] = {}
 #: prefix -> (resolver(rest of the name) -> factory or None, how to name one in errors)
 _PREFIXES: Dict[str, Tuple[Callable[[str], Optional[Callable[..., nn.Module]]], str]] = {}

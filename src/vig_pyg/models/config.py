@@ -146,6 +146,15 @@ class ViGConfig:
 
     # ------------------------------------------------------------------ checks
     def validate(self) -> "ViGConfig":
+        """Raises :class:`ModelConfigError` (one line naming the fix) for anything the
+        network cannot be built from; returns ``self``."""
+        self._check_structure()
+        self._check_widths()
+        self._check_numbers()
+        self._check_img_size()
+        return self
+
+    def _check_structure(self) -> None:
         who = self.name or self.kind
         if self.kind not in KINDS:
             raise ModelConfigError(f"kind must be one of {KINDS}, got {self.kind!r}")
@@ -171,7 +180,16 @@ class ViGConfig:
         if any(r < 1 for r in self.reduce_ratios):
             raise ModelConfigError(f"{who}: reduce ratios must be >= 1, got "
                                    f"{list(self.reduce_ratios)}")
-        stem_div = 8 if self.kind == "isotropic" else 2
+        if self.kind == "isotropic":
+            if self.stem_stride not in (1, 2, 4, 8, 16):
+                raise ModelConfigError(f"{who}: stem_stride must be one of 1, 2, 4, 8, 16 (16 is "
+                                       f"the official stem), got {self.stem_stride}")
+        elif self.stem_stride != _PYRAMID_STEM_STRIDE:
+            raise ModelConfigError(f"{who}: the pyramid stem has stride 4; stem_stride cannot "
+                                   f"be changed")
+
+    def _check_widths(self) -> None:
+        who = self.name or self.kind
         g = self.groups
         if not isinstance(g, int) or isinstance(g, bool) or g < 1:
             raise ModelConfigError(f"{who}: groups must be a positive int, got {g!r}")
@@ -180,20 +198,20 @@ class ViGConfig:
                 raise ModelConfigError(f"{who}: channels must be positive multiples of {g} (the "
                                        f"graph convolutions use {g} groups), got "
                                        f"{list(self.channels)}")
+        stem_div = 8 if self.kind == "isotropic" else 2
+        if self.channels[0] % stem_div:
+            raise ModelConfigError(f"{who}: the stem needs channels divisible by {stem_div}, got "
+                                   f"{self.channels[0]}")
+
+    def _check_numbers(self) -> None:
+        who = self.name or self.kind
         d = self.dilation
         if not (isinstance(d, bool) or (isinstance(d, int) and d >= 1)):
             raise ModelConfigError(f"{who}: dilation must be True (the release's schedule), "
                                    f"False (1 everywhere) or a max dilation >= 1, got {d!r}")
-        if self.channels[0] % stem_div:
-            raise ModelConfigError(f"{who}: the stem needs channels divisible by {stem_div}, got "
-                                   f"{self.channels[0]}")
-        if self.kind == "isotropic":
-            if self.stem_stride not in (1, 2, 4, 8, 16):
-                raise ModelConfigError(f"{who}: stem_stride must be one of 1, 2, 4, 8, 16 (16 is "
-                                       f"the official stem), got {self.stem_stride}")
-        elif self.stem_stride != _PYRAMID_STEM_STRIDE:
-            raise ModelConfigError(f"{who}: the pyramid stem has stride 4; stem_stride cannot "
-                                   f"be changed")
+        if self.relative_pos not in (None, True, False):
+            raise ModelConfigError(f"{who}: relative_pos must be True, False or None (the "
+                                   f"kind's default), got {self.relative_pos!r}")
         if self.k < 1:
             raise ModelConfigError(f"{who}: k must be >= 1, got {self.k}")
         if not 0.0 <= self.drop_path_rate < 1.0 or not 0.0 <= self.dropout < 1.0:
@@ -207,8 +225,6 @@ class ViGConfig:
             check_activation(self.act)
         except VigPygError as e:
             raise ModelConfigError(f"{who}: {e}") from None
-        self._check_img_size()
-        return self
 
     def _check_img_size(self) -> None:
         who = self.name or self.kind
@@ -228,8 +244,8 @@ class ViGConfig:
             r = spec.reduce_ratio
             keys = (gh // r) * (gw // r)
             if spec.k * spec.dilation > keys:
-                fix = (f"a smaller stem_stride, " if self.kind == "isotropic" and self.stem_stride > 1
-                       else "")
+                fix = ("a smaller stem_stride, "
+                       if self.kind == "isotropic" and self.stem_stride > 1 else "")
                 raise ModelConfigError(
                     f"{who}: at img_size {h}x{w} block {spec.index} needs k * dilation = "
                     f"{spec.k} * {spec.dilation} = {spec.k * spec.dilation} candidate "

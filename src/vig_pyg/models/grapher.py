@@ -23,7 +23,8 @@ def _build_conv(name: str, channels: int, out: int, act: str, groups: int) -> nn
 
     # groups is passed only when it differs from every conv's default (4), so that
     # registered convs without a groups argument keep working with the release's layout
-    return build_conv(name, channels, out, act=act, **({} if groups == 4 else {"groups": groups}))
+    extra = {} if groups == 4 else {"groups": groups}
+    return build_conv(name, channels, out, act=act, **extra)
 
 
 class Grapher(nn.Module):
