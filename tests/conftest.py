@@ -19,10 +19,13 @@ def one_thread():
 
 @pytest.fixture
 def clean_registry():
-    """Whatever a test registers with ``register_conv`` is gone after it."""
+    """Whatever a test registers with ``register_conv`` / ``register_prefix`` is gone
+    after it."""
     from vig_pyg.conv import registry
 
-    saved = dict(registry._REGISTRY)
+    saved, prefixes = dict(registry._REGISTRY), dict(registry._PREFIXES)
     yield
     registry._REGISTRY.clear()
     registry._REGISTRY.update(saved)
+    registry._PREFIXES.clear()
+    registry._PREFIXES.update(prefixes)

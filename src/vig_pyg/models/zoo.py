@@ -113,7 +113,8 @@ OVERRIDES: dict[str, tuple[tuple, Callable[[Any], bool], str]] = {
     "grapher_fc": ((), lambda v: isinstance(v, bool), "a bool (Grapher fc1/fc2; False: the "
                                                       "graph conv maps C -> C)"),
     "ffn": ((), lambda v: isinstance(v, bool), "a bool (the FFN of every block)"),
-    "groups": ((), _is_int, "an int dividing every stage's channels (4 as released)"),
+    "groups": ((), _is_int, "an int dividing every stage's channels (4 as released; "
+                            "pyg: convs are dense and ignore it)"),
     "relative_pos": ((), lambda v: isinstance(v, bool),
                      "a bool (the relative-position distance term; default pyramid yes, "
                      "isotropic no)"),
