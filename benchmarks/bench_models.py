@@ -8,8 +8,9 @@ For each model (default vig_ti and pvig_ti), batch 16 at 224 px, float32 on the 
 "ours" is ``vig_pyg.models.create_model`` (channels-last, PyG patch graphs); "reference" is
 ``tests/official_reference.py`` run in float32 on the same weights (a random state dict in
 the official layout, loaded into ours through ``create_model(checkpoint=...)``): NCHW
-tensors, ``[B, C, N, k]`` gathers, subtract-then-max, like the release (which SPEC measured
-at vig_ti 16.8 / 6.9 img/s and pvig_ti 10.5 / 4.3 img/s on this machine).
+tensors, ``[B, C, N, k]`` gathers, subtract-then-max, like the release (which
+docs/architecture.md records at vig_ti 16.8 / 6.9 img/s and pvig_ti 10.5 / 4.3 img/s on
+this machine).
 
 Timing: for each (model, mode) one process holds both implementations and alternates
 them step by step, so a disturbance from other work on the machine hits both alike; the
@@ -227,7 +228,7 @@ def main(argv=None) -> int:
                   f"{mem['reference']:11.0f} {mem['ours']:11.0f}"
                   f"{'' if met else '  (target missed)'}", flush=True)
     print("img/s: best step (median in brackets); speed-up from the best steps")
-    print("(SPEC, official code on this machine: "
+    print("(docs/architecture.md, official code on this machine: "
           + ", ".join(f"{k} {v[0]} / {v[1]} img/s" for k, v in OFFICIAL.items()) + ")")
     return 0 if ok else 1
 

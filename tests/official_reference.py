@@ -1,4 +1,4 @@
-"""A compact dense reference of the OFFICIAL ViG semantics, written from SPEC.md alone.
+"""A compact dense reference of the OFFICIAL ViG semantics, written from docs/architecture.md alone.
 
 Independent of ``vig_pyg``: plain torch, NCHW, functional ops on a state dict in the
 official key layout. It mirrors the release's code paths (``[B, C, N, 1]`` node tensors made
@@ -13,6 +13,11 @@ Configs are plain dicts::
      "num_classes": 1000, "stem_stride": 16, "img_size": 224}
     {"kind": "pyramid", "channels": [48, 96, 240, 384], "blocks": [2, 2, 6, 2],
      "reduce_ratios": [4, 2, 1, 1], "k": 9, "conv": "mr", "num_classes": 1000, "img_size": 224}
+
+``act`` (default ``"gelu"``) is the release's ``act_layer`` name, applied to every
+activation (stem, graph convolutions, FFN, head): ``relu``, ``leakyrelu`` (slope 0.2),
+``prelu`` (one slope per layer, a state-dict entry ``<layer>.weight`` of shape [1]),
+``gelu``, ``hswish``.
 
 Two extensions of vig_pyg beyond the release, mirrored here: ``stem_stride`` < 16
 (isotropic only) for tiny images keeps stride 2 only on the first ``log2(stem_stride)`` of
@@ -30,7 +35,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-#: The seven zoo models, straight from the SPEC table.
+#: The seven zoo models, straight from the table of docs/architecture.md.
 ZOO = {
     "vig_ti": dict(kind="isotropic", channels=192, depth=12),
     "vig_s": dict(kind="isotropic", channels=320, depth=16),
@@ -47,7 +52,7 @@ BN_MOMENTUM = 0.1
 
 def make_cfg(name: str | None = None, **kw) -> dict:
     cfg = dict(k=9, conv="mr", num_classes=1000, img_size=224, stem_stride=16,
-               reduce_ratios=[4, 2, 1, 1])
+               reduce_ratios=[4, 2, 1, 1], act="gelu")
     if name is not None:
         cfg.update(ZOO[name])
     cfg.update(kw)
@@ -62,7 +67,7 @@ def _hw(size):
 
 # ----------------------------------------------------------------------------- schedules
 def schedule(cfg) -> list[tuple[int, int, int, int]]:
-    """(stage, k, dilation, reduce_ratio) of every block, per SPEC "Schedules"."""
+    """(stage, k, dilation, reduce_ratio) of every block, per docs/architecture.md "Schedules"."""
     if cfg["kind"] == "isotropic":
         depth = cfg["depth"]
         ks = [int(v) for v in torch.linspace(cfg["k"], 2 * cfg["k"], depth)]
@@ -131,6 +136,15 @@ def official_shapes(cfg) -> "OrderedDict[str, tuple]":
             sd[f"{key}.{p}"] = (c,)
         sd[f"{key}.num_batches_tracked"] = ()
 
+    def act(key):  # only PReLU has a parameter: its one slope
+        if cfg.get("act", "gelu") == "prelu":
+            sd[f"{key}.weight"] = (1,)
+
+    def basic(key, cout, cin):  # BasicConv: conv (groups 4), BN, act
+        conv(key + ".0", cout, cin, groups=4)
+        bn(key + ".1", cout)
+        act(key + ".2")
+
     c0 = chans[0]
     gh, gw = stem_grid(cfg)
     sd["pos_embed"] = (1, c0, gh, gw)
@@ -138,6 +152,8 @@ def official_shapes(cfg) -> "OrderedDict[str, tuple]":
     for j in range(len(plan) - 1):
         conv(f"stem.convs.{3 * j}", plan[j + 1], plan[j], 3)
         bn(f"stem.convs.{3 * j + 1}", plan[j + 1])
+        if j < len(plan) - 2:
+            act(f"stem.convs.{3 * j + 2}")
     idx = 0
     grid_h, grid_w = gh, gw
     prev_stage = 0
@@ -154,16 +170,12 @@ def official_shapes(cfg) -> "OrderedDict[str, tuple]":
         bn(p + "fc1.1", c)
         g = p + "graph_conv.gconv."
         if cfg["conv"] in ("mr", "edge"):
-            conv(g + "nn.0", 2 * c, 2 * c, groups=4)
-            bn(g + "nn.1", 2 * c)
+            basic(g + "nn", 2 * c, 2 * c)
         elif cfg["conv"] == "sage":
-            conv(g + "nn1.0", c, c, groups=4)
-            bn(g + "nn1.1", c)
-            conv(g + "nn2.0", 2 * c, 2 * c, groups=4)
-            bn(g + "nn2.1", 2 * c)
+            basic(g + "nn1", c, c)
+            basic(g + "nn2", 2 * c, 2 * c)
         elif cfg["conv"] == "gin":
-            conv(g + "nn.0", 2 * c, c, groups=4)
-            bn(g + "nn.1", 2 * c)
+            basic(g + "nn", 2 * c, c)
             sd[g + "eps"] = (1,)
         else:
             raise ValueError(cfg["conv"])
@@ -175,11 +187,13 @@ def official_shapes(cfg) -> "OrderedDict[str, tuple]":
         q = f"backbone.{idx}.1."
         conv(q + "fc1.0", 4 * c, c)
         bn(q + "fc1.1", 4 * c)
+        act(q + "act")
         conv(q + "fc2.0", c, 4 * c)
         bn(q + "fc2.1", c)
         idx += 1
     conv("prediction.0", 1024, chans[-1])
     bn("prediction.1", 1024)
+    act("prediction.2")
     conv("prediction.4", cfg["num_classes"], 1024)
     return sd
 
@@ -212,6 +226,8 @@ def random_official_state_dict(cfg, seed: int = 0, dtype=torch.float64) -> "Orde
             t = 0.2 * torch.randn(shape, generator=g, dtype=dtype)
         elif leaf == "eps":
             t = 0.3 * torch.randn(shape, generator=g, dtype=dtype)
+        elif leaf == "weight" and shape == (1,):  # a PReLU slope: near the 0.2 init
+            t = 0.2 + 0.1 * torch.randn(shape, generator=g, dtype=dtype)
         elif leaf == "weight" and len(shape) == 4:
             fan_in = shape[1] * shape[2] * shape[3]
             t = torch.randn(shape, generator=g, dtype=dtype) * math.sqrt(2.0 / fan_in)
@@ -235,10 +251,25 @@ def _bn(sd, key, x, training):
                         sd[key + ".weight"], sd[key + ".bias"], training, BN_MOMENTUM, BN_EPS)
 
 
-def _basic(sd, key, x, training):
-    """BasicConv: 1x1 conv (groups 4) -> BN -> GELU."""
+def _act(sd, key, x, act):
+    """The release's ``act_layer(act)`` at state-dict prefix ``key`` (PReLU's slope)."""
+    if act == "relu":
+        return F.relu(x)
+    if act == "leakyrelu":
+        return F.leaky_relu(x, 0.2)
+    if act == "prelu":
+        return F.prelu(x, sd[key + ".weight"])
+    if act == "gelu":
+        return F.gelu(x)
+    if act == "hswish":
+        return F.hardswish(x)
+    raise ValueError(act)
+
+
+def _basic(sd, key, x, training, act):
+    """BasicConv: 1x1 conv (groups 4) -> BN -> act."""
     x = _conv(sd, key + ".0", x, groups=4)
-    return F.gelu(_bn(sd, key + ".1", x, training))
+    return _act(sd, key + ".2", _bn(sd, key + ".1", x, training), act)
 
 
 def batched_index_select(x, idx):
@@ -274,7 +305,7 @@ def dense_dilated_knn(x, y, k, d, relative_pos):
     return edge_index[:, :, :, ::d]
 
 
-def graph_conv(sd, key, conv, x, edge_index, y, training):
+def graph_conv(sd, key, conv, x, edge_index, y, training, act="gelu"):
     """x [B, C, N, 1] (centres), y [B, C, M, 1] (pooled keys) or None."""
     src = x if y is None else y
     if conv == "mr":
@@ -283,24 +314,24 @@ def graph_conv(sd, key, conv, x, edge_index, y, training):
         x_j, _ = torch.max(x_j - x_i, -1, keepdim=True)
         b, c, n, _ = x.shape
         x = torch.cat([x.unsqueeze(2), x_j.unsqueeze(2)], dim=2).reshape(b, 2 * c, n, 1)
-        return _basic(sd, key + "nn", x, training)
+        return _basic(sd, key + "nn", x, training, act)
     if conv == "edge":
         x_i = batched_index_select(x, edge_index[1])
         x_j = batched_index_select(src, edge_index[0])
-        h = _basic(sd, key + "nn", torch.cat([x_i, x_j - x_i], dim=1), training)
+        h = _basic(sd, key + "nn", torch.cat([x_i, x_j - x_i], dim=1), training, act)
         return torch.max(h, -1, keepdim=True)[0]
     if conv == "sage":
         x_j = batched_index_select(src, edge_index[0])
-        x_j, _ = torch.max(_basic(sd, key + "nn1", x_j, training), -1, keepdim=True)
-        return _basic(sd, key + "nn2", torch.cat([x, x_j], dim=1), training)
+        x_j, _ = torch.max(_basic(sd, key + "nn1", x_j, training, act), -1, keepdim=True)
+        return _basic(sd, key + "nn2", torch.cat([x, x_j], dim=1), training, act)
     if conv == "gin":
         x_j = batched_index_select(src, edge_index[0])
         x_j = torch.sum(x_j, -1, keepdim=True)
-        return _basic(sd, key + "nn", (1 + sd[key + "eps"]) * x + x_j, training)
+        return _basic(sd, key + "nn", (1 + sd[key + "eps"]) * x + x_j, training, act)
     raise ValueError(conv)
 
 
-def grapher(sd, p, x, k, d, r, conv, training):
+def grapher(sd, p, x, k, d, r, conv, training, act="gelu"):
     shortcut = x
     x = _bn(sd, p + "fc1.1", _conv(sd, p + "fc1.0", x), training)
     b, c, h, w = x.shape
@@ -320,15 +351,15 @@ def grapher(sd, p, x, k, d, r, conv, training):
         # schedule was made for, the largest dilation that fits
         d = m // k
     edge_index = dense_dilated_knn(x, y, k, d, rel)
-    x = graph_conv(sd, p + "graph_conv.gconv.", conv, x, edge_index, y, training)
+    x = graph_conv(sd, p + "graph_conv.gconv.", conv, x, edge_index, y, training, act)
     x = x.reshape(b, -1, h, w).contiguous()
     x = _bn(sd, p + "fc2.1", _conv(sd, p + "fc2.0", x), training)
     return x + shortcut
 
 
-def ffn(sd, p, x, training):
+def ffn(sd, p, x, training, act="gelu"):
     shortcut = x
-    x = F.gelu(_bn(sd, p + "fc1.1", _conv(sd, p + "fc1.0", x), training))
+    x = _act(sd, p + "act", _bn(sd, p + "fc1.1", _conv(sd, p + "fc1.0", x), training), act)
     x = _bn(sd, p + "fc2.1", _conv(sd, p + "fc2.0", x), training)
     return x + shortcut
 
@@ -345,7 +376,7 @@ def stem(sd, cfg, x, training):
         x = _conv(sd, f"stem.convs.{3 * j}", x, stride=strides[j], padding=1)
         x = _bn(sd, f"stem.convs.{3 * j + 1}", x, training)
         if j < n_convs - 1:
-            x = F.gelu(x)
+            x = _act(sd, f"stem.convs.{3 * j + 2}", x, cfg.get("act", "gelu"))
     return x
 
 
@@ -365,8 +396,9 @@ def ref_forward_features(sd, x, cfg, training=False) -> list:
             x = _bn(sd, p + "1", _conv(sd, p + "0", x, stride=2, padding=1), training)
             idx += 1
             prev_stage = stage
-        x = grapher(sd, f"backbone.{idx}.0.", x, k, d, r, cfg["conv"], training)
-        x = ffn(sd, f"backbone.{idx}.1.", x, training)
+        act = cfg.get("act", "gelu")
+        x = grapher(sd, f"backbone.{idx}.0.", x, k, d, r, cfg["conv"], training, act)
+        x = ffn(sd, f"backbone.{idx}.1.", x, training, act)
         idx += 1
     feats.append(x)
     return feats
@@ -376,6 +408,7 @@ def ref_forward(sd, x, cfg, training=False) -> torch.Tensor:
     """Logits [B, num_classes] of the official network with weights ``sd`` (official keys)."""
     x = ref_forward_features(sd, x, cfg, training)[-1]
     x = F.adaptive_avg_pool2d(x, 1)
-    x = F.gelu(_bn(sd, "prediction.1", _conv(sd, "prediction.0", x), training))
+    x = _bn(sd, "prediction.1", _conv(sd, "prediction.0", x), training)
+    x = _act(sd, "prediction.2", x, cfg.get("act", "gelu"))
     x = _conv(sd, "prediction.4", x)  # dropout (prediction.3) is the identity here
     return x.squeeze(-1).squeeze(-1)

@@ -1,6 +1,6 @@
 """The four ViG graph convolutions against an independent dense float64 reference.
 
-The reference below is written from SPEC ("Graph convolutions", "Grouped projection") with
+The reference below is written from docs/architecture.md ("Graph convolutions", "Layers") with
 plain loops over explicit neighbour lists and an explicit per-group matmul; it shares no
 code with vig_pyg.conv (it only reads the layer's parameters).
 """
@@ -23,14 +23,7 @@ BN_EPS, BN_MOMENTUM = 1e-5, 0.1
 LAYERS = {"mr": MRConv, "edge": ViGEdgeConv, "sage": ViGSAGEConv, "gin": ViGGINConv}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: a second OpenMP thread only adds barrier waits, which on a
-    shared 2-core machine can stall every BatchNorm call by tens of milliseconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # ------------------------------------------------------------------------ the reference
@@ -427,16 +420,16 @@ def conv_macs(layer, n, k):
 
 
 def test_vig_ti_parameter_counts_and_macs():
-    """At vig_ti width (C 192 -> 384, groups 4), per Grapher:
+    """At vig_ti width (C 192 -> 384, groups 4; "docs" = docs/architecture.md), per Grapher:
     projection 2C -> 2C: 384*384/4 weights + 384 bias + 2*384 BN = 38016 (mr, edge);
     sage adds nn1 C -> C: 192*192/4 + 192 + 2*192 = 9792, so 12 blocks add 0.118 M
-    (SPEC: 7.30 - 7.18 = 0.12 M); gin's C -> 2C projection has 192*384/4 = 18432 fewer
+    (docs: 7.30 - 7.18 = 0.12 M); gin's C -> 2C projection has 192*384/4 = 18432 fewer
     weights than mr's, plus eps: 38016 - 18432 + 1 = 19585, 12 blocks: -0.221 M
-    (SPEC: 6.96 - 7.18 = -0.22 M); edge = mr (SPEC: 7.18 both).
+    (docs: 6.96 - 7.18 = -0.22 M); edge = mr (docs: 7.18 both).
     MACs on 196 nodes with k_i = int(linspace(9, 18, 12)) (sum 157): mr 196*384*96 per
-    block; edge projects every edge: + 196*36864*(157 - 12) = 1.048 G (SPEC 2.35 - 1.30);
-    sage + nn1 on every edge: 196*9216*157 = 0.284 G (SPEC 1.58 - 1.30); gin 196*18432
-    fewer per block: -0.043 G (SPEC 1.26 - 1.30)."""
+    block; edge projects every edge: + 196*36864*(157 - 12) = 1.048 G (docs: 2.35 - 1.30);
+    sage + nn1 on every edge: 196*9216*157 = 0.284 G (docs: 1.58 - 1.30); gin 196*18432
+    fewer per block: -0.043 G (docs: 1.26 - 1.30)."""
     c, o, blocks = 192, 384, 12
     params = {n: sum(p.numel() for p in build_conv(n, c, o).parameters()) for n in LAYERS}
     assert params["mr"] == params["edge"] == o * (2 * c // 4) + o + 2 * o == 38016

@@ -17,20 +17,7 @@ ADAPTED = ["GATConv", "GATv2Conv", "GCNConv", "SAGEConv", "GINConv", "Transforme
 NOT_BIPARTITE = {"GCNConv"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: see tests/test_conv.py
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def clean_registry():
-    saved = dict(registry_module._REGISTRY)
-    yield
-    registry_module._REGISTRY.clear()
-    registry_module._REGISTRY.update(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def graph(channels=16, bipartite=False, seed=0):
@@ -59,6 +46,34 @@ def test_build_ours(name):
     assert proj[0].groups == 2 and proj[0].bias is None and isinstance(proj[2], nn.Identity)
     x, ei = graph()
     assert layer(x, ei).shape == (32, 24)
+
+
+def test_prefix_resolvers(clean_registry):
+    """A module claims a prefix; the registry asks it for names it does not hold itself
+    (the PyG adapter resolves "pyg:<ClassName>" this way, so the registry imports nothing
+    of the adapters)."""
+    from vig_pyg.conv import ConvNameError, register_prefix
+
+    seen = []
+
+    def resolve(rest):
+        seen.append(rest)
+        return None if rest == "missing" else (lambda i, o=None, **kw: nn.Linear(i, o))
+
+    register_prefix("toy:", resolve, "toys as 'toy:<anything>'")
+    layer = build_conv("toy:line", 8, 12)
+    assert isinstance(layer, nn.Linear) and layer.out_features == 12 and seen == ["line"]
+    with pytest.raises(ConvNameError, match=r"unknown graph convolution 'toy:missing'; known: "
+                                            r"mr.*\(toys as 'toy:<anything>'\)"):
+        build_conv("toy:missing", 8)
+    assert type(build_conv("pyg:LEConv", 8)).__name__ == "PyGConv"   # unregistered class
+    import ast
+
+    import vig_pyg.conv.registry as registry
+
+    tree = ast.parse(open(registry.__file__).read())
+    imported = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+    assert not any("pyg_adapter" in m for m in imported)
 
 
 def test_unknown_and_duplicate_names(clean_registry):

@@ -1,5 +1,6 @@
-"""The model zoo against SPEC and against the independent dense reference of the official
-semantics (tests/official_reference.py).
+"""The model zoo against its table (docs/architecture.md, ``vig_pyg.models.zoo.ZOO``:
+parameters and MACs are counted here) and against the independent dense reference of the
+official semantics (tests/official_reference.py).
 
 Every comparison with the reference loads a random state dict in the OFFICIAL key layout
 through ``create_model(checkpoint=...)``, so it also tests the key mapping; values are
@@ -9,34 +10,21 @@ a relative 1e-9.
 from __future__ import annotations
 
 import math
-import os
+import re
 import warnings
-import sys
+from pathlib import Path
 
+import official_reference as R
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
-import official_reference as R  # noqa: E402
-
-from vig_pyg.models import ViG, create_model, list_models, load_checkpoint, model_config  # noqa: E402
-from vig_pyg.models.config import ModelConfigError  # noqa: E402
-from vig_pyg.models.info import count_macs, count_params  # noqa: E402
+from vig_pyg.layers import RELEASE_ACTIVATIONS
+from vig_pyg.models import ViG, create_model, list_models, load_checkpoint, model_config
+from vig_pyg.models.info import count_macs, count_params
+from vig_pyg.models.zoo import VIG_TI_CONVS, ZOO
 
 RTOL = 1e-9
-
-# SPEC "Model zoo": params total (trainable) in M, GMACs at 224 px.
-SPEC_TABLE = {
-    "vig_ti": (7.18, 7.18, 1.30),
-    "vig_s": (22.75, 22.75, 4.52),
-    "vig_b": (86.84, 86.84, 17.64),
-    "pvig_ti": (12.49, 10.71, 1.70),
-    "pvig_s": (29.02, 27.25, 4.55),
-    "pvig_m": (51.68, 49.53, 8.85),
-    "pvig_b": (95.21, 92.98, 16.80),
-}
-SPEC_AGGREGATORS = {"mr": (7.18, 1.30), "edge": (7.18, 2.35), "sage": (7.30, 1.58),
-                    "gin": (6.96, 1.26)}
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
 NATIVE_CONVS = ("mr", "edge", "sage", "gin")
 
 # Small configs: a vig_ti-like isotropic model on 32 px images (8 x 8 nodes) and a
@@ -60,6 +48,7 @@ def build_pair(small, conv="mr", seed=0, img_size=None, num_classes=10, **extra)
     """(our float64 model loaded from a random official dict, that dict, reference cfg)."""
     img_size = img_size or small["img"]
     cfg = ref_cfg(small["name"], conv, small["k"], img_size, num_classes, **small["overrides"])
+    cfg["act"] = extra.get("act", "gelu")
     sd = R.random_official_state_dict(cfg, seed=seed)
     model = create_model(small["name"], num_classes=num_classes, conv=conv, k=small["k"],
                          img_size=img_size, checkpoint=sd, **small["overrides"], **extra)
@@ -83,9 +72,9 @@ def test_list_models():
     assert list_models() == ["vig_ti", "vig_s", "vig_b", "pvig_ti", "pvig_s", "pvig_m", "pvig_b"]
 
 
-@pytest.mark.parametrize("name", list(SPEC_TABLE))
-def test_params_and_macs_match_spec(name):
-    total, trainable, gmacs = SPEC_TABLE[name]
+@pytest.mark.parametrize("name", list(ZOO))
+def test_params_and_macs_match_the_zoo_table(name):
+    total, trainable, gmacs = ZOO[name].params_m, ZOO[name].trainable_m, ZOO[name].gmacs
     torch.manual_seed(0)
     model = create_model(name)
     p_total, p_train = count_params(model)
@@ -95,22 +84,36 @@ def test_params_and_macs_match_spec(name):
 
 
 def test_knn_macs_are_counted():
-    # SPEC: vig_ti 1.212 convolution + 0.089 distance GMACs; pvig_ti 1.554 + 0.146
+    # docs/architecture.md: vig_ti 1.212 convolution + 0.089 distance GMACs; pvig_ti 1.554 + 0.146
     for name, conv_g, knn_g in (("vig_ti", 1.212, 0.089), ("pvig_ti", 1.554, 0.146)):
         macs = count_macs(create_model(name), 224)
         assert round(macs["knn"] / 1e9, 3) == knn_g
         assert round((macs["total"] - macs["knn"]) / 1e9, 3) == conv_g
 
 
-@pytest.mark.parametrize("conv", list(SPEC_AGGREGATORS))
+@pytest.mark.parametrize("conv", list(VIG_TI_CONVS))
 def test_aggregator_table(conv):
-    params, gmacs = SPEC_AGGREGATORS[conv]
+    params, gmacs = VIG_TI_CONVS[conv].params_m, VIG_TI_CONVS[conv].gmacs
     model = create_model("vig_ti", conv=conv)
     assert round(count_params(model)[0] / 1e6, 2) == params
     assert round(count_macs(model, 224)["total"] / 1e9, 2) == gmacs
 
 
-@pytest.mark.parametrize("name", list(SPEC_TABLE))
+def test_docs_page_states_the_zoo_table():
+    """docs/architecture.md and the code's table say the same (one fact, two readers)."""
+    text = DOCS.read_text()
+    for name, e in ZOO.items():
+        row = re.search(rf"^\| {name} \|.*$", text, re.M)
+        assert row, name
+        cells = [c.strip() for c in row.group(0).strip("|").split("|")]
+        params = f"{e.params_m:.2f}" + (f" ({e.trainable_m:.2f})"
+                                        if e.trainable_m != e.params_m else "")
+        assert cells[4:7] == [params, f"{e.gmacs:.2f}", f"{e.top1:.1f}"], name
+    for conv, v in VIG_TI_CONVS.items():
+        assert f"| {conv} | {v.params_m:.2f} | {v.gmacs:.2f} | {v.top1:.1f} |" in text
+
+
+@pytest.mark.parametrize("name", list(ZOO))
 def test_schedules_match_spec(name):
     cfg = model_config(name, drop_path_rate=0.3)
     specs = cfg.block_specs()
@@ -162,12 +165,35 @@ def test_convs_match_reference(small, conv):
     model, sd, cfg = build_pair(small, conv, seed=5)
     x = images(2, small["img"], seed=6)
     with torch.no_grad():
-        ours = model.forward_features(x)
+        final, ours = model.forward_intermediates(x)
         ref = R.ref_forward_features(sd, x, cfg)
         assert len(ours) == len(ref)
         for a, b in zip(ours, ref):
             assert_close(a, b)
-        assert_close(model.forward_head(ours), R.ref_forward(sd, x, cfg))
+        assert_close(model.forward_head(final), R.ref_forward(sd, x, cfg))
+
+
+@pytest.mark.parametrize("act", list(RELEASE_ACTIVATIONS))
+@pytest.mark.parametrize("small", [SMALL_ISO, SMALL_PYR], ids=["isotropic", "pyramid"])
+def test_activations_match_reference(small, act):
+    """Each release activation in every layer (stem, graph conv, FFN, head), weights in the
+    release's layout (PReLU slopes included): the reference's logits in float64."""
+    model, sd, cfg = build_pair(small, "mr", seed=15, act=act)
+    slopes = [k for k in sd if k.endswith((".act.weight", ".nn.2.weight", "prediction.2.weight"))]
+    # one slope per graph conv and per FFN, one in the head (and the stem's, not counted)
+    assert len(slopes) == (2 * model.config.depth + 1 if act == "prelu" else 0)
+    x = images(2, small["img"], seed=16)
+    with torch.no_grad():
+        assert_close(model(x), R.ref_forward(sd, x, cfg))
+
+
+@pytest.mark.parametrize("conv", ["edge", "sage", "gin"])
+def test_prelu_in_every_projection_matches_reference(conv):
+    """sage has two projections, edge projects every edge: each gets its own slope."""
+    model, sd, cfg = build_pair(SMALL_ISO, conv, seed=17, act="prelu")
+    x = images(2, SMALL_ISO["img"], seed=18)
+    with torch.no_grad():
+        assert_close(model(x), R.ref_forward(sd, x, cfg))
 
 
 @pytest.mark.parametrize("small,size", [(SMALL_ISO, (40, 24)), (SMALL_ISO, (48, 48)),
@@ -211,7 +237,7 @@ def test_pvig_ti_other_sizes(size):
     x = images(1, h, w, seed=12)
     with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        feats = model.forward_features(x)
+        feats = model.forward_intermediates(x, intermediates_only=True)
     assert any("using dilation 2" in str(c.message) for c in caught) == (size == 160)
     with torch.no_grad():
         assert [tuple(f.shape[-2:]) for f in feats] == [(h // s, w // s) for s in (4, 8, 16, 32)]
@@ -255,7 +281,7 @@ def test_forward_features_and_head(small):
     model = small_model(small).eval()
     x = images(2, small["img"], dtype=torch.float32)
     with torch.no_grad():
-        feats = model.forward_features(x)
+        feats = model.forward_intermediates(x, intermediates_only=True)
         chans = small["overrides"]["channels"]
         chans = [chans] if isinstance(chans, int) else chans
         assert [f.shape[1] for f in feats] == chans
@@ -263,7 +289,8 @@ def test_forward_features_and_head(small):
         assert [fi["num_chs"] for fi in model.feature_info] == chans
         logits = model(x)
         assert logits.shape == (2, 10)
-        torch.testing.assert_close(model.forward_head(feats), logits, rtol=0, atol=0)
+        torch.testing.assert_close(model.forward_head(feats[-1]), logits, rtol=0, atol=0)
+        torch.testing.assert_close(model.forward_features(x), feats[-1], rtol=0, atol=0)
         assert model.forward_head(feats, pre_logits=True).shape == (2, 1024)
 
 

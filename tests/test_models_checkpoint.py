@@ -2,18 +2,14 @@
 from __future__ import annotations
 
 import os
-import sys
 
+import official_reference as R
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
-import official_reference as R  # noqa: E402
-
-from vig_pyg.models import (create_model, load_checkpoint, load_model, read_checkpoint,  # noqa: E402
+from vig_pyg.models import (create_model, load_checkpoint, load_model, read_checkpoint,
                             save_checkpoint)
-from vig_pyg.models.checkpoint import (CheckpointError, official_to_vig_pyg,  # noqa: E402
-                                       vig_pyg_to_official)
+from vig_pyg.models.checkpoint import CheckpointError, official_to_vig_pyg, vig_pyg_to_official
 
 OV = dict(channels=32, depth=3, stem_stride=4)
 CFG = R.make_cfg("vig_ti", k=4, img_size=32, num_classes=5, channels=32, depth=3,

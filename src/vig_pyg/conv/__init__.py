@@ -6,7 +6,8 @@ convolutions as ``"pyg:<ClassName>"`` (:mod:`vig_pyg.conv.pyg_adapter`). Build a
 with :func:`build_conv`, list them with :func:`list_convs`, add one with
 :func:`register_conv`.
 """
-from .registry import build_conv, list_convs, register_conv  # noqa: I001 (registry first)
+from .registry import (  # noqa: I001 (registry first)
+    ConvNameError, build_conv, list_convs, register_conv, register_prefix)
 from .base import GrapherConv
 from .projection import GroupedProjection
 from .max_relative import MRConv
@@ -16,6 +17,7 @@ from .gin import ViGGINConv
 from .pyg_adapter import PYG_PREFIX, PyGConv
 
 __all__ = [
-    "build_conv", "list_convs", "register_conv", "GrapherConv", "GroupedProjection",
+    "build_conv", "list_convs", "register_conv", "register_prefix", "ConvNameError",
+    "GrapherConv", "GroupedProjection",
     "MRConv", "ViGEdgeConv", "ViGSAGEConv", "ViGGINConv", "PyGConv", "PYG_PREFIX",
 ]

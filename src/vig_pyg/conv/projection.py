@@ -18,23 +18,8 @@ from typing import Callable
 
 import torch
 from torch import Tensor, nn
-from torch_geometric.nn.resolver import activation_resolver
 
-
-def make_activation(act: str | Callable | nn.Module | None) -> nn.Module:
-    """``"gelu"``, ``"relu"``, ... (any name PyG's activation resolver knows), a module,
-    a module class, or ``None`` / ``"none"`` / ``"identity"`` for no activation."""
-    if act is None or (isinstance(act, str) and act.lower() in ("none", "identity", "")):
-        return nn.Identity()
-    if isinstance(act, nn.Module):
-        return act
-    if isinstance(act, type) and issubclass(act, nn.Module):
-        return act()
-    try:
-        return activation_resolver(act)
-    except ValueError as e:  # PyG's message lists nothing helpful
-        raise ValueError(f"unknown activation {act!r}: pass a torch.nn activation name "
-                         f"such as 'gelu' or 'relu', a module, or None") from e
+from ..layers.activation import make_activation
 
 
 class GroupedProjection(nn.Sequential):
@@ -50,7 +35,9 @@ class GroupedProjection(nn.Sequential):
     Args:
         in_channels, out_channels: row widths; both divisible by ``groups``.
         groups: convolution groups (4 in ViG).
-        act: activation (default GELU); ``None`` for none.
+        act: activation (default GELU): a name of
+            :func:`~vig_pyg.layers.make_activation` (``"leakyrelu"`` has slope 0.2, as in
+            the release), a module, or ``None`` for none.
         bias: whether the convolution has a bias.
 
     Shapes:

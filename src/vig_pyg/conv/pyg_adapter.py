@@ -37,8 +37,8 @@ from typing import Callable, Optional, Tuple, Union
 import torch_geometric.nn.conv as pyg_conv
 from torch import Tensor, nn
 
-from .projection import make_activation
-from .registry import register_conv
+from ..layers.activation import make_activation
+from .registry import register_conv, register_prefix
 
 PYG_PREFIX = "pyg:"
 
@@ -189,3 +189,4 @@ def pyg_conv_factory(class_name: str) -> Optional[Callable[..., nn.Module]]:
 
 for _name in RECIPES:
     register_conv(PYG_PREFIX + _name)(pyg_conv_factory(_name))
+register_prefix(PYG_PREFIX, pyg_conv_factory, "PyG convolutions as 'pyg:<ClassName>'")

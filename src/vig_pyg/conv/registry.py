@@ -6,14 +6,27 @@ module maps node features ``[N, in]`` (or a bipartite pair) and an ``edge_index`
 ``[N_dst, out]``. The ViG layers are registered as ``"mr"``, ``"edge"``, ``"sage"`` and
 ``"gin"``; PyTorch Geometric convolutions as ``"pyg:<ClassName>"`` (see
 :mod:`vig_pyg.conv.pyg_adapter`).
+
+Besides exact names, a module can claim a name *prefix* with :func:`register_prefix`: the
+PyG adapter resolves every ``"pyg:<ClassName>"`` that way. The registry imports no other
+part of the package; the adapters register themselves when ``vig_pyg.conv`` is imported.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 from torch import nn
 
+from ..errors import VigPygError
+
+
+class ConvNameError(VigPygError):
+    """A graph convolution name that is not registered and no prefix resolves."""
+
+
 _REGISTRY: Dict[str, Callable[..., nn.Module]] = {}
+#: prefix -> (resolver(rest of the name) -> factory or None, how to name one in errors)
+_PREFIXES: Dict[str, Tuple[Callable[[str], Optional[Callable[..., nn.Module]]], str]] = {}
 
 
 def register_conv(name: str, *, replace: bool = False) -> Callable:
@@ -40,20 +53,28 @@ def register_conv(name: str, *, replace: bool = False) -> Callable:
     return decorator
 
 
+def register_prefix(prefix: str, resolver: Callable[[str], Optional[Callable[..., nn.Module]]],
+                    pattern: str = "<name>") -> None:
+    """Names starting with ``prefix`` that are not registered themselves are resolved by
+    ``resolver(name[len(prefix):])``, which returns a factory or ``None`` (unknown);
+    ``pattern`` shows the accepted form in error messages (``"pyg:<ClassName>"``)."""
+    _PREFIXES[prefix] = (resolver, pattern)
+
+
 def conv_factory(name: str):
-    """The constructor registered as ``name``, or a ``"pyg:<ClassName>"`` adapter for any
-    PyG convolution; an unknown name raises a ValueError listing the known ones."""
+    """The constructor registered as ``name``, or one a registered prefix resolves it to
+    (any PyG convolution as ``"pyg:<ClassName>"``); an unknown name raises a
+    :class:`ConvNameError` listing the known ones."""
     if name in _REGISTRY:
         return _REGISTRY[name]
-    from .pyg_adapter import PYG_PREFIX, pyg_conv_factory
-
-    factory = pyg_conv_factory(name[len(PYG_PREFIX):]) if (
-        isinstance(name, str) and name.startswith(PYG_PREFIX)) else None
-    if factory is None:
-        raise ValueError(f"unknown graph convolution {name!r}; known: "
-                         f"{', '.join(list_convs())} (PyG convolutions as "
-                         f"'{PYG_PREFIX}<ClassName>')")
-    return factory
+    for prefix, (resolver, _) in _PREFIXES.items():
+        if isinstance(name, str) and name.startswith(prefix):
+            factory = resolver(name[len(prefix):])
+            if factory is not None:
+                return factory
+    forms = "".join(f" ({pattern})" for _, pattern in _PREFIXES.values())
+    raise ConvNameError(f"unknown graph convolution {name!r}; known: "
+                        f"{', '.join(list_convs())}{forms}")
 
 
 def build_conv(name: str, in_channels: int, out_channels: Optional[int] = None,

@@ -3,10 +3,11 @@ from .checkpoint import load_checkpoint, load_model, read_checkpoint, save_check
 from .config import BlockSpec, ModelConfigError, ViGConfig
 from .info import model_card, model_cards
 from .vig import ViG
-from .zoo import ZOO, create_model, list_models, list_overrides, model_config
+from .zoo import (ZOO, create_model, list_models, list_overrides, model_config,
+                  validate_model_options)
 
 __all__ = [
     "ViG", "ViGConfig", "BlockSpec", "ModelConfigError", "ZOO", "create_model", "list_models",
-    "list_overrides", "model_config", "load_checkpoint", "load_model", "read_checkpoint",
-    "save_checkpoint", "model_card", "model_cards",
+    "list_overrides", "model_config", "validate_model_options", "load_checkpoint",
+    "load_model", "read_checkpoint", "save_checkpoint", "model_card", "model_cards",
 ]

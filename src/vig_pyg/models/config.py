@@ -3,12 +3,16 @@
 One dataclass describes both kinds. An isotropic model is one stage (``channels``,
 ``blocks`` of length 1, reduce ratio 1) behind a stride-16 stem; a pyramid model has four
 stages behind a stride-4 stem with a stride-2 downsample before every later stage.
-The schedules follow the official release (see SPEC "Schedules"):
+The schedules follow the official release (docs/architecture.md, "Schedules"):
 
 * isotropic: ``k_i = int(linspace(k, 2k, depth)[i])``, max dilation ``196 // max(k_i)``;
 * pyramid: ``k_i = k``, max dilation ``49 // k``;
 * both: ``d_i = min(i // 4 + 1, max dilation)`` and drop path ``linspace(0, rate, depth)[i]``,
   with ``i`` counting blocks across stages.
+
+Ablation switches (defaults = the release): ``dilation`` ``True`` (the rule above), ``False``
+(``d_i = 1``) or an int ``m`` (max dilation ``m``); ``grapher_fc``, ``ffn``, ``groups``,
+``relative_pos`` (``None``: the kind's default, pyramid yes, isotropic no).
 
 196 and 49 are the node counts of the last stage at 224 px: they are constants of the
 architecture (not of the input size), so a model keeps its schedule at any resolution.
@@ -21,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from ..errors import VigPygError
+from ..layers.activation import check_activation
 
 KINDS = ("isotropic", "pyramid")
 KNN_BACKENDS = ("auto", "dense", "cluster")
@@ -66,6 +71,15 @@ class ViGConfig:
     knn_backend: str = "auto"
     head_hidden: int = 1024
     name: str = ""
+    grapher_fc: bool = True       # Grapher's fc1/fc2 (False: the graph conv maps C -> C)
+    ffn: bool = True              # the FFN of every block
+    groups: int = 4               # groups of the graph convolutions' projections
+    relative_pos: bool | None = None  # None: pyramid models yes, isotropic no
+    dilation: bool | int = True   # True: the release's schedule; False: 1; int: max
+
+    @property
+    def use_relative_pos(self) -> bool:
+        return self.kind == "pyramid" if self.relative_pos is None else bool(self.relative_pos)
 
     def __post_init__(self):
         self.channels = _int_tuple(self.channels, "channels")
@@ -104,6 +118,10 @@ class ViGConfig:
         k_hi = 2 * self.k if self.kind == "isotropic" else self.k
         ks = [int(v.item()) for v in torch.linspace(self.k, k_hi, depth)]
         max_dilation = max(1, _DILATION_NODES[self.kind] // max(ks))
+        if self.dilation is False:
+            max_dilation = 1
+        elif self.dilation is not True:
+            max_dilation = int(self.dilation)
         dpr = [v.item() for v in torch.linspace(0, self.drop_path_rate, depth)]
         specs, i = [], 0
         for stage, (c, n, r) in enumerate(zip(self.channels, self.blocks, self.reduce_ratios)):
@@ -128,6 +146,15 @@ class ViGConfig:
 
     # ------------------------------------------------------------------ checks
     def validate(self) -> "ViGConfig":
+        """Raises :class:`ModelConfigError` (one line naming the fix) for anything the
+        network cannot be built from; returns ``self``."""
+        self._check_structure()
+        self._check_widths()
+        self._check_numbers()
+        self._check_img_size()
+        return self
+
+    def _check_structure(self) -> None:
         who = self.name or self.kind
         if self.kind not in KINDS:
             raise ModelConfigError(f"kind must be one of {KINDS}, got {self.kind!r}")
@@ -153,14 +180,6 @@ class ViGConfig:
         if any(r < 1 for r in self.reduce_ratios):
             raise ModelConfigError(f"{who}: reduce ratios must be >= 1, got "
                                    f"{list(self.reduce_ratios)}")
-        stem_div = 8 if self.kind == "isotropic" else 2
-        for c in self.channels:
-            if c < 4 or c % 4:
-                raise ModelConfigError(f"{who}: channels must be positive multiples of 4 (the "
-                                       f"graph convolutions use 4 groups), got {list(self.channels)}")
-        if self.channels[0] % stem_div:
-            raise ModelConfigError(f"{who}: the stem needs channels divisible by {stem_div}, got "
-                                   f"{self.channels[0]}")
         if self.kind == "isotropic":
             if self.stem_stride not in (1, 2, 4, 8, 16):
                 raise ModelConfigError(f"{who}: stem_stride must be one of 1, 2, 4, 8, 16 (16 is "
@@ -168,16 +187,44 @@ class ViGConfig:
         elif self.stem_stride != _PYRAMID_STEM_STRIDE:
             raise ModelConfigError(f"{who}: the pyramid stem has stride 4; stem_stride cannot "
                                    f"be changed")
+
+    def _check_widths(self) -> None:
+        who = self.name or self.kind
+        g = self.groups
+        if not isinstance(g, int) or isinstance(g, bool) or g < 1:
+            raise ModelConfigError(f"{who}: groups must be a positive int, got {g!r}")
+        for c in self.channels:
+            if c < g or c % g:
+                raise ModelConfigError(f"{who}: channels must be positive multiples of {g} (the "
+                                       f"graph convolutions use {g} groups), got "
+                                       f"{list(self.channels)}")
+        stem_div = 8 if self.kind == "isotropic" else 2
+        if self.channels[0] % stem_div:
+            raise ModelConfigError(f"{who}: the stem needs channels divisible by {stem_div}, got "
+                                   f"{self.channels[0]}")
+
+    def _check_numbers(self) -> None:
+        who = self.name or self.kind
+        d = self.dilation
+        if not (isinstance(d, bool) or (isinstance(d, int) and d >= 1)):
+            raise ModelConfigError(f"{who}: dilation must be True (the release's schedule), "
+                                   f"False (1 everywhere) or a max dilation >= 1, got {d!r}")
+        if self.relative_pos not in (None, True, False):
+            raise ModelConfigError(f"{who}: relative_pos must be True, False or None (the "
+                                   f"kind's default), got {self.relative_pos!r}")
         if self.k < 1:
             raise ModelConfigError(f"{who}: k must be >= 1, got {self.k}")
         if not 0.0 <= self.drop_path_rate < 1.0 or not 0.0 <= self.dropout < 1.0:
             raise ModelConfigError(f"{who}: drop_path_rate and dropout must be in [0, 1)")
         if not 0.0 <= self.epsilon <= 1.0:
             raise ModelConfigError(f"{who}: epsilon must be in [0, 1], got {self.epsilon}")
-        if self.num_classes < 1 or self.in_chans < 1:
-            raise ModelConfigError(f"{who}: num_classes and in_chans must be >= 1")
-        self._check_img_size()
-        return self
+        if self.num_classes < 0 or self.in_chans < 1:
+            raise ModelConfigError(f"{who}: num_classes must be >= 0 (0: no classifier) and "
+                                   f"in_chans >= 1")
+        try:
+            check_activation(self.act)
+        except VigPygError as e:
+            raise ModelConfigError(f"{who}: {e}") from None
 
     def _check_img_size(self) -> None:
         who = self.name or self.kind
@@ -197,8 +244,8 @@ class ViGConfig:
             r = spec.reduce_ratio
             keys = (gh // r) * (gw // r)
             if spec.k * spec.dilation > keys:
-                fix = (f"a smaller stem_stride, " if self.kind == "isotropic" and self.stem_stride > 1
-                       else "")
+                fix = ("a smaller stem_stride, "
+                       if self.kind == "isotropic" and self.stem_stride > 1 else "")
                 raise ModelConfigError(
                     f"{who}: at img_size {h}x{w} block {spec.index} needs k * dilation = "
                     f"{spec.k} * {spec.dilation} = {spec.k * spec.dilation} candidate "

@@ -5,7 +5,7 @@ from __future__ import annotations
 from timm.layers import DropPath
 from torch import Tensor, nn
 
-from .activation import make_act
+from .activation import make_activation
 from .convbn import ConvBN
 
 
@@ -13,7 +13,7 @@ class FFN(nn.Module):
     def __init__(self, channels: int, hidden: int, act: str = "gelu", drop_path: float = 0.0):
         super().__init__()
         self.fc1 = ConvBN(channels, hidden)
-        self.act = make_act(act)
+        self.act = make_activation(act)
         self.fc2 = ConvBN(hidden, channels)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 

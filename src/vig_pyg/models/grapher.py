@@ -18,10 +18,13 @@ from ..graph import PatchGraph, knn_edges, relative_position_table, resize_relat
 from .convbn import ConvBN
 
 
-def _build_conv(name: str, channels: int, act: str) -> nn.Module:
+def _build_conv(name: str, channels: int, out: int, act: str, groups: int) -> nn.Module:
     from ..conv import build_conv  # imported late: vig_pyg.conv imports torch_geometric convs
 
-    return build_conv(name, channels, 2 * channels, act=act)
+    # groups is passed only when it differs from every conv's default (4), so that
+    # registered convs without a groups argument keep working with the release's layout
+    extra = {} if groups == 4 else {"groups": groups}
+    return build_conv(name, channels, out, act=act, **extra)
 
 
 class Grapher(nn.Module):
@@ -29,6 +32,9 @@ class Grapher(nn.Module):
 
     Args:
         channels: C (the graph convolution maps C -> 2C, fc2 brings it back to C).
+        fc: ``False`` drops fc1 and fc2 (an ablation): the graph convolution then runs on
+            the block's input and maps C -> C itself.
+        groups: groups of the graph convolution's projections (4 as released).
         k, dilation: the ``k`` neighbours kept of the ``k * dilation`` nearest.
         reduce_ratio: r > 1 makes the candidate neighbours the r x r average-pooled map
             (a bipartite graph: pooled keys -> all nodes).
@@ -39,13 +45,15 @@ class Grapher(nn.Module):
     def __init__(self, channels: int, k: int = 9, dilation: int = 1, conv: str = "mr",
                  act: str = "gelu", reduce_ratio: int = 1, drop_path: float = 0.0,
                  grid_size: tuple[int, int] | None = None, stochastic: bool = False,
-                 epsilon: float = 0.2, knn_backend: str = "auto"):
+                 epsilon: float = 0.2, knn_backend: str = "auto", fc: bool = True,
+                 groups: int = 4):
         super().__init__()
         self.k, self.dilation, self.reduce_ratio = k, dilation, reduce_ratio
         self.stochastic, self.epsilon, self.knn_backend = stochastic, epsilon, knn_backend
-        self.fc1 = ConvBN(channels, channels)
-        self.graph_conv = _build_conv(conv, channels, act)
-        self.fc2 = ConvBN(2 * channels, channels)
+        width = 2 * channels if fc else channels
+        self.fc1 = ConvBN(channels, channels) if fc else nn.Identity()
+        self.graph_conv = _build_conv(conv, channels, width, act, groups)
+        self.fc2 = ConvBN(width, channels) if fc else nn.Identity()
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         if grid_size is not None:
             table = relative_position_table(tuple(grid_size), channels, reduce_ratio)

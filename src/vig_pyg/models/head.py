@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .activation import make_act
+from .activation import make_activation
 from .convbn import conv_bn
 
 
@@ -14,19 +14,24 @@ class Head(nn.Sequential):
         super().__init__(
             nn.Conv2d(channels, hidden, 1),
             nn.BatchNorm2d(hidden),
-            make_act(act),
+            make_activation(act),
             nn.Dropout(dropout),
-            nn.Conv2d(hidden, num_classes, 1),
+            nn.Conv2d(hidden, num_classes, 1) if num_classes else nn.Identity(),
         )
 
     @property
     def num_classes(self) -> int:
-        return self[4].out_channels
+        """0 when the classifier was removed (``reset(0)``)."""
+        return getattr(self[4], "out_channels", 0)
 
     def reset(self, num_classes: int) -> None:
-        """A fresh classifier layer for ``num_classes`` (Kaiming-normal weight, zero bias)."""
-        old = self[4]
-        new = nn.Conv2d(old.in_channels, num_classes, 1).to(old.weight.device, old.weight.dtype)
+        """A fresh classifier layer for ``num_classes`` (Kaiming-normal weight, zero bias);
+        ``0`` removes it (the head then ends with the embedding, as timm models do)."""
+        ref = self[0].weight
+        if num_classes == 0:
+            self[4] = nn.Identity()
+            return
+        new = nn.Conv2d(ref.shape[0], num_classes, 1).to(ref.device, ref.dtype)
         nn.init.kaiming_normal_(new.weight)
         nn.init.zeros_(new.bias)
         self[4] = new

@@ -11,10 +11,7 @@ import argparse
 import torch
 from torch import nn
 
-from .zoo import TOP1, ZOO, create_model, list_models
-
-#: Paper top-1 of vig_ti's aggregator ablation (SPEC "Grapher variants").
-TOP1_VIG_TI_CONVS = {"mr": 73.9, "edge": 74.3, "sage": 74.0, "gin": 72.8}
+from .zoo import VIG_TI_CONVS, ZOO, create_model, list_models
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:
@@ -48,16 +45,16 @@ def model_card(name: str, conv: str = "mr", img_size=224, macs: bool = True, **k
     """Parameters and (optionally) MACs of one zoo model."""
     model = create_model(name, conv=conv, img_size=img_size, **kwargs)
     total, trainable = count_params(model)
-    card = {"model": name, "kind": ZOO[name]["kind"], "conv": conv,
+    card = {"model": name, "kind": ZOO[name].kind, "conv": conv,
             "img_size": model.config.img_size, "params": total, "trainable": trainable}
     if macs:
         counted = count_macs(model, img_size)
         card["macs"], card["knn_macs"] = counted["total"], counted["knn"]
     if tuple(model.config.img_size) == (224, 224) and not kwargs:
         if conv == "mr":
-            card["top1"] = TOP1[name]
-        elif name == "vig_ti" and conv in TOP1_VIG_TI_CONVS:
-            card["top1"] = TOP1_VIG_TI_CONVS[conv]
+            card["top1"] = ZOO[name].top1
+        elif name == "vig_ti" and conv in VIG_TI_CONVS:
+            card["top1"] = VIG_TI_CONVS[conv].top1
     return card
 
 

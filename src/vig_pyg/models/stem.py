@@ -5,7 +5,7 @@ import math
 
 from torch import Tensor, nn
 
-from .activation import make_act
+from .activation import make_activation
 from .convbn import conv_bn
 
 
@@ -23,7 +23,7 @@ class Stem(nn.Module):
         for j, (cout, stride) in enumerate(plan):
             layers += [nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.BatchNorm2d(cout)]
             if j < len(plan) - 1:
-                layers.append(make_act(act))
+                layers.append(make_activation(act))
             cin = cout
         self.convs = nn.Sequential(*layers)
         self.stride = math.prod(s for _, s in plan)

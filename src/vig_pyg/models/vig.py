@@ -15,12 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import VigPygError
 from .config import ViGConfig
 from .downsample import Downsample
 from .ffn import FFN
 from .grapher import Grapher
 from .head import Head
 from .stem import Stem
+from .zoo import pretrained_cfg
 
 
 class ViGBlock(nn.Sequential):
@@ -54,23 +56,26 @@ class ViG(nn.Module):
                 stage = spec.stage
             grapher = Grapher(
                 spec.channels, spec.k, spec.dilation, cfg.conv, cfg.act, spec.reduce_ratio,
-                spec.drop_path, grid_size=None if iso else grids[spec.stage],
-                stochastic=cfg.stochastic, epsilon=cfg.epsilon, knn_backend=cfg.knn_backend)
-            ffn = FFN(spec.channels, 4 * spec.channels, cfg.act, spec.drop_path)
+                spec.drop_path, grid_size=grids[spec.stage] if cfg.use_relative_pos else None,
+                stochastic=cfg.stochastic, epsilon=cfg.epsilon, knn_backend=cfg.knn_backend,
+                fc=cfg.grapher_fc, groups=cfg.groups)
+            ffn = (FFN(spec.channels, 4 * spec.channels, cfg.act, spec.drop_path) if cfg.ffn
+                   else nn.Identity())
             modules.append(ViGBlock(grapher, ffn))
         self._add_feature_info(stage, len(modules) - 1)
         self.backbone = nn.Sequential(*modules)
         self.prediction = Head(cfg.channels[-1], cfg.num_classes, cfg.head_hidden, cfg.act,
                                cfg.dropout)
         self.num_features = cfg.channels[-1]
-        self.pretrained_cfg = self.default_cfg = _pretrained_cfg(cfg)
+        self.pretrained_cfg = self.default_cfg = pretrained_cfg(cfg)
         self.model_init()
         self.to(memory_format=torch.channels_last)
 
     def _add_feature_info(self, stage: int, index: int) -> None:
+        # timm's feature_info: one entry per stage, ``module`` its last block
         self.feature_info.append(dict(num_chs=self.config.channels[stage],
                                       reduction=self.config.stem_stride * 2 ** stage,
-                                      module=f"backbone.{index}"))
+                                      module=f"backbone.{index}", stage=stage))
 
     def model_init(self) -> None:
         """Kaiming-normal convolution weights, zero biases (BatchNorm: weight 1, bias 0)."""
@@ -85,25 +90,30 @@ class ViG(nn.Module):
     # ------------------------------------------------------------------ properties
     @property
     def num_classes(self) -> int:
-        return self.prediction.num_classes
+        return 0 if self.prediction is None else self.prediction.num_classes
 
     def reset_classifier(self, num_classes: int) -> None:
-        """Replace the last layer with a fresh one for ``num_classes`` (fine-tuning)."""
+        """Replace the last layer with a fresh one for ``num_classes`` (fine-tuning);
+        ``0`` removes it (the model then returns the head's 1024-d embedding, as in timm)."""
+        if self.prediction is None:
+            raise VigPygError("this model was pruned to a feature extractor "
+                              "(prune_intermediate_layers): it has no head to reset")
         self.prediction.reset(num_classes)
-        self.prediction[4].to(memory_format=torch.channels_last)
+        self.prediction.to(memory_format=torch.channels_last)
         self.config.num_classes = num_classes
-        self.pretrained_cfg = self.default_cfg = _pretrained_cfg(self.config)
+        self.pretrained_cfg = self.default_cfg = pretrained_cfg(self.config)
 
     # ------------------------------------------------------------------ forward
     def _check_input(self, x: Tensor) -> None:
         if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != self.config.in_chans:
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise ValueError(f"expected images [B, {self.config.in_chans}, H, W], got {shape}"
-                             + ("; add a batch dimension with x.unsqueeze(0)"
-                                if isinstance(x, Tensor) and x.dim() == 3 else ""))
+            raise VigPygError(f"expected images [B, {self.config.in_chans}, H, W], got {shape}"
+                              + ("; add a batch dimension with x.unsqueeze(0)"
+                                 if isinstance(x, Tensor) and x.dim() == 3 else ""))
         if not x.is_floating_point():
-            raise ValueError(f"expected floating-point images, got {x.dtype}; convert and "
-                             f"normalise them first (mean = std = 0.5 for the released weights)")
+            raise VigPygError(f"expected floating-point images, got {x.dtype}; convert and "
+                              f"normalise them first (mean = std = 0.5 for the released "
+                              f"weights)")
 
     def _pos_embed(self, size) -> Tensor:
         pos = self.pos_embed
@@ -111,33 +121,123 @@ class ViG(nn.Module):
             pos = F.interpolate(pos, size=tuple(size), mode="bicubic", align_corners=False)
         return pos
 
-    def forward_features(self, x: Tensor) -> list[Tensor]:
-        """Images ``[B, 3, H, W]`` -> the feature map after every stage (4 for a pyramid
-        model, 1 for an isotropic one), channels-last ``[B, C_s, H_s, W_s]`` tensors."""
+    def _embed(self, x: Tensor) -> Tensor:
+        """Images -> the first node grid: stem + position embedding (channels-last)."""
         self._check_input(x)
         x = self.stem(x.contiguous(memory_format=torch.channels_last))
-        x = x + self._pos_embed(x.shape[-2:])
-        features = []
-        for module in self.backbone:
-            if isinstance(module, Downsample):
-                features.append(x)
-            x = module(x)
-        features.append(x)
-        return features
+        return x + self._pos_embed(x.shape[-2:])
 
-    def forward_head(self, features, pre_logits: bool = False) -> Tensor:
-        """The last stage's map (or the list from :meth:`forward_features`) -> logits."""
-        x = features[-1] if isinstance(features, (list, tuple)) else features
+    def _stage_ends(self) -> list[int]:
+        """Index in :attr:`backbone` of every stage's last block."""
+        return [int(fi["module"].rsplit(".", 1)[1]) for fi in self.feature_info]
+
+    def _empty_maps(self, x: Tensor) -> list[Tensor]:
+        """A batch of zero images gives zero-batch maps of the right shapes: the graph code
+        has no graph to build for it, and BatchNorm in training refuses empty batches."""
+        grids = self.config.stage_grids(tuple(x.shape[-2:]))
+        return [x.new_zeros(0, fi["num_chs"], *grids[fi["stage"]]).contiguous(
+            memory_format=torch.channels_last) for fi in self.feature_info]
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Images ``[B, 3, H, W]`` -> the last stage's map ``[B, C, H/s, W/s]``
+        (channels-last memory), as timm's ``forward_features``. The per-stage maps come
+        from :meth:`forward_intermediates`."""
+        if isinstance(x, Tensor) and x.dim() == 4 and x.shape[0] == 0:
+            self._check_input(x)
+            return self._empty_maps(x)[-1]
+        return self.backbone(self._embed(x))
+
+    def forward_intermediates(self, x: Tensor, indices=None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False):
+        """timm's feature API: the maps after the stages in ``indices``.
+
+        Args:
+            indices: ``None`` (every stage), an int ``n`` (the last ``n`` stages) or a list
+                of stage indices (negative ones count from the end); see :attr:`feature_info`
+                for their channels and strides.
+            norm: accepted for timm's API; ViG has no norm layer between the last stage and
+                the head, so it changes nothing.
+            stop_early: stop after the last stage asked for (the final map returned is then
+                that stage's).
+            output_fmt: ``"NCHW"`` (channels-last memory) or ``"NHWC"``.
+            intermediates_only: return only the list of maps.
+
+        Returns:
+            ``[maps]`` if ``intermediates_only`` else ``(final map, [maps])``.
+        """
+        del norm
+        fmt = str(getattr(output_fmt, "value", output_fmt))
+        if fmt not in ("NCHW", "NHWC"):
+            raise VigPygError(f"output_fmt must be 'NCHW' or 'NHWC', got {fmt!r}")
+        take = stage_indices(len(self.feature_info), indices)
+        if isinstance(x, Tensor) and x.dim() == 4 and x.shape[0] == 0:
+            self._check_input(x)
+            maps = self._empty_maps(x)
+            final, maps = maps[-1], [maps[i] for i in take]
+        else:
+            final, maps = self._run_stages(x, take, stop_early or intermediates_only)
+        if fmt == "NHWC":
+            maps = [m.permute(0, 2, 3, 1) for m in maps]
+        return maps if intermediates_only else (final, maps)
+
+    def _run_stages(self, x: Tensor, take: list[int], stop_early: bool):
+        ends = self._stage_ends()
+        last = ends[max(take)] if stop_early and take else len(self.backbone) - 1
+        x, maps, stage = self._embed(x), [], 0
+        for i, module in enumerate(self.backbone[: last + 1]):
+            x = module(x)
+            if i == ends[stage]:
+                if stage in take:
+                    maps.append(x)
+                stage += 1
+        return x, maps
+
+    def prune_intermediate_layers(self, indices=1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drops the stages after the last of ``indices`` (and the head with
+        ``prune_head``), for a feature extractor that holds only what it runs; returns the
+        stage indices kept (timm's API, used by ``features_only=True``)."""
+        del prune_norm  # no final norm
+        take = stage_indices(len(self.feature_info), indices)
+        end = self._stage_ends()[max(take)]
+        self.backbone = self.backbone[: end + 1]
+        self.feature_info = self.feature_info[: max(take) + 1]
+        if prune_head:
+            self.prediction = None
+        return take
+
+    def forward_head(self, x, pre_logits: bool = False) -> Tensor:
+        """The last stage's map (or a list of maps, of which the last is used) -> logits
+        ``[B, classes]`` (the 1024-d embedding with ``pre_logits``)."""
+        if self.prediction is None:
+            raise VigPygError("this model was pruned to a feature extractor "
+                              "(prune_intermediate_layers): it has no head")
+        x = x[-1] if isinstance(x, (list, tuple)) else x
+        if x.shape[0] == 0:
+            hidden = self.prediction[0].out_channels  # no classes: the embedding, as timm
+            return x.new_zeros(0, hidden if pre_logits else (self.num_classes or hidden))
         return self.prediction(x, pre_logits=pre_logits)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
 
 
-def _pretrained_cfg(cfg: ViGConfig) -> dict:
-    # What timm's data helpers (resolve_data_config) read; the release's preprocessing.
-    return dict(
-        num_classes=cfg.num_classes, input_size=(cfg.in_chans, *cfg.img_size),
-        pool_size=None, crop_pct=0.95 if cfg.name == "pvig_b" else 0.9,
-        interpolation="bicubic", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
-        first_conv="stem.convs.0", classifier="prediction.4", architecture=cfg.name or None)
+def stage_indices(num_stages: int, indices=None) -> list[int]:
+    """timm's ``indices`` (None: all, int n: the last n, or a list; negatives from the end)
+    -> sorted stage indices, checked."""
+    if indices is None:
+        indices = num_stages
+    if isinstance(indices, int) and not isinstance(indices, bool):
+        if not 1 <= indices <= num_stages:
+            raise VigPygError(f"indices={indices}: this model has {num_stages} stage(s); ask "
+                              f"for 1 to {num_stages} of them, or list stage indices")
+        return list(range(num_stages - indices, num_stages))
+    out = []
+    for i in indices:
+        j = num_stages + i if isinstance(i, int) and i < 0 else i
+        if not isinstance(j, int) or isinstance(j, bool) or not 0 <= j < num_stages:
+            raise VigPygError(f"stage index {i!r} out of range: this model has {num_stages} "
+                              f"stage(s), indices 0 to {num_stages - 1} (or negative)")
+        out.append(j)
+    return sorted(set(out))

@@ -1,34 +1,128 @@
-"""The model zoo: the seven released variants as data, one builder, and timm registration.
+"""The model zoo: the seven released variants and their facts as one table, one builder,
+the check of its options, and timm registration.
 
 >>> model = create_model("pvig_ti", num_classes=10, img_size=(224, 160))
 >>> import timm; model = timm.create_model("vig_ti", num_classes=10)   # same builder
+>>> feats = timm.create_model("pvig_s", features_only=True, out_indices=(1, 2, 3))
 """
 from __future__ import annotations
 
 import difflib
-from typing import Any
+from dataclasses import dataclass
+from numbers import Real
+from typing import Any, Callable
 
+from ..errors import VigPygError
+from ..layers.activation import check_activation
 from .config import KNN_BACKENDS, ModelConfigError, ViGConfig
 
-#: The released variants (SPEC "Model zoo"). Isotropic: stride-16 stem, one stage.
-ZOO: dict[str, dict[str, Any]] = {
-    "vig_ti": dict(kind="isotropic", channels=192, depth=12),
-    "vig_s": dict(kind="isotropic", channels=320, depth=16),
-    "vig_b": dict(kind="isotropic", channels=640, depth=16),
-    "pvig_ti": dict(kind="pyramid", channels=(48, 96, 240, 384), blocks=(2, 2, 6, 2)),
-    "pvig_s": dict(kind="pyramid", channels=(80, 160, 400, 640), blocks=(2, 2, 6, 2)),
-    "pvig_m": dict(kind="pyramid", channels=(96, 192, 384, 768), blocks=(2, 2, 16, 2)),
-    "pvig_b": dict(kind="pyramid", channels=(128, 256, 512, 1024), blocks=(2, 2, 18, 2)),
-}
-#: Paper ImageNet top-1 of the released weights (224 px).
-TOP1 = {"vig_ti": 73.9, "vig_s": 80.4, "vig_b": 82.3, "pvig_ti": 78.2, "pvig_s": 82.1,
-        "pvig_m": 83.1, "pvig_b": 83.7}
 
-_KIND_OVERRIDES = {
-    "isotropic": ("channels", "depth", "stem_stride"),
-    "pyramid": ("channels", "blocks", "reduce_ratios"),
+@dataclass(frozen=True)
+class ZooModel:
+    """One released variant: its architecture and the facts the code is held to (224 px,
+    1000 classes; docs/architecture.md, "Model zoo")."""
+    kind: str
+    arch: dict             # isotropic: channels, depth; pyramid: channels, blocks
+    params_m: float        # parameters, millions (frozen relative-position tables included)
+    trainable_m: float     # trainable parameters, millions
+    gmacs: float           # multiply-accumulates per image (FlopCounterMode / 2), billions
+    top1: float            # paper ImageNet-1k top-1 of the released weights
+    crop_pct: float = 0.9  # the release's evaluation crop
+
+
+#: The zoo: the one table of per-model facts (builder, model card, timm cfgs and tests).
+ZOO: dict[str, ZooModel] = {
+    "vig_ti": ZooModel("isotropic", dict(channels=192, depth=12), 7.18, 7.18, 1.30, 73.9),
+    "vig_s": ZooModel("isotropic", dict(channels=320, depth=16), 22.75, 22.75, 4.52, 80.4),
+    "vig_b": ZooModel("isotropic", dict(channels=640, depth=16), 86.84, 86.84, 17.64, 82.3),
+    "pvig_ti": ZooModel("pyramid", dict(channels=(48, 96, 240, 384), blocks=(2, 2, 6, 2)),
+                        12.49, 10.71, 1.70, 78.2),
+    "pvig_s": ZooModel("pyramid", dict(channels=(80, 160, 400, 640), blocks=(2, 2, 6, 2)),
+                       29.02, 27.25, 4.55, 82.1),
+    "pvig_m": ZooModel("pyramid", dict(channels=(96, 192, 384, 768), blocks=(2, 2, 16, 2)),
+                       51.68, 49.53, 8.85, 83.1),
+    "pvig_b": ZooModel("pyramid", dict(channels=(128, 256, 512, 1024), blocks=(2, 2, 18, 2)),
+                       95.21, 92.98, 16.80, 83.7, crop_pct=0.95),
 }
-_COMMON_OVERRIDES = ("stochastic", "epsilon", "dropout", "knn_backend", "in_chans", "act")
+
+
+@dataclass(frozen=True)
+class ConvVariant:
+    """vig_ti with another aggregator (the paper's ablation)."""
+    params_m: float
+    gmacs: float
+    top1: float
+
+
+#: vig_ti's aggregator ablation (docs/architecture.md, "Model zoo").
+VIG_TI_CONVS: dict[str, ConvVariant] = {
+    "mr": ConvVariant(7.18, 1.30, 73.9), "edge": ConvVariant(7.18, 2.35, 74.3),
+    "sage": ConvVariant(7.30, 1.58, 74.0), "gin": ConvVariant(6.96, 1.26, 72.8),
+}
+
+
+def pretrained_cfg(cfg: ViGConfig) -> dict:
+    """timm's pretrained cfg of a model (what ``timm.data.resolve_data_config`` reads): the
+    release's preprocessing, mean = std = 0.5, bicubic, its crop."""
+    entry = ZOO.get(cfg.name)
+    notes = (f"ImageNet-1k top-1 {entry.top1} (paper); no download: pass the release file "
+             f"as checkpoint=PATH",) if entry else ()
+    return dict(url="", num_classes=cfg.num_classes, input_size=(cfg.in_chans, *cfg.img_size),
+                pool_size=None, crop_pct=entry.crop_pct if entry else 0.9,
+                interpolation="bicubic", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                first_conv="stem.convs.0", classifier="prediction.4", license="mit",
+                architecture=cfg.name or None, notes=notes)
+
+
+# ---------------------------------------------------------------------------- options
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _ints(v) -> bool:
+    return _is_int(v) or (isinstance(v, (list, tuple)) and len(v) > 0
+                          and all(_is_int(x) for x in v))
+
+
+def _number(v) -> bool:
+    return isinstance(v, Real) and not isinstance(v, bool)
+
+
+def _activation(v) -> bool:
+    try:
+        check_activation(v)
+    except VigPygError:
+        return False
+    return True
+
+
+#: Every override: name -> (kinds it applies to, value check, what it takes).
+OVERRIDES: dict[str, tuple[tuple, Callable[[Any], bool], str]] = {
+    "channels": ((), _is_int, "an int (the width of every block)"),
+    "depth": (("isotropic",), _is_int, "an int (number of blocks)"),
+    "stem_stride": (("isotropic",), _is_int, "one of 1, 2, 4, 8, 16 (16 as released)"),
+    "blocks": (("pyramid",), _ints, "a list of ints, blocks per stage"),
+    "reduce_ratios": (("pyramid",), _ints, "a list of ints, key pooling per stage"),
+    "stochastic": ((), lambda v: isinstance(v, bool), "a bool (stochastic dilation)"),
+    "epsilon": ((), _number, "a number in [0, 1]"),
+    "dropout": ((), _number, "a number in [0, 1) (before the classifier)"),
+    "knn_backend": ((), lambda v: v in KNN_BACKENDS, f"one of {list(KNN_BACKENDS)}"),
+    "in_chans": ((), _is_int, "an int (input channels)"),
+    "act": ((), _activation, "an activation name, e.g. 'gelu', 'relu', 'leakyrelu', "
+                             "'prelu', 'hswish'"),
+    "grapher_fc": ((), lambda v: isinstance(v, bool), "a bool (Grapher fc1/fc2; False: the "
+                                                      "graph conv maps C -> C)"),
+    "ffn": ((), lambda v: isinstance(v, bool), "a bool (the FFN of every block)"),
+    "groups": ((), _is_int, "an int dividing every stage's channels (4 as released; "
+                            "pyg: convs are dense and ignore it)"),
+    "relative_pos": ((), lambda v: isinstance(v, bool),
+                     "a bool (the relative-position distance term; default pyramid yes, "
+                     "isotropic no)"),
+    "dilation": ((), lambda v: isinstance(v, bool) or (_is_int(v) and v >= 1),
+                 "True (the release's schedule), False (1 everywhere) or a max dilation"),
+}
+_PYRAMID_CHANNELS = (lambda v: isinstance(v, (list, tuple)) and _ints(v),
+                     "a list of ints, one per stage")
 
 
 def list_models() -> list[str]:
@@ -38,10 +132,11 @@ def list_models() -> list[str]:
 
 def list_overrides(name: str) -> list[str]:
     """The ``**overrides`` :func:`create_model` accepts for model ``name``."""
-    return list(_KIND_OVERRIDES[_entry(name)["kind"]]) + list(_COMMON_OVERRIDES)
+    kind = _entry(name).kind
+    return [key for key, (kinds, _, _) in OVERRIDES.items() if not kinds or kind in kinds]
 
 
-def _entry(name: str) -> dict:
+def _entry(name: str) -> ZooModel:
     if name not in ZOO:
         close = difflib.get_close_matches(str(name), ZOO, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -58,36 +153,61 @@ def _check_conv(conv: str) -> None:
         raise ModelConfigError(str(e)) from None
 
 
-def model_config(name: str, num_classes: int = 1000, conv: str = "mr", k: int = 9,
-                 drop_path_rate: float = 0.0, img_size=224, **overrides) -> ViGConfig:
-    """The validated :class:`ViGConfig` that :func:`create_model` builds."""
-    entry = dict(_entry(name))
-    kind = entry.pop("kind")
+def _check_overrides(name: str, kind: str, overrides: dict) -> None:
     valid = list_overrides(name)
     unknown = [key for key in overrides if key not in valid]
     if unknown:
         raise ModelConfigError(f"unknown override(s) {unknown} for {name} ({kind}); valid "
                                f"overrides: {valid}")
-    if overrides.get("knn_backend", "auto") not in KNN_BACKENDS:
-        raise ModelConfigError(f"knn_backend must be one of {KNN_BACKENDS}, got "
-                               f"{overrides['knn_backend']!r}")
+    for key, value in overrides.items():
+        _, ok, takes = OVERRIDES[key]
+        if key == "channels" and kind == "pyramid":
+            ok, takes = _PYRAMID_CHANNELS
+        if not ok(value):
+            raise ModelConfigError(f"{name}: override {key}={value!r} is invalid; {key} takes "
+                                   f"{takes}")
+
+
+def _check_args(num_classes, k, drop_path_rate) -> None:
+    if not _is_int(num_classes) or num_classes < 0:
+        raise ModelConfigError(f"num_classes must be an int >= 0 (0: no classifier), got "
+                               f"{num_classes!r}")
+    if not _is_int(k) or k < 1:
+        raise ModelConfigError(f"k (neighbours per node) must be an int >= 1, got {k!r}")
+    if not _number(drop_path_rate):
+        raise ModelConfigError(f"drop_path_rate must be a number in [0, 1), got "
+                               f"{drop_path_rate!r}")
+
+
+def model_config(name: str, num_classes: int = 1000, conv: str = "mr", k: int = 9,
+                 drop_path_rate: float = 0.0, img_size=224, **overrides) -> ViGConfig:
+    """The validated :class:`ViGConfig` that :func:`create_model` builds; every problem
+    raises :class:`ModelConfigError` (one line naming the valid choices)."""
+    entry = _entry(name)
+    kind = entry.kind
+    _check_overrides(name, kind, overrides)
+    _check_args(num_classes, k, drop_path_rate)
     _check_conv(conv)
-    entry.update(overrides)
+    fields = dict(entry.arch)
+    fields.update(overrides)
     if kind == "isotropic":
-        depth = entry.pop("depth")
-        if not isinstance(depth, int) or isinstance(depth, bool):
-            raise ModelConfigError(f"depth must be an int, got {depth!r}")
-        if not isinstance(entry["channels"], int) or isinstance(entry["channels"], bool):
-            raise ModelConfigError(f"channels of an isotropic model must be an int, got "
-                                   f"{entry['channels']!r}")
-        entry["blocks"] = (depth,)
-        entry["reduce_ratios"] = (1,)
+        fields["blocks"] = (fields.pop("depth"),)
+        fields["reduce_ratios"] = (1,)
     else:
-        entry.setdefault("reduce_ratios", (4, 2, 1, 1))
-        entry["stem_stride"] = 4
+        fields.setdefault("reduce_ratios", (4, 2, 1, 1))
+        fields["stem_stride"] = 4
     cfg = ViGConfig(kind=kind, name=name, num_classes=num_classes, conv=conv, k=k,
-                    drop_path_rate=drop_path_rate, img_size=img_size, **entry)
+                    drop_path_rate=drop_path_rate, img_size=img_size, **fields)
     return cfg.validate()
+
+
+def validate_model_options(name: str, conv: str = "mr", **options) -> ViGConfig:
+    """Checks what :func:`create_model` would be given (without building anything) and
+    returns the config; ``options`` are its keywords (``num_classes``, ``k``,
+    ``drop_path_rate``, ``img_size``, overrides; ``checkpoint`` is ignored). Raises
+    :class:`ModelConfigError` with one line naming the valid choices."""
+    options.pop("checkpoint", None)
+    return model_config(name, conv=conv, **options)
 
 
 def create_model(name: str, num_classes: int = 1000, conv: str = "mr", k: int = 9,
@@ -96,7 +216,7 @@ def create_model(name: str, num_classes: int = 1000, conv: str = "mr", k: int = 
 
     Args:
         name: one of :func:`list_models`.
-        num_classes: classifier outputs.
+        num_classes: classifier outputs (0: none; the model returns the 1024-d embedding).
         conv: graph convolution (``vig_pyg.conv.list_convs()``; ``mr`` is the release's).
         k: neighbours per node (isotropic models grow it linearly to 2k over the blocks).
         drop_path_rate: stochastic depth of the last block (linear from 0).
@@ -105,9 +225,11 @@ def create_model(name: str, num_classes: int = 1000, conv: str = "mr", k: int = 
             resized bicubically when ``img_size`` differs from the checkpoint's.
         img_size: the input size the position tables are built for (int or (H, W)); the
             model accepts other sizes too, resizing the tables on the fly.
-        **overrides: config fields: isotropic ``channels``, ``depth``, ``stem_stride``;
-            pyramid ``channels``, ``blocks``, ``reduce_ratios``; both ``stochastic``,
-            ``epsilon``, ``dropout``, ``knn_backend``, ``in_chans``, ``act``.
+        **overrides: see :data:`OVERRIDES` / :func:`list_overrides`: isotropic
+            ``channels``, ``depth``, ``stem_stride``; pyramid ``channels``, ``blocks``,
+            ``reduce_ratios``; both ``stochastic``, ``epsilon``, ``dropout``,
+            ``knn_backend``, ``in_chans``, ``act`` and the ablation switches
+            ``grapher_fc``, ``ffn``, ``groups``, ``relative_pos``, ``dilation``.
     """
     from .vig import ViG
 
@@ -120,37 +242,54 @@ def create_model(name: str, num_classes: int = 1000, conv: str = "mr", k: int = 
 
 
 # ---------------------------------------------------------------------------- timm
-#: Pretrained configs in timm's format (timm.data.resolve_data_config reads them).
-default_cfgs = {
-    name: dict(url="", num_classes=1000, input_size=(3, 224, 224), pool_size=None,
-               crop_pct=0.95 if name == "pvig_b" else 0.9, interpolation="bicubic",
-               mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), first_conv="stem.convs.0",
-               classifier="prediction.4", license="mit",
-               notes=(f"ImageNet-1k top-1 {TOP1[name]} (paper); no download: pass the "
-                      f"release file as checkpoint=PATH",))
-    for name in ZOO
-}
+#: Pretrained configs in timm's format, from the table.
+default_cfgs = {name: pretrained_cfg(ViGConfig(kind=entry.kind, name=name))
+                for name, entry in ZOO.items()}
 
-_TIMM_IGNORED = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "features_only")
+_TIMM_IGNORED = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
+_FEATURE_KEYS = ("out_indices", "output_fmt", "feature_cls", "flatten_sequential",
+                 "feature_cfg")
+
+
+def _features_only(model, name: str, options: dict):
+    """timm's ``features_only=True``: the model wrapped in timm's ``FeatureGetterNet``,
+    which prunes the stages after the last one asked for and the head, and returns the maps
+    of ``out_indices`` (default: every stage) from :meth:`ViG.forward_intermediates`."""
+    from timm.models._features import FeatureGetterNet  # not re-exported by timm.models
+
+    cls = options.pop("feature_cls", "getter")
+    options.pop("flatten_sequential", None)
+    options.update(options.pop("feature_cfg", None) or {})
+    if cls not in ("getter", None):
+        raise ModelConfigError(f"{name}: feature_cls={cls!r} is not supported; ViG models "
+                               f"extract features with forward_intermediates ('getter')")
+    out_indices = options.pop("out_indices", tuple(range(len(model.feature_info))))
+    net = FeatureGetterNet(model, out_indices=out_indices,
+                           output_fmt=options.pop("output_fmt", "NCHW"))
+    net.pretrained_cfg = net.default_cfg = model.pretrained_cfg
+    return net
 
 
 def _timm_entrypoint(name: str):
     def entrypoint(pretrained: bool = False, **kwargs):
         for key in _TIMM_IGNORED:
-            if kwargs.pop(key, None) and key == "features_only":
-                raise ModelConfigError("features_only is not supported; call "
-                                       "model.forward_features(x) for the per-stage maps")
+            kwargs.pop(key, None)
+        features = kwargs.pop("features_only", False)
+        feature_options = {key: kwargs.pop(key) for key in _FEATURE_KEYS if key in kwargs}
+        if feature_options and not features:
+            raise ModelConfigError(f"{sorted(feature_options)} need features_only=True")
         if "drop_rate" in kwargs:
             kwargs.setdefault("dropout", kwargs.pop("drop_rate"))
         if pretrained and kwargs.get("checkpoint") is None:
             raise ModelConfigError(
                 f"vig_pyg bundles no weights for {name}: download the official release file "
                 f"and pass it, e.g. timm.create_model({name!r}, checkpoint='vig_ti.pth')")
-        return create_model(name, **kwargs)
+        model = create_model(name, **kwargs)
+        return _features_only(model, name, feature_options) if features else model
 
     entrypoint.__name__ = entrypoint.__qualname__ = name
     entrypoint.__module__ = __name__
-    entrypoint.__doc__ = f"{name} ({ZOO[name]['kind']} ViG) through vig_pyg.models.create_model."
+    entrypoint.__doc__ = f"{name} ({ZOO[name].kind} ViG) through vig_pyg.models.create_model."
     return entrypoint
 
 
@@ -163,5 +302,6 @@ def _register_timm() -> None:
         register_model(fn)
 
 
-__all__ = ["ZOO", "TOP1", "list_models", "list_overrides", "model_config", "create_model"]
+__all__ = ["ZOO", "VIG_TI_CONVS", "OVERRIDES", "list_models", "list_overrides",
+           "model_config", "validate_model_options", "create_model", "pretrained_cfg"]
 _register_timm()

@@ -1,0 +1,5 @@
+"""Building blocks below the graph convolutions and the models (no vig_pyg imports): both
+``vig_pyg.conv`` and ``vig_pyg.models`` take their activations from here."""
+from .activation import RELEASE_ACTIVATIONS, make_activation
+
+__all__ = ["RELEASE_ACTIVATIONS", "make_activation"]
