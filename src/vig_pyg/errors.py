@@ -15,6 +15,10 @@ class VigPygError(ValueError):
     """A problem with the user's input; the message is one line naming the fix."""
 
 
+class ConfigError(VigPygError):
+    """A problem with a run's configuration (a key, a value, a file it names)."""
+
+
 def one_line(exc: BaseException) -> str:
     """The first line of an exception from a third-party library, for quoting it inside our
     own one-line message (our own errors are one line already)."""

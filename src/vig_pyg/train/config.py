@@ -17,11 +17,7 @@ from typing import Any, Optional
 
 import yaml
 
-from ..errors import VigPygError, one_line
-
-
-class ConfigError(VigPygError):
-    """A problem with the user's input; the CLI prints it as one line and exits with 2."""
+from ..errors import ConfigError, one_line  # noqa: F401  (ConfigError: re-exported)
 
 
 @dataclass
@@ -402,8 +398,7 @@ def model_kwargs(cfg: Config, num_classes: int) -> dict:
 def validate_model(cfg: Config) -> None:
     """The model section, checked by the models package (zoo names, ``list_convs()``,
     ``list_overrides()``) after importing ``model.imports`` (which may register convs)."""
-    from ..models import model_config
-    from ..models.config import ModelConfigError
+    from ..models import ModelConfigError, validate_model_options
     from .imports import import_modules
 
     import_modules(cfg.model.imports)
@@ -412,7 +407,7 @@ def validate_model(cfg: Config) -> None:
         fix = "data.img_size" if reserved[0] == "img_size" else "the data set"
         raise ConfigError(f"model.{reserved[0]} is set by {fix}: remove it from the model section")
     try:  # names and options; whether data.img_size fits is checked when the model is built
-        model_config(cfg.model.name, **{**model_kwargs(cfg, num_classes=1000), "img_size": 224})
+        validate_model_options(cfg.model.name, **{**model_kwargs(cfg, 1000), "img_size": 224})
     except ModelConfigError as exc:
         raise ConfigError(f"model section: {exc}") from None
 

@@ -14,8 +14,7 @@ import os
 import sys
 from types import ModuleType
 
-from ..errors import VigPygError, one_line
-from .config import ConfigError
+from ..errors import ConfigError, VigPygError, one_line
 
 
 def import_module(entry: str) -> ModuleType:
