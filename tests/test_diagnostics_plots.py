@@ -49,7 +49,8 @@ def test_pooled_keys_mark_their_whole_window():
 
 
 def test_centres():
-    assert default_centres((8, 8)) == [(2, 2), (5, 5), (4, 4)]
+    assert default_centres((8, 8)) == [(2, 2), (5, 5), (2, 5)]
+    assert default_centres((14, 14), 5) == [(3, 3), (10, 10), (3, 10), (10, 3), (7, 7)]
     assert map_centre((5, 5), (8, 8), (4, 4)) == (2, 2)
     assert map_centre((0, 13), (14, 14), (7, 7)) == (0, 6)
     with pytest.raises(VigPygError, match="outside the 3x3"):

@@ -30,11 +30,11 @@ COLOURS = [(0.12, 0.47, 0.71), (1.0, 0.5, 0.05), (0.17, 0.63, 0.17), (0.84, 0.15
 
 
 def default_centres(grid: tuple[int, int], count: int = 3) -> list[tuple[int, int]]:
-    """``count`` centre patches spread over the grid (upper left, lower right, then the
-    middle and the other corners), each a quarter of the grid in from the border."""
+    """``count`` centre patches spread over the grid, each a quarter of the grid in from the
+    border: upper left, lower right, upper right, lower left, then the middle."""
     h, w = grid
     a, b, c, d = h // 4, h - 1 - h // 4, w // 4, w - 1 - w // 4
-    spots = [(a, c), (b, d), (h // 2, w // 2), (a, d), (b, c)]
+    spots = [(a, c), (b, d), (a, d), (b, c), (h // 2, w // 2)]
     out = []
     for spot in spots:
         if spot not in out:
@@ -173,6 +173,8 @@ DEPTH_PANELS = [("reach_mean", "mean reach (patches)"), ("self_loops", "self-loo
 def plot_stats_vs_depth(tables: dict[str, list[dict]], path, title: str = "") -> str:
     """One panel per statistic (x: block, y: value over all images), one line per model;
     panels with no finite value (e.g. homophily without labels) are left out."""
+    from matplotlib.ticker import MaxNLocator
+
     panels = [(c, label) for c, label in DEPTH_PANELS
               if any(r["image"] == "all" and not _nan(r[c]) for rows in tables.values()
                      for r in rows)]
@@ -184,6 +186,7 @@ def plot_stats_vs_depth(tables: dict[str, list[dict]], path, title: str = "") ->
                     ms=3, label=name)
         ax.set_title(label, fontsize=9)
         ax.set_xlabel("block", fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     if panels:
