@@ -78,3 +78,28 @@ def test_release_file_of_another_model(tmp_path, capsys):
                  "--output", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert "does not fit pvig_ti" in err and len(err.splitlines()) == 1
+
+
+def test_inspect_run_on_tensors_with_classes(ckpt, tmp_path):
+    from vig_pyg.diagnostics import inspect_run
+    from vig_pyg.diagnostics.stats import foreground_mask, homophily
+
+    # two "digits": a bright square on black, at 32 px (the demo's input)
+    pixels = torch.zeros(2, 3, 32, 32)
+    pixels[0, :, 4:16, 4:16] = 1.0
+    pixels[1, :, 12:28, 8:20] = 1.0
+    classes = torch.tensor([3, 7])
+    result = inspect_run(ckpt, tmp_path / "o", images=pixels, classes=classes, max_pictures=1)
+    rows = [r for r in result["rows"] if r["image"] == "all"]
+    assert [r["block"] for r in rows] == [0, 1, 2]
+    assert all(0 <= r["homophily"] <= 1 for r in rows)
+    # the column is the homophily of the captured graph on the foreground mask
+    from vig_pyg.diagnostics import capture
+    from vig_pyg.diagnostics.images import normalise
+    from vig_pyg.models import load_model
+
+    blocks = capture(load_model(ckpt), normalise(pixels)).blocks
+    mask = foreground_mask(pixels, classes)
+    assert [r["homophily"] for r in rows] == [homophily(b, mask) for b in blocks]
+    names = {p.rsplit("/", 1)[-1] for p in result["files"]}
+    assert "overlay_vig_ti-mr_img0.png" in names and "overlay_vig_ti-mr_img1.png" not in names

@@ -136,3 +136,16 @@ def test_block_rows_per_image():
     assert rows[0]["diversity_in"] == pytest.approx(
         (0 + feature_diversity(x[9:])) / 2)           # per image, averaged
     assert block_stats(block)["edges"] == 17
+
+
+def test_per_image_rows_compare_each_image_with_itself_in_the_previous_block():
+    e0 = torch.tensor(EDGES).t()
+    e1 = torch.tensor([(4, i) for i in range(9)]).t() + 9
+    a = BlockGraph(0, "a", 2, (3, 3), (3, 3), 1, torch.cat([e1, e0], 1))   # any edge order
+    b = BlockGraph(1, "b", 2, (3, 3), (3, 3), 1, torch.cat([e0, e1[:, :3]], 1))
+    rows = [r for r in stats_table([a, b]) if r["block"] == 1]
+    assert [r["image"] for r in rows] == ["all", 0, 1]
+    assert rows[1]["jaccard_prev"] == 1.0                     # image 0: the same 8 edges
+    assert rows[2]["jaccard_prev"] == pytest.approx(3 / 9)    # image 1: 3 of the hub's 9
+    assert rows[0]["jaccard_prev"] == pytest.approx(11 / 17)
+    assert [one.edge_index.shape[1] for one in a.images()] == [8, 9]

@@ -58,12 +58,23 @@ class BlockGraph:
         if not 0 <= b < self.num_images:
             raise VigPygError(f"image {b} is out of range: the capture holds "
                               f"{self.num_images} image(s)")
-        n, m = self.num_nodes, self.num_keys
+        n = self.num_nodes
         keep = (self.edge_index[1] >= b * n) & (self.edge_index[1] < (b + 1) * n)
-        edges = self.edge_index[:, keep] - torch.tensor([[b * m], [b * n]])
+        return self._one(b, self.edge_index[:, keep])
+
+    def images(self) -> list["BlockGraph"]:
+        """:meth:`image` for every image, splitting the edges in one pass (one sort)."""
+        image_of = self.edge_index[1] // self.num_nodes
+        order = torch.sort(image_of, stable=True).indices
+        counts = torch.bincount(image_of, minlength=self.num_images).tolist()
+        parts = self.edge_index[:, order].split(counts, dim=1)
+        return [self._one(b, edges) for b, edges in enumerate(parts)]
+
+    def _one(self, b: int, edges: Tensor) -> "BlockGraph":
+        n, m = self.num_nodes, self.num_keys
         rows = slice(b * n, (b + 1) * n)
         return BlockGraph(self.index, self.name, 1, self.grid, self.key_grid,
-                          self.reduce_ratio, edges,
+                          self.reduce_ratio, edges - torch.tensor([[b * m], [b * n]]),
                           None if self.x_in is None else self.x_in[rows],
                           None if self.x_conv is None else self.x_conv[rows], dict(self.extra))
 

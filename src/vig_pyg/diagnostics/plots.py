@@ -120,6 +120,7 @@ def plot_overlay(image: np.ndarray, blocks: list[BlockGraph], image_index: int, 
                 ax.plot([cx, (l + r) / 2 - 0.5], [cy, (t + b) / 2 - 0.5], color=colour, lw=0.8)
             ax.add_patch(Rectangle((col * pw - 0.5, row * ph - 0.5), pw, ph, fill=False,
                                    edgecolor="white", lw=1.5))
+            ax.plot(cx, cy, "o", ms=4, color="white", mec=colour)  # visible on fine grids
         ax.set_title(f"block {block.index} ({block.grid[0]}x{block.grid[1]}"
                      + (f", keys /{block.reduce_ratio}" if block.reduce_ratio > 1 else "") + ")",
                      fontsize=9)

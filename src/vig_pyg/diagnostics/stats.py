@@ -29,6 +29,9 @@ COLUMNS = ["model", "block", "image", "grid", "keys", "r", "edges", "reach_mean"
            "cosine_in", "cosine_conv", "homophily"]
 
 
+_CHUNK = 8192  # edges per step of dirichlet_energy
+
+
 # ------------------------------------------------------------------ positions and reach
 def grid_positions(grid: tuple[int, int]) -> Tensor:
     """``[H*W, 2]`` float64 ``(row, col)`` of node ``row*W + col``."""
@@ -157,7 +160,11 @@ def dirichlet_energy(x: Tensor, block: BlockGraph) -> float:
     if src.numel() == 0 or scale == 0:
         return math.nan
     y = pooled_rows(x, block)
-    return float((x[dst] - y[src]).square().sum(1).mean()) / scale
+    total = 0.0
+    for start in range(0, src.numel(), _CHUNK):  # chunks: no [E, C] temporary on big batches
+        d, s = dst[start:start + _CHUNK], src[start:start + _CHUNK]
+        total += float((x[d] - y[s]).square().sum())
+    return total / src.numel() / scale
 
 
 # ------------------------------------------------------------------ homophily
@@ -171,17 +178,23 @@ def patch_labels(mask: Tensor, grid: tuple[int, int], cell: tuple[int, int]) -> 
     return cells.reshape(b * h * w, ch * cw).mode(dim=1).values
 
 
-def homophily(block: BlockGraph, mask: Tensor) -> float:
-    """``|{(j -> i) : l_i = l_j}| / |{(j -> i) : l_i, l_j known}|``: the share of edges
-    joining patches of the same label. ``l_i`` = majority pixel label of query patch ``i``,
-    ``l_j`` = majority label of key ``j``'s whole pooling window (:func:`patch_labels`)."""
+def block_labels(block: BlockGraph, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """``(l_query [B*H*W], l_key [B*h*w])``: the majority pixel label of every query patch
+    and of every key's whole pooling window (:func:`patch_labels`)."""
     if mask.shape[0] != block.num_images:
         raise ValueError(f"{mask.shape[0]} label masks for {block.num_images} images")
     ph, pw = mask.shape[1] // block.grid[0], mask.shape[2] // block.grid[1]
     r = block.reduce_ratio
-    dst_labels = patch_labels(mask, block.grid, (ph, pw))
-    src_labels = patch_labels(mask, block.key_grid, (ph * r, pw * r))
-    li, lj = dst_labels[block.edge_index[1]], src_labels[block.edge_index[0]]
+    return (patch_labels(mask, block.grid, (ph, pw)),
+            patch_labels(mask, block.key_grid, (ph * r, pw * r)))
+
+
+def homophily(block: BlockGraph, mask: Tensor | None = None, labels=None) -> float:
+    """``|{(j -> i) : l_i = l_j}| / |{(j -> i) : l_i, l_j known}|``: the share of edges
+    joining patches of the same label, labels from a pixel ``mask`` or given as
+    ``labels = (l_query, l_key)`` (:func:`block_labels`)."""
+    l_query, l_key = labels if labels is not None else block_labels(block, mask)
+    li, lj = l_query[block.edge_index[1]], l_key[block.edge_index[0]]
     known = (li >= 0) & (lj >= 0)
     return float((li == lj)[known].double().mean()) if known.any() else math.nan
 
@@ -197,18 +210,20 @@ def foreground_mask(images: Tensor, classes: Tensor, threshold: float = 0.5) -> 
 
 # ------------------------------------------------------------------ tables
 def block_stats(block: BlockGraph, previous: BlockGraph | None = None, radius: float = 2.0,
-                mask: Tensor | None = None) -> dict:
+                mask: Tensor | None = None, labels=None) -> dict:
     """Every statistic of one block (all its images pooled; feature statistics per image,
     averaged). ``previous``: the block before it (for ``jaccard_prev``); ``mask``: pixel
-    labels ``[B, H_img, W_img]`` (for ``homophily``)."""
+    labels ``[B, H_img, W_img]``, or ``labels`` from :func:`block_labels` (``homophily``)."""
     degree = in_degree(block)
+    if labels is None and mask is not None:
+        labels = block_labels(block, mask)
     row = {"grid": "x".join(map(str, block.grid)), "keys": "x".join(map(str, block.key_grid)),
            "r": block.reduce_ratio, "edges": block.edge_index.shape[1], "radius": radius,
            **spatial_reach(edge_lengths(block), radius), "self_loops": self_loop_share(block),
            "indeg_max": int(degree.max()) if degree.numel() else 0,
            "indeg_gini": gini(degree),
            "jaccard_prev": math.nan if previous is None else jaccard(block, previous),
-           "homophily": math.nan if mask is None else homophily(block, mask)}
+           "homophily": math.nan if labels is None else homophily(block, labels=labels)}
     for tag, x in (("in", block.x_in), ("conv", block.x_conv)):
         if x is None:
             row.update({f"diversity_{tag}": math.nan, f"cosine_{tag}": math.nan,
@@ -225,17 +240,22 @@ def stats_table(blocks: list[BlockGraph], radius: float = 2.0, mask: Tensor | No
                 per_image: bool = True, model: str = "model") -> list[dict]:
     """One row per block (``image = "all"``) and, with ``per_image``, one per block and
     image; keys in :data:`COLUMNS` order."""
-    rows = []
+    rows, before = [], None
     for pos, block in enumerate(blocks):
         prev = blocks[pos - 1] if pos else None
-        targets = [("all", block, prev, mask)]
+        labels = None if mask is None else block_labels(block, mask)
+        targets = [("all", block, prev, labels)]
         if per_image and block.num_images > 1:
-            targets += [(b, block.image(b), prev and prev.image(b),
-                         None if mask is None else mask[b:b + 1])
-                        for b in range(block.num_images)]
-        for image, blk, before, labels in targets:
+            singles = block.images()
+            n, m = block.num_nodes, block.num_keys
+            targets += [(b, one, before[b] if before else None,
+                         None if labels is None else (labels[0][b * n:(b + 1) * n],
+                                                      labels[1][b * m:(b + 1) * m]))
+                        for b, one in enumerate(singles)]
+            before = singles
+        for image, blk, earlier, labs in targets:
             row = {"model": model, "block": block.index, "image": image,
-                   **block_stats(blk, before, radius, labels)}
+                   **block_stats(blk, earlier, radius, labels=labs)}
             rows.append({c: row[c] for c in COLUMNS})
     return rows
 
