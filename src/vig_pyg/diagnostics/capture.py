@@ -168,6 +168,9 @@ def capture(model: nn.Module, images: Tensor, features: bool = True) -> Capture:
     The model's training flag is restored afterwards.
     """
     was_training = model.training
+    param = next(model.parameters(), None)
+    if param is not None:  # the model's device and dtype (records come back on the CPU)
+        images = images.to(param.device, param.dtype)
     model.eval()
     try:
         with torch.no_grad(), GraphCapture(model, features) as cap:

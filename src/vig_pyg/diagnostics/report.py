@@ -110,6 +110,9 @@ def inspect_run(models, output, images=None, classes=None, masks=None, blocks=No
 
     Returns ``{"rows": table rows, "files": written paths, "summary": text}``.
     """
+    _require("matplotlib", "PIL")
+    if images is None:
+        _require("skimage")
     models = list(models) if isinstance(models, (list, tuple)) else [models]
     models = [m if isinstance(m, nn.Module) else load_for_inspection(m) for m in models]
     size = tuple(models[0].config.img_size)
@@ -147,6 +150,15 @@ def inspect_run(models, output, images=None, classes=None, masks=None, blocks=No
         fh.write(summary + "\n")
     files.append(path)
     return {"rows": rows, "files": files, "summary": summary}
+
+
+def _require(*modules: str) -> None:
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise VigPygError(f"inspect needs {', '.join(missing)}: pip install 'vig_pyg[diag]'"
+                          + (" (or pass --images)" if missing == ["skimage"] else ""))
 
 
 def _summary(tables: dict, num_images: int, radius: float) -> str:
