@@ -1,4 +1,5 @@
-# make demo  : set up .venv from nothing (first time ~20 min: torch_cluster compiles) and run the main job
+# make demo  : set up .venv from nothing (first time ~20 min: torch_cluster compiles), train the
+#              main job, then draw its patch graphs (vig-pyg inspect)
 # make test  : set up the same environment and run the test suite
 # make bench : the speed benchmarks (ratios against a baseline measured in the same run)
 PY      := .venv/bin/python
@@ -26,8 +27,11 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m "slow or not slow"
 
+# the demo trains, then draws the graphs its model builds on the digits' test split
+demo: RUN := runs/demo-$(shell date +%Y%m%d-%H%M%S)
 demo: $(STAMP)
-	$(PY) -m vig_pyg train --config configs/demo.yaml
+	$(PY) -m vig_pyg train --config configs/demo.yaml --output $(RUN)
+	$(PY) -m vig_pyg inspect --checkpoint $(RUN)/model.pt --images digits --output $(RUN)/inspect
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_knn.py

@@ -2,9 +2,9 @@
 import numpy as np
 import torch
 
+from vig_pyg.datasets import DigitsDataset, digits_split, digits_tensor
 from vig_pyg.train.config import build_config
-from vig_pyg.train.data import (DigitsDataset, ResumableSampler, TrainLoader, build_datasets,
-                                digits_split)
+from vig_pyg.train.data import ResumableSampler, TrainLoader, build_datasets
 
 
 def test_split_is_stratified_disjoint_and_fixed():
@@ -78,3 +78,12 @@ def test_train_loader_steps_and_restart():
     rng = torch.get_rng_state()
     iter(loader.epoch(1))
     assert torch.equal(rng, torch.get_rng_state())  # iterators leave the global RNG alone
+
+
+def test_digits_tensor_is_the_datasets_images():
+    images, labels = digits_tensor(train=False, img_size=16)
+    ds = DigitsDataset(False, 16)
+    assert images.shape == (len(ds), 3, 16, 16) and labels.tolist() == ds.targets
+    # pixel (row 3, col 5) of image 7, read back from the PIL image by hand
+    r, g, b = ds.images[7].getpixel((5, 3))
+    assert torch.allclose(images[7, :, 3, 5], torch.tensor([r, g, b]) / 255.0)

@@ -47,6 +47,19 @@ def test_inspect_writes_pictures_and_table(ckpt, pngs, tmp_path, capsys):
     assert "reach_mean" in capsys.readouterr().out
 
 
+def test_inspect_digits_uses_the_test_split_and_its_classes(ckpt, tmp_path):
+    from vig_pyg.datasets import digits_tensor
+
+    out = tmp_path / "digits"
+    assert main(["inspect", "--checkpoint", ckpt, "--images", "digits", "--blocks", "0",
+                 "--output", str(out)]) == 0
+    rows = list(csv.DictReader(open(out / "stats.csv")))
+    per_image = [r for r in rows if r["image"] != "all" and r["block"] == "0"]
+    assert len(per_image) == len(digits_tensor(train=False)[1]) == 360
+    # classes label the ink patches: homophily is a share, present for every image
+    assert all(0.0 <= float(r["homophily"]) <= 1.0 for r in per_image)
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--images", "NOT_AN_IMAGE"], "is not an image"),
     (["--images", "EMPTY"], "holds no images"),

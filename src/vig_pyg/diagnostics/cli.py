@@ -31,8 +31,9 @@ def add_inspect_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--compare", nargs="+", default=[], metavar="CKPT",
                    help="more checkpoints drawn in the same plots and table")
     p.add_argument("--images", nargs="+", metavar="PATH",
-                   help="image files or folders (default: scikit-image's astronaut, coffee, "
-                        "chelsea)")
+                   help="image files or folders, or 'digits' for the built-in digits' test "
+                        "split (with their classes: homophily); default: scikit-image's "
+                        "astronaut, coffee, chelsea")
     p.add_argument("--blocks", nargs="+", type=int, metavar="I",
                    help="Grapher blocks to draw, 0 = shallowest (default: 4 spread)")
     p.add_argument("--centres", nargs="+", type=_centre, metavar="ROW,COL",
@@ -44,14 +45,25 @@ def add_inspect_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def _images(paths, model):
+    """``--images``: paths as given, or the word ``digits`` (and no such file) for the
+    built-in digits' test split at the model's input size, with their classes."""
+    if paths == ["digits"] and not os.path.exists("digits"):
+        from ..datasets import digits_tensor
+
+        return digits_tensor(train=False, img_size=model.config.img_size[0])
+    return paths, None
+
+
 def run_inspect(args) -> int:
     from .report import inspect_run, load_for_inspection
 
     try:
         models = [load_for_inspection(args.checkpoint, args.model, args.conv)]
         models += [load_for_inspection(c, args.model, args.conv) for c in args.compare]
-        result = inspect_run(models, args.output, images=args.images, blocks=args.blocks,
-                             centres=args.centres, radius=args.radius)
+        images, classes = _images(args.images, models[0])
+        result = inspect_run(models, args.output, images=images, classes=classes,
+                             blocks=args.blocks, centres=args.centres, radius=args.radius)
     except VigPygError as exc:
         print(f"vig-pyg inspect: error: {exc}", file=sys.stderr)
         return 2

@@ -1,8 +1,7 @@
 """Datasets, transforms and loaders.
 
-* ``digits``: scikit-learn's handwritten digits (shipped inside scikit-learn, no download):
-  1,797 8x8 grey images of 10 classes, upsampled (bicubic) to ``img_size`` RGB, with a fixed
-  stratified train/test split (``data.split_seed``, ``data.test_fraction``).
+* ``digits``: scikit-learn's handwritten digits (:mod:`vig_pyg.datasets.digits`: no
+  download), with the fixed split of ``data.split_seed`` and ``data.test_fraction``.
 * ``cifar10`` / ``cifar100``: torchvision datasets under ``data.root`` (``data.download=true``
   fetches them; nothing is ever downloaded otherwise).
 * ``imagefolder``: ``ROOT/train/<class>/*.jpg`` and ``ROOT/val/<class>/*.jpg`` (ImageNet layout).
@@ -19,57 +18,16 @@ from __future__ import annotations
 import os
 from typing import Iterator, Optional
 
-import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Sampler
 
+from ..datasets.digits import DigitsDataset
 from ..errors import one_line
 from .config import Config, ConfigError
 
 
 # --------------------------------------------------------------------------- datasets
-def digits_split(test_fraction: float = 0.2, seed: int = 0):
-    """Indices ``(train, test)`` of the fixed stratified split of sklearn's digits, and labels."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    digits = load_digits()
-    labels = digits.target.astype(np.int64)
-    train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=test_fraction,
-                                           stratify=labels, random_state=seed, shuffle=True)
-    return np.sort(train_idx), np.sort(test_idx), labels
-
-
-class DigitsDataset(Dataset):
-    """sklearn's 8x8 digits as ``img_size`` x ``img_size`` RGB PIL images (labels 0-9)."""
-
-    classes = [str(i) for i in range(10)]
-
-    def __init__(self, train: bool = True, img_size: int = 32, transform=None,
-                 test_fraction: float = 0.2, split_seed: int = 0):
-        from sklearn.datasets import load_digits
-
-        train_idx, test_idx, labels = digits_split(test_fraction, split_seed)
-        idx = train_idx if train else test_idx
-        images = load_digits().images[idx]  # float 0..16
-        grey = np.clip(images * (255.0 / 16.0), 0, 255).round().astype(np.uint8)
-        self.images = [Image.fromarray(g, mode="L").resize((img_size, img_size), Image.BICUBIC)
-                       .convert("RGB") for g in grey]
-        self.targets = labels[idx].tolist()
-        self.indices = idx
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, i: int):
-        img = self.images[i]
-        if self.transform is not None:
-            img = self.transform(img)
-        return img, self.targets[i]
-
-
 def num_classes_of(dataset: str) -> Optional[int]:
     return {"digits": 10, "cifar10": 10, "cifar100": 100}.get(dataset)
 
