@@ -105,11 +105,11 @@ def test_detector_outputs_convert_to_coco_results(root):
     assert coco_evaluate(coco, s, "segm", [image_id])["AP"] == pytest.approx(1.0)
 
 
-def _copy(root, tmp_path, edit):
+def _copy(root, tmp_path, edit, name="ann.json"):
     json_path, images = _paths(root, "val")
     data = json.load(open(json_path))
     edit(data)
-    out = tmp_path / "ann.json"
+    out = tmp_path / name
     out.write_text(json.dumps(data))
     return str(out), images
 
@@ -119,11 +119,11 @@ def test_bad_data_is_one_line_each(root, tmp_path):
     bad.write_text('{"images": [,]}')
     cases = [(str(bad), _paths(root, "val")[1], None, "not valid JSON"),
              (str(tmp_path / "none.json"), _paths(root, "val")[1], None, "does not exist")]
-    j, im = _copy(root, tmp_path, lambda d: d["images"][0].update(file_name="gone.png"))
+    j, im = _copy(root, tmp_path, lambda d: d["images"][0].update(file_name="gone.png"), "a.json")
     cases.append((j, im, None, "missing"))
-    j, im = _copy(root, tmp_path, lambda d: d["annotations"][0].update(category_id=42))
+    j, im = _copy(root, tmp_path, lambda d: d["annotations"][0].update(category_id=42), "b.json")
     cases.append((j, im, None, "category_id 42"))
-    j, im = _copy(root, tmp_path, lambda d: None)
+    j, im = _copy(root, tmp_path, lambda d: None, "c.json")
     cases.append((j, im, 3, "num_classes=3"))
     for json_path, images, n, words in cases:
         with pytest.raises(CocoDataError) as exc:

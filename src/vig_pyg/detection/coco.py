@@ -84,9 +84,11 @@ def check_coco(data: dict, path: str, image_dir: str, num_classes: int | None) -
 
 
 class _CocoFromDict(CocoDetection):
-    """``CocoDetection`` on an already-read json (no second parse, no printing)."""
+    """``CocoDetection`` on an already-read json (no second parse, no printing); crowd
+    regions left out when ``drop_crowd`` (before the transforms, which may drop boxes)."""
 
-    def __init__(self, image_dir: str, data: dict, transforms=None):
+    def __init__(self, image_dir: str, data: dict, transforms=None, drop_crowd: bool = False):
+        self.drop_crowd = drop_crowd
         from pycocotools.coco import COCO
 
         super(CocoDetection, self).__init__(image_dir, transforms=transforms)
@@ -95,6 +97,10 @@ class _CocoFromDict(CocoDetection):
             self.coco.dataset = data
             self.coco.createIndex()
         self.ids = sorted(self.coco.imgs.keys())
+
+    def _load_target(self, id: int) -> list:
+        anns = super()._load_target(id)
+        return [a for a in anns if not a.get("iscrowd", 0)] if self.drop_crowd else anns
 
 
 class CocoSet(torch.utils.data.Dataset):
@@ -111,8 +117,8 @@ class CocoSet(torch.utils.data.Dataset):
 
         data = read_coco_json(json_path)
         check_coco(data, json_path, image_dir, num_classes)
-        base = _CocoFromDict(image_dir, data, transforms=build_transforms(train, hflip))
-        keys = {"image_id", "boxes", "labels", "iscrowd"} | ({"masks"} if masks else set())
+        base = _CocoFromDict(image_dir, data, build_transforms(train, hflip), drop_crowd=train)
+        keys = {"image_id", "boxes", "labels"} | ({"masks"} if masks else set())
         self.dataset = wrap_dataset_for_transforms_v2(base, target_keys=keys)
         self.coco = base.coco
         self.ids = base.ids
@@ -139,10 +145,11 @@ class CocoSet(torch.utils.data.Dataset):
         if self.masks:
             out["masks"] = torch.zeros(0, h, w, dtype=torch.uint8)
         if "boxes" in target:  # an image with annotations
-            keep = torch.ones(len(target["labels"]), dtype=torch.bool)
-            if self.train and "iscrowd" in target:
-                keep = ~torch.as_tensor(target["iscrowd"], dtype=torch.bool)
-            out["boxes"] = target["boxes"].as_subclass(torch.Tensor)[keep].float()
+            boxes = target["boxes"].as_subclass(torch.Tensor).float()
+            # training drops degenerate boxes (< 1 px wide or high), which detectors reject
+            keep = ((boxes[:, 2:] - boxes[:, :2]) >= 1).all(dim=1) if self.train else \
+                torch.ones(len(boxes), dtype=torch.bool)
+            out["boxes"] = boxes[keep]
             out["labels"] = self._label_of[torch.as_tensor(target["labels"])[keep]]
             if self.masks:
                 out["masks"] = target["masks"].as_subclass(torch.Tensor)[keep].to(torch.uint8)
@@ -158,8 +165,6 @@ def build_transforms(train: bool, hflip: float = 0.0):
     if train and hflip > 0:
         steps.append(v2.RandomHorizontalFlip(hflip))
     steps.append(v2.ToDtype(torch.float32, scale=True))
-    if train:
-        steps.append(v2.SanitizeBoundingBoxes(min_size=1.0))
     return v2.Compose(steps)
 
 

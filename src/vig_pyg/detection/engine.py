@@ -106,9 +106,10 @@ class TrainBatches:
 def eval_loader(val_set, cfg: DetectConfig, info: D.DistInfo) -> DataLoader:
     n = len(val_set) if cfg.data.max_eval_images <= 0 else min(cfg.data.max_eval_images,
                                                               len(val_set))
+    # its own generator: creating an iterator must not draw from the global RNG
     return DataLoader(val_set, batch_size=cfg.data.eval_batch_size, collate_fn=collate,
                       sampler=ShardSampler(n, info.world_size, info.rank),
-                      num_workers=cfg.data.num_workers)
+                      num_workers=cfg.data.num_workers, generator=torch.Generator())
 
 
 # --------------------------------------------------------------------------- model
@@ -142,10 +143,12 @@ def make_optimizer(cfg: DetectConfig, model: nn.Module):
     return optimizer
 
 
-def lr_factor(cfg: DetectConfig, step: int, steps_per_epoch: int, total_steps: int) -> float:
+def lr_factor(cfg: DetectConfig, step: int, steps_per_epoch: int) -> float:
     """Linear warmup from ``warmup_ratio`` over ``warmup_steps``, times the decay:
     ``step``: ``gamma ** #(milestones <= epoch)``; ``cosine``:
-    ``min + (1 - min) (1 + cos(pi t / T)) / 2``."""
+    ``min + (1 - min) (1 + cos(pi t / T)) / 2`` with ``T = epochs * steps_per_epoch``
+    (``train.max_steps`` stops a run early without changing its schedule)."""
+    total_steps = cfg.train.epochs * steps_per_epoch
     s = cfg.sched
     warm = 1.0
     if step < s.warmup_steps:
@@ -306,7 +309,8 @@ def save_checkpoint(run: Run, state: State, session0: float, epoch_elapsed: floa
 
 def epoch_record(run: Run, state: State, epoch_time: float, metrics: dict, lr: float,
                  elapsed: float) -> dict:
-    row = {"epoch": state.epoch + 1, "global_step": state.global_step, "lr": f"{lr:.3e}",
+    row = {"epoch": state.epoch + 1, "global_step": state.global_step,
+           "lr": f"{run.cfg.optim.lr * lr:.3e}",
            "train_loss": f"{state.epoch_loss_sum / max(state.epoch_steps, 1):.4f}",
            "epoch_time_s": f"{epoch_time:.1f}", "elapsed_s": f"{elapsed:.1f}"}
     row.update({k: f"{metrics[k]:.4f}" for k in METRICS if k in metrics})
@@ -462,11 +466,11 @@ def loop(run: Run, state: State, payload: Optional[dict], wall0: float) -> dict:
         if rng is not None:  # after the iterator exists: it must not move the restored state
             ckpt_io.restore_rng(rng)
             rng = None
-        lr = lr_factor(cfg, state.global_step, run.batches.steps_per_epoch, run.total_steps)
+        lr = lr_factor(cfg, state.global_step, run.batches.steps_per_epoch)
         bar = _bar(batches, cfg.log.progress and run.info.is_main, f"epoch {state.epoch + 1}",
                    total=run.batches.steps_per_epoch, initial=state.step_in_epoch)
         for images, targets in bar:
-            lr = lr_factor(cfg, state.global_step, run.batches.steps_per_epoch, run.total_steps)
+            lr = lr_factor(cfg, state.global_step, run.batches.steps_per_epoch)
             if tuner is not None:
                 tuner.before_step()
             t0 = time.perf_counter()
@@ -511,9 +515,11 @@ def end_of_epoch(run: Run, state: State, lr: float, epoch_time: float, session0:
     finished = state.step_in_epoch >= run.batches.steps_per_epoch
     metrics = {}
     if last or (finished and (state.epoch + 1) % cfg.train.eval_every == 0):
+        rng = ckpt_io.capture_rng()  # evaluating leaves the training RNG streams untouched
         metrics = evaluate(run.model, eval_loader(run.val_set, cfg, run.info), run.val_set,
                            run.device, run.precision, cfg.model.detector == "maskrcnn",
                            run.info, cfg.log.progress and run.info.is_main)
+        ckpt_io.restore_rng(rng)
         state.last_eval = metrics
     if run.info.is_main and (finished or last):
         row = epoch_record(run, state, epoch_time, metrics, lr,
