@@ -51,7 +51,7 @@ if hasattr(knn, "_chunks"):
     inner_chunks = knn._chunks
     def chunks(g, n, m, max_elements):
         img, rows = inner_chunks(g, n, m, max_elements)
-        record["max_chunk"] = max(record["max_chunk"], img * rows * m)
+        record["max_chunk"] = max(record["max_chunk"], min(img, g) * min(rows, n) * m)
         return img, rows
     knn._chunks = chunks
 

@@ -3,7 +3,6 @@ samples, COCOeval on the ground truth, and the one-line errors for bad data."""
 import dataclasses
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
