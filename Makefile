@@ -2,13 +2,14 @@
 #              main job, then draw its patch graphs (vig-pyg inspect)
 # make test  : set up the same environment and run the test suite
 # make bench : the speed benchmarks (ratios against a baseline measured in the same run)
+# make detect-demo : train a small ViG detector on the built-in synthetic digits (CPU, ~10 min)
 PY      := .venv/bin/python
 PIP     := $(PY) -m pip --disable-pip-version-check
 STAMP   := .venv/.installed
 PINS    := requirements.txt
 pin      = $(shell grep -E '^$(1)==' $(PINS))
 
-.PHONY: install test test-all demo bench clean
+.PHONY: install test test-all demo detect-demo bench clean
 install: $(STAMP)
 
 # The stamp depends on the pins and the package metadata, so a second `make test`
@@ -33,10 +34,14 @@ demo: $(STAMP)
 	$(PY) -m vig_pyg train --config configs/demo.yaml --output $(RUN)
 	$(PY) -m vig_pyg inspect --checkpoint $(RUN)/model.pt --images digits --output $(RUN)/inspect
 
+detect-demo: $(STAMP)
+	$(PY) -m vig_pyg detect train --config configs/detect_demo.yaml
+
 bench: $(STAMP)
 	$(PY) benchmarks/bench_knn.py
 	$(PY) benchmarks/bench_conv.py
 	$(PY) benchmarks/bench_models.py
+	$(PY) benchmarks/bench_detection.py
 
 clean:
 	rm -rf .venv build *.egg-info src/*.egg-info

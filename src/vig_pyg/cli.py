@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .detection.cli import add_detect_parser
 from .diagnostics.cli import add_inspect_parser
 from .models.info import add_info_parser
 from .train.cli import add_eval_parser, add_train_parser
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parser(subparsers)
     add_info_parser(subparsers)
     _add_graph_parser(subparsers)
+    add_detect_parser(subparsers)
     add_inspect_parser(subparsers)
     return parser
 
