@@ -28,7 +28,8 @@ _KIND_OVERRIDES = {
     "isotropic": ("channels", "depth", "stem_stride"),
     "pyramid": ("channels", "blocks", "reduce_ratios"),
 }
-_COMMON_OVERRIDES = ("stochastic", "epsilon", "dropout", "knn_backend", "in_chans", "act")
+_COMMON_OVERRIDES = ("stochastic", "epsilon", "dropout", "knn_backend", "in_chans", "act",
+                     "graph", "graph_options")
 
 
 def list_models() -> list[str]:
@@ -107,7 +108,10 @@ def create_model(name: str, num_classes: int = 1000, conv: str = "mr", k: int = 
             model accepts other sizes too, resizing the tables on the fly.
         **overrides: config fields: isotropic ``channels``, ``depth``, ``stem_stride``;
             pyramid ``channels``, ``blocks``, ``reduce_ratios``; both ``stochastic``,
-            ``epsilon``, ``dropout``, ``knn_backend``, ``in_chans``, ``act``.
+            ``epsilon``, ``dropout``, ``knn_backend``, ``in_chans``, ``act``, ``graph``
+            (a graph builder, ``vig_pyg.graph.list_graph_builders()``; default ``knn``) and
+            ``graph_options`` (its options; a list of one per stage for a pyramid, e.g.
+            ``graph="axial", graph_options=[{"hop": 4}, {"hop": 2}, {"hop": 2}, {"hop": 1}]``).
     """
     from .vig import ViG
 
