@@ -40,7 +40,8 @@ def run(conv, x, edge_index, fast):
 @pytest.mark.parametrize("graph", list(BUILDERS))
 @pytest.mark.parametrize("name", CONVS)
 def test_fast_paths_equal_propagate(graph, name, monkeypatch):
-    monkeypatch.setattr(padded, "MIN_FILL", 0.0)   # the padded table for every variable graph
+    # the padded table for every variable-degree graph
+    monkeypatch.setattr(padded, "MIN_FILL", {"max": 0.0, "sum": 0.0})
     torch.manual_seed(0)
     conv = build_conv(name, C, 2 * C).double().train()
     x, edge_index = build_edges(graph)
@@ -71,10 +72,10 @@ def test_padded_table_layout():
 
 def test_padded_declines_unsorted_or_sparse_graphs():
     conv = build_conv("mr", C, 2 * C)
-    x = torch.randn(6, C)
+    x = torch.randn(12, C)
     unsorted = torch.tensor([[0, 1, 2], [3, 1, 2]])
     assert padded_propagate(conv, unsorted, x, x) is None
-    hub = torch.tensor([[0, 1, 2, 3, 4, 5], [0, 0, 0, 0, 0, 1]])   # 6 edges in a 6 x 5 table
+    hub = torch.tensor([[0, 1, 2, 3, 4, 5], [0, 0, 0, 0, 0, 1]])   # 6 edges, 12 x 5 table
     assert padded_propagate(conv, hub, x, x) is None
     # still correct through propagate
     conv.fast_path = True

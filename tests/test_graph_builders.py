@@ -340,3 +340,34 @@ def test_bad_input_one_line_each():
                                         **SMALL_ISO), "takes no option")
     one_line_error(lambda: create_model("pvig_ti", graph="axial", graph_options=[{}, {}],
                                         **SMALL_PYR), "one entry per stage")
+
+
+# ------------------------------------------------------------------ model card
+def test_info_counts_only_the_distances_a_builder_computes(capsys):
+    import argparse
+
+    from vig_pyg.models.info import add_info_parser, model_card, run_info
+
+    small = dict(img_size=32, channels=32, depth=4, stem_stride=4, k=4)
+    per_block = 64 * 64 * 32          # one [64 x 32] x [32 x 64] distance matmul, 8x8 nodes
+    cards = {g: model_card("vig_ti", graph=g, graph_options=o, **small) for g, o in
+             [("knn", None), ("static_knn", None), ("axial", None), ("window_knn", {"window": 4})]}
+    assert cards["knn"]["knn_macs"] == 4 * per_block
+    assert cards["static_knn"]["knn_macs"] == per_block          # ranked once for the stage
+    assert cards["axial"]["knn_macs"] == 0
+    assert cards["window_knn"]["knn_macs"] == 4 * 4 * (16 * 16 * 32)   # 4 windows of 16 nodes
+    assert len({c["params"] for c in cards.values()}) == 1
+    for g in ("static_knn", "axial", "window_knn"):
+        assert (cards["knn"]["macs"] - cards[g]["macs"]
+                == cards["knn"]["knn_macs"] - cards[g]["knn_macs"])
+    parser = argparse.ArgumentParser(prog="vig-pyg")
+    add_info_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["info", "--model", "vig_ti", "--graph", "axial",
+                              "--graph-option", "hop=3", "--no-macs"])
+    assert run_info(args) == 0
+    assert "graph axial {'hop': 3}" in capsys.readouterr().out
+    args = parser.parse_args(["info", "--model", "vig_ti", "--graph", "axal", "--no-macs"])
+    assert run_info(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vig-pyg info: error: vig_ti: unknown graph builder 'axal'")
+    assert "\n" not in err

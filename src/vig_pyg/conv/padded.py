@@ -16,7 +16,10 @@ sums and for targets without neighbours, point at one appended zero row. Then
 
 :func:`padded_propagate` returns ``None`` where the table would not pay (targets out of
 order, or fewer than :data:`MIN_FILL` of the ``N * kmax`` slots used); the caller then runs
-``propagate``.
+``propagate``. Measured (training step of one conv, 16 x 196 nodes, 192 channels, CPU): the
+max table beats PyG's scatter-max from about 15 % fill (mr 0.45-0.6x the time at 25-95 %
+fill, edge 0.7-0.9x); a sum table only pays when nearly full (scatter-add is cheap), so sums
+need 75 %.
 """
 from __future__ import annotations
 
@@ -31,8 +34,8 @@ from .functional import gather_max, gather_sum
 
 __all__ = ["padded_table", "padded_propagate", "MIN_FILL"]
 
-#: Use the table when at least this share of its slots holds real edges.
-MIN_FILL = 0.5
+#: Use the table when at least this share of its slots holds real edges, per aggregation.
+MIN_FILL = {"max": 0.2, "sum": 0.75}
 
 
 def padded_table(dst: Tensor, values: Tensor, num_targets: int, pad: str,
@@ -77,7 +80,7 @@ def padded_propagate(conv, edge_index: Tensor, x_src: Tensor,
     if num_edges > 1 and bool((dst[1:] < dst[:-1]).any()):
         return None
     degree_max = int(torch.bincount(dst, minlength=n).max())
-    if num_edges < MIN_FILL * n * degree_max:
+    if num_edges < MIN_FILL[aggr] * n * degree_max:
         return None
     if isinstance(conv, MRConv):
         table, degree = padded_table(dst, src, n, "first", x_src.size(0))
