@@ -1,5 +1,5 @@
-"""The Grapher block: fc1 -> graph convolution on the dynamic kNN patch graph -> fc2 ->
-drop path -> + input.
+"""The Grapher block: fc1 -> graph convolution on the patch graph of its graph builder (the
+dynamic kNN graph by default; :mod:`vig_pyg.graph.builders`) -> fc2 -> drop path -> + input.
 
 The map arrives channels-last (see :mod:`.vig`), so the node view that PyG works on,
 ``x [B*H*W, C]``, is the map's own memory: building the :class:`~vig_pyg.graph.PatchGraph`
