@@ -371,3 +371,33 @@ def test_info_counts_only_the_distances_a_builder_computes(capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("vig-pyg info: error: vig_ti: unknown graph builder 'axal'")
     assert "\n" not in err
+
+
+def test_register_a_builder_and_use_it_in_a_model():
+    from vig_pyg.graph import GraphBuilder, register_graph_builder
+    from vig_pyg.graph.builders import registry
+
+    @register_graph_builder("ring_test")
+    class Ring(GraphBuilder):
+        """Each node and the next one in row-major order (cyclic per image)."""
+
+        def __init__(self, step: int = 1):
+            super().__init__()
+            self.step = step
+
+        def forward(self, x, keys=None, *, k=9, dilation=1, relative_pos=None):
+            b, _, h, w = x.shape
+            n = torch.arange(b * h * w)
+            nxt = n - n % (h * w) + (n % (h * w) + self.step) % (h * w)
+            return torch.stack([torch.stack([n, nxt], 1).view(-1), n.repeat_interleave(2)])
+
+    try:
+        assert "ring_test" in list_graph_builders()
+        one_line_error(lambda: register_graph_builder("ring_test")(Ring), "already registered")
+        model = create_model("vig_ti", graph="ring_test", graph_options={"step": 3}, **SMALL_ISO)
+        assert model(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+        one_line_error(lambda: create_model("vig_ti", graph="ring_test",
+                                            graph_options={"hop": 3}, **SMALL_ISO),
+                       r"options: \['step'\]")
+    finally:
+        registry._REGISTRY.pop("ring_test", None)
