@@ -60,6 +60,17 @@ class GrapherConv(MessagePassing):
                              f"{tuple(edge_index.shape)}")
         return fixed_degree(edge_index, num_targets)
 
+    def _propagate(self, edge_index: Tensor, x_src: Tensor, x_dst: Tensor) -> Tensor:
+        """The generic path (any degree): the padded-table fast path of
+        :mod:`.padded` where it pays and :attr:`fast_path` is on, else :meth:`propagate`."""
+        if self.fast_path and isinstance(edge_index, Tensor) and not edge_index.is_sparse:
+            from .padded import padded_propagate
+
+            out = padded_propagate(self, edge_index, x_src, x_dst)
+            if out is not None:
+                return out
+        return self.propagate(edge_index, x=(x_src, x_dst), size=(x_src.size(0), x_dst.size(0)))
+
     def _rows_independent(self, *inputs: Tensor) -> bool:
         """True when per-edge rows can be processed in chunks: every submodule is in eval
         mode (BatchNorm uses its running statistics) and no gradient is needed."""

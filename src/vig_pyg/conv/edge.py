@@ -62,7 +62,7 @@ class ViGEdgeConv(GrapherConv):
         n, c = x_dst.shape
         k = self._fixed_degree(edge_index, n)
         if k is None:
-            return self.propagate(edge_index, x=(x_src, x_dst), size=(x_src.size(0), n))
+            return self._propagate(edge_index, x_src, x_dst)
         src = edge_index[0]
         if self._rows_independent(x_src, x_dst):  # inference: edges chunk by chunk
             width = max(2 * c, self.out_channels) * k * x_dst.element_size()

@@ -57,8 +57,7 @@ class ViGGINConv(GrapherConv):
         if k is not None:
             s = gather_sum(x_src, edge_index[0], k)
         else:
-            s = self.propagate(edge_index, x=(x_src, x_dst),
-                               size=(x_src.size(0), x_dst.size(0)))
+            s = self._propagate(edge_index, x_src, x_dst)
         return self.nn(torch.addcmul(s, x_dst, 1 + self.eps))
 
     def message(self, x_j: Tensor) -> Tensor:

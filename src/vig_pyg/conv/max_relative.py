@@ -60,8 +60,7 @@ class MRConv(GrapherConv):
         if k is not None:
             m = gather_max(x_src, edge_index[0], k) - x_dst
         else:
-            m = self.propagate(edge_index, x=(x_src, x_dst),
-                               size=(x_src.size(0), x_dst.size(0)))
+            m = self._propagate(edge_index, x_src, x_dst)
         return self.nn(interleave(x_dst, m))
 
     def message(self, x_i: Tensor, x_j: Tensor) -> Tensor:

@@ -72,8 +72,7 @@ class ViGSAGEConv(GrapherConv):
         elif k is not None:
             a = neighbour_max(self.nn1(x_src.index_select(0, edge_index[0])), k)
         else:
-            a = self.propagate(edge_index, x=(x_src, x_dst),
-                               size=(x_src.size(0), x_dst.size(0)))
+            a = self._propagate(edge_index, x_src, x_dst)
         return self.nn2(torch.cat((x_dst, a), dim=1))
 
     def message(self, x_j: Tensor) -> Tensor:

@@ -77,6 +77,11 @@ class ViGConfig:
     relative_pos: bool | None = None  # None: pyramid models yes, isotropic no
     dilation: bool | int = True   # True: the release's schedule; False: 1; int: max
 
+    #: Graph builder (``vig_pyg.graph.list_graph_builders()``) and its options: one for the
+    #: whole network, or a list with one entry per stage.
+    graph: str | list = "knn"
+    graph_options: dict | list | None = None
+
     @property
     def use_relative_pos(self) -> bool:
         return self.kind == "pyramid" if self.relative_pos is None else bool(self.relative_pos)
@@ -88,6 +93,13 @@ class ViGConfig:
         self.img_size = _img_size(self.img_size)
 
     # ------------------------------------------------------------------ derived
+    def stage_graph(self, stage: int) -> tuple[str, dict]:
+        """``(builder name, options)`` of the blocks of ``stage``."""
+        name = self.graph[stage] if isinstance(self.graph, (list, tuple)) else self.graph
+        opts = self.graph_options
+        opts = opts[stage] if isinstance(opts, (list, tuple)) else opts
+        return name, dict(opts or {})
+
     @property
     def num_stages(self) -> int:
         return len(self.channels)
@@ -152,6 +164,7 @@ class ViGConfig:
         self._check_widths()
         self._check_numbers()
         self._check_img_size()
+        self._check_graph()
         return self
 
     def _check_structure(self) -> None:
@@ -224,6 +237,30 @@ class ViGConfig:
         try:
             check_activation(self.act)
         except VigPygError as e:
+            raise ModelConfigError(f"{who}: {e}") from None
+
+    def _check_graph(self) -> None:
+        from ..graph.builders import GraphBuilderError, check_options, graph_builder
+
+        who = self.name or self.kind
+        for field_name in ("graph", "graph_options"):
+            value = getattr(self, field_name)
+            if isinstance(value, (list, tuple)) and len(value) != self.num_stages:
+                raise ModelConfigError(f"{who}: {field_name} as a list needs one entry per "
+                                       f"stage ({self.num_stages}), got {len(value)}")
+        for stage in range(self.num_stages):
+            opts = self.graph_options
+            opts = opts[stage] if isinstance(opts, (list, tuple)) else opts
+            if opts is not None and not isinstance(opts, dict):
+                raise ModelConfigError(f"{who}: graph_options must be a dict (or a list of one "
+                                       f"per stage), got {self.graph_options!r}")
+        grids = self.stage_grids()
+        try:
+            for spec in self.block_specs():
+                name, options = self.stage_graph(spec.stage)
+                check_options(name, options)
+                graph_builder(name, **options).check_grid(*grids[spec.stage], spec.k)
+        except GraphBuilderError as e:
             raise ModelConfigError(f"{who}: {e}") from None
 
     def _check_img_size(self) -> None:

@@ -1,5 +1,5 @@
-"""The Grapher block: fc1 -> graph convolution on the dynamic kNN patch graph -> fc2 ->
-drop path -> + input.
+"""The Grapher block: fc1 -> graph convolution on the patch graph of its graph builder (the
+dynamic kNN graph by default; :mod:`vig_pyg.graph.builders`) -> fc2 -> drop path -> + input.
 
 The map arrives channels-last (see :mod:`.vig`), so the node view that PyG works on,
 ``x [B*H*W, C]``, is the map's own memory: building the :class:`~vig_pyg.graph.PatchGraph`
@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from timm.layers import DropPath
 from torch import Tensor, nn
 
-from ..graph import PatchGraph, knn_edges, relative_position_table, resize_relative_position
+from ..graph import PatchGraph, relative_position_table, resize_relative_position
+from ..graph.builders import builder_options, graph_builder
 from .convbn import ConvBN
 
 
@@ -40,16 +41,25 @@ class Grapher(nn.Module):
             (a bipartite graph: pooled keys -> all nodes).
         grid_size: the node grid the relative-position table is built for (pyramid models);
             ``None`` for no relative-position term (isotropic models).
+        graph, graph_options: the graph builder (:func:`~vig_pyg.graph.graph_builder`;
+            default ``knn``, the dynamic kNN above). ``stochastic``, ``epsilon`` and
+            ``knn_backend`` fill the builder options of those names it takes, unless given.
     """
 
     def __init__(self, channels: int, k: int = 9, dilation: int = 1, conv: str = "mr",
                  act: str = "gelu", reduce_ratio: int = 1, drop_path: float = 0.0,
                  grid_size: tuple[int, int] | None = None, stochastic: bool = False,
                  epsilon: float = 0.2, knn_backend: str = "auto", fc: bool = True,
-                 groups: int = 4):
+                 groups: int = 4, graph: str = "knn", graph_options: dict | None = None):
         super().__init__()
         self.k, self.dilation, self.reduce_ratio = k, dilation, reduce_ratio
         self.stochastic, self.epsilon, self.knn_backend = stochastic, epsilon, knn_backend
+        options = dict(graph_options or {})
+        defaults = dict(stochastic=stochastic, epsilon=epsilon, backend=knn_backend)
+        for name in builder_options(graph):
+            if name in defaults:
+                options.setdefault(name, defaults[name])
+        self.graph_builder = graph_builder(graph, **options)
         width = 2 * channels if fc else channels
         self.fc1 = ConvBN(channels, channels) if fc else nn.Identity()
         self.graph_conv = _build_conv(conv, channels, width, act, groups)
@@ -66,7 +76,9 @@ class Grapher(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"k={self.k}, dilation={self.dilation}, reduce_ratio={self.reduce_ratio}"
-                + (f", stochastic=True, epsilon={self.epsilon}" if self.stochastic else ""))
+                + (f", stochastic=True, epsilon={self.epsilon}" if self.stochastic else "")
+                + (f", graph={self.graph_builder.name}" if self.graph_builder.name != "knn"
+                   else ""))
 
     def _relative_pos(self, num_queries: int, num_keys: int) -> Tensor | None:
         """The stored table, bicubically resized when the grid differs from the one it was
@@ -101,13 +113,15 @@ class Grapher(nn.Module):
         x = self.fc1(x)
         b, c, h, w = x.shape
         r = self.reduce_ratio
-        keys = F.avg_pool2d(x, r, r) if r > 1 else None
+        builder = self.graph_builder
+        # only kNN builders take the pooled keys; the others link the nodes themselves
+        keys = F.avg_pool2d(x, r, r) if r > 1 and builder.uses_keys else None
         num_keys = h * w if keys is None else keys.shape[2] * keys.shape[3]
-        edge_index = knn_edges(
-            x, self.k, dilation=self._dilation_for(num_keys, (h, w)), keys=keys,
-            relative_pos=self._relative_pos(h * w, num_keys),
-            stochastic=self.stochastic, epsilon=self.epsilon, training=self.training,
-            backend=self.knn_backend)
+        dilation = (self._dilation_for(num_keys, (h, w)) if builder.uses_dilation
+                    else self.dilation)
+        edge_index = builder(x, keys, k=self.k, dilation=dilation,
+                             relative_pos=self._relative_pos(h * w, num_keys)
+                             if builder.uses_keys else None)
         graph = PatchGraph.from_feature_map(x)
         graph.edge_index = edge_index
         if keys is None:

@@ -2,7 +2,10 @@
 
 MACs are what :class:`torch.utils.flop_counter.FlopCounterMode` counts (convolutions and
 matrix products, so the kNN distance matmuls too, like the figures of the release) divided
-by 2, for one image in eval mode.
+by 2, for one image in eval mode. With another graph builder (``--graph``) the kNN column
+counts the distance matmuls that builder computes (``window_knn``: within windows;
+``static_knn``: once per stage; ``axial``, ``spatial_knn``, ``random``: none;
+``axial_threshold``'s L1 distances are elementwise, not MACs).
 """
 from __future__ import annotations
 
@@ -46,6 +49,7 @@ def model_card(name: str, conv: str = "mr", img_size=224, macs: bool = True, **k
     model = create_model(name, conv=conv, img_size=img_size, **kwargs)
     total, trainable = count_params(model)
     card = {"model": name, "kind": ZOO[name].kind, "conv": conv,
+            "graph": model.config.graph,
             "img_size": model.config.img_size, "params": total, "trainable": trainable}
     if macs:
         counted = count_macs(model, img_size)
@@ -58,8 +62,9 @@ def model_card(name: str, conv: str = "mr", img_size=224, macs: bool = True, **k
     return card
 
 
-def model_cards(names=None, conv: str = "mr", img_size=224, macs: bool = True) -> list[dict]:
-    return [model_card(n, conv, img_size, macs) for n in (names or list_models())]
+def model_cards(names=None, conv: str = "mr", img_size=224, macs: bool = True,
+                **kwargs) -> list[dict]:
+    return [model_card(n, conv, img_size, macs, **kwargs) for n in (names or list_models())]
 
 
 def format_table(cards: list[dict]) -> str:
@@ -90,15 +95,49 @@ def add_info_parser(subparsers) -> argparse.ArgumentParser:
                    help=f"model(s) to describe (repeatable; default: all of {list_models()})")
     p.add_argument("--conv", default="mr",
                    help="graph convolution (mr, edge, sage, gin or a PyG name; default mr)")
+    p.add_argument("--graph", default="knn", metavar="NAME",
+                   help="graph builder (knn, static_knn, axial, axial_threshold, window_knn, "
+                        "spatial_knn, random; default knn)")
+    p.add_argument("--graph-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of the graph builder, e.g. hop=4 (repeatable)")
     p.add_argument("--img-size", type=int, default=224, help="input size (default 224)")
     p.add_argument("--no-macs", action="store_true", help="parameters only (fast)")
     p.set_defaults(func=run_info)
     return p
 
 
+def _graph_kwargs(args) -> dict:
+    import yaml
+
+    from ..graph.builders import GraphBuilderError
+
+    graph = getattr(args, "graph", "knn")
+    options = {}
+    for item in getattr(args, "graph_option", None) or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise GraphBuilderError(f"--graph-option expects KEY=VALUE, got {item!r}")
+        options[key] = yaml.safe_load(value)
+    if graph == "knn" and not options:
+        return {}
+    return {"graph": graph, "graph_options": options or None}
+
+
 def run_info(args) -> int:
-    cards = model_cards(args.model, args.conv, args.img_size, macs=not args.no_macs)
+    import sys
+
+    from ..errors import VigPygError
+
+    try:
+        graph = _graph_kwargs(args)
+        cards = model_cards(args.model, args.conv, args.img_size, macs=not args.no_macs,
+                            **graph)
+    except VigPygError as e:
+        print(f"vig-pyg info: error: {e}", file=sys.stderr)
+        return 2
     print(f"ViG zoo, {args.img_size} x {args.img_size} input, batch 1, eval "
-          f"(MACs = FlopCounterMode FLOPs / 2)")
+          f"(MACs = FlopCounterMode FLOPs / 2)"
+          + (f", graph {graph['graph']} {graph['graph_options'] or ''}".rstrip() if graph
+             else ""))
     print(format_table(cards))
     return 0

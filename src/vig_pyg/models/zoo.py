@@ -120,6 +120,11 @@ OVERRIDES: dict[str, tuple[tuple, Callable[[Any], bool], str]] = {
                      "isotropic no)"),
     "dilation": ((), lambda v: isinstance(v, bool) or (_is_int(v) and v >= 1),
                  "True (the release's schedule), False (1 everywhere) or a max dilation"),
+    "graph": ((), lambda v: isinstance(v, str) or (isinstance(v, (list, tuple)) and all(
+        isinstance(x, str) for x in v)), "a graph builder name (vig_pyg.graph."
+                                         "list_graph_builders()), or a list of one per stage"),
+    "graph_options": ((), lambda v: v is None or isinstance(v, (dict, list, tuple)),
+                      "a dict of the builder's options, or a list of one per stage"),
 }
 _PYRAMID_CHANNELS = (lambda v: isinstance(v, (list, tuple)) and _ints(v),
                      "a list of ints, one per stage")
@@ -228,8 +233,12 @@ def create_model(name: str, num_classes: int = 1000, conv: str = "mr", k: int = 
         **overrides: see :data:`OVERRIDES` / :func:`list_overrides`: isotropic
             ``channels``, ``depth``, ``stem_stride``; pyramid ``channels``, ``blocks``,
             ``reduce_ratios``; both ``stochastic``, ``epsilon``, ``dropout``,
-            ``knn_backend``, ``in_chans``, ``act`` and the ablation switches
-            ``grapher_fc``, ``ffn``, ``groups``, ``relative_pos``, ``dilation``.
+            ``knn_backend``, ``in_chans``, ``act``, the ablation switches
+            ``grapher_fc``, ``ffn``, ``groups``, ``relative_pos``, ``dilation``, and
+            ``graph`` (a graph builder, ``vig_pyg.graph.list_graph_builders()``; default
+            ``knn``) with ``graph_options`` (its options; a list of one per stage for a
+            pyramid, e.g. ``graph="axial", graph_options=[{"hop": 4}, {"hop": 2}, {"hop": 2},
+            {"hop": 1}]``).
     """
     from .vig import ViG
 

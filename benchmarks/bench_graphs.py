@@ -1,0 +1,116 @@
+"""Cost of each graph builder under ``mr`` on vig_ti at 224 px, against ``knn`` + ``mr``.
+
+All models share the same weights (builders have no parameters) and run in one process,
+alternating step by step, so a disturbance from other work on the machine hits all alike;
+the best of ``--iters`` steps is reported (median beside it) with its ratio to ``knn``:
+
+* forward: eval mode, ``torch.no_grad()``;
+* training step: train mode, forward + cross-entropy + backward + SGD step.
+
+``axial_threshold`` has a variable degree: it is timed with the padded-table fast path
+(:mod:`vig_pyg.conv.padded`) and, as ``axial_threshold/propagate``, without it.
+
+    python benchmarks/bench_graphs.py                     # batch 16, 3 timed steps each
+    python benchmarks/bench_graphs.py --batch 8 --iters 2 --graphs knn axial
+    python benchmarks/bench_graphs.py --threads 1 --clock cpu   # on a busy machine
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+GRAPHS = ["knn", "static_knn", "axial", "axial_threshold", "axial_threshold/propagate",
+          "window_knn", "spatial_knn", "random"]
+
+
+def build(name: str, state, model_name: str):
+    from vig_pyg.models import create_model
+
+    graph = name.split("/")[0]
+    model = create_model(model_name, graph=graph)
+    model.load_state_dict(state)
+    if name.endswith("/propagate"):
+        for m in model.modules():
+            if hasattr(m, "fast_path"):
+                m.fast_path = False
+    return model
+
+
+def make_step(model, mode: str, x, y):
+    import torch
+    import torch.nn.functional as F
+
+    if mode == "forward":
+        model.eval()
+
+        def step():
+            with torch.no_grad():
+                model(x)
+        return step
+    model.train()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+    def step():
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def main(argv=None) -> int:
+    import torch
+
+    from vig_pyg.models import create_model
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="vig_ti")
+    p.add_argument("--graphs", nargs="+", default=GRAPHS)
+    p.add_argument("--modes", nargs="+", default=["forward", "train"])
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--img", type=int, default=224)
+    p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="wall: elapsed time; cpu: process CPU time, which other work on a "
+                        "busy machine disturbs far less (use with --threads 1)")
+    args = p.parse_args(argv)
+    timer = time.perf_counter if args.clock == "wall" else time.process_time
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    graphs = ["knn"] + [g for g in args.graphs if g != "knn"]
+    torch.manual_seed(0)
+    state = create_model(args.model).state_dict()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(args.batch, 3, args.img, args.img, generator=g)
+    y = torch.randint(0, 1000, (args.batch,), generator=g)
+    print(f"{args.model}, batch {args.batch}, {args.img} px, float32 on the CPU, "
+          f"{torch.get_num_threads()} thread(s), {args.clock} clock")
+    for mode in args.modes:
+        steps = {}
+        for name in graphs:
+            model = build(name, state, args.model)
+            steps[name] = make_step(model, mode, x, y)
+        for _ in range(args.warmup):
+            for step in steps.values():
+                step()
+        times = {name: [] for name in steps}
+        for _ in range(args.iters):
+            for name, step in steps.items():
+                t0 = timer()
+                step()
+                times[name].append(timer() - t0)
+        base = min(times["knn"])
+        print(f"\n{mode}: best of {args.iters} (median), ratio = time / knn time")
+        print(f"{'graph':<26} {'ms':>9} {'median':>9} {'ratio':>6} {'img/s':>7}")
+        for name, t in times.items():
+            best = min(t)
+            print(f"{name:<26} {best * 1e3:9.1f} {statistics.median(t) * 1e3:9.1f} "
+                  f"{best / base:6.2f} {args.batch / best:7.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

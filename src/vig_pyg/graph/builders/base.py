@@ -1,0 +1,108 @@
+r"""What every graph builder shares: the call, the block binding and the edge layout.
+
+A builder is an :class:`~torch.nn.Module` without parameters (so checkpoints do not see
+it) that maps a block's node features to the edges the aggregator runs on::
+
+    edge_index = builder(x, keys, k=9, dilation=1, relative_pos=None)
+
+``x`` is the channels-last map ``[B, C, H, W]`` after fc1 (node ``b*H*W + row*W + col``);
+``keys`` the pooled map of blocks with a reduce ratio (used only by builders with
+:attr:`~GraphBuilder.uses_keys`: then row 0 indexes the keys, else the nodes); ``k`` and
+``dilation`` the block's schedule; ``relative_pos`` the block's relative-position table.
+The result follows :func:`~vig_pyg.graph.knn_edges`: row 0 the neighbour ``j``, row 1 the
+centre ``i``, edges grouped by centre in node order. A builder whose every centre has the
+same degree returns exactly the fixed-degree layout, which keeps the convolutions' fused path.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+from torch import Tensor, nn
+
+from ..knn import _target_index
+from .registry import GraphBuilderError
+
+
+@dataclass(frozen=True)
+class BlockInfo:
+    """Where a builder sits: what :meth:`GraphBuilder.bind_block` receives."""
+    block_index: int      # among all blocks of the model
+    index_in_stage: int
+    k: int                # the block's scheduled k and dilation
+    dilation: int
+    reduce_ratio: int
+
+
+class GraphBuilder(nn.Module):
+    """Base class. Subclasses implement :meth:`forward` and may override :meth:`bind_block`."""
+
+    #: Registered name (set by :func:`~.registry.register_graph_builder`).
+    name: str = ""
+    #: Row 0 indexes the pooled keys when the block has them (kNN graphs); else the nodes.
+    uses_keys: bool = False
+    #: The block's dilation applies (kNN graphs); the Grapher fits it to small grids.
+    uses_dilation: bool = False
+    #: The model must hand the stage's input map to :attr:`shared` (see ``static_knn``).
+    needs_stage_input: bool = False
+
+    def bind_block(self, info: BlockInfo, shared: dict) -> None:
+        """Called once by the model for every block with its :class:`BlockInfo` and a dict
+        shared by all builders of the stage (per-stage state, e.g. a graph built once per
+        forward pass). Builders used outside a model are never bound."""
+
+    def check_grid(self, h: int, w: int, k: int) -> None:
+        """Raises a one-line :class:`GraphBuilderError` if the builder cannot work on an
+        ``h x w`` grid with ``k`` neighbours (the model checks this when it is configured)."""
+
+    def forward(self, x: Tensor, keys: Tensor | None = None, *, k: int = 9,
+                dilation: int = 1, relative_pos: Tensor | None = None) -> Tensor:
+        raise NotImplementedError
+
+
+def check_map(x: Tensor, who: str) -> tuple[int, int, int, int]:
+    if not isinstance(x, Tensor) or x.dim() != 4:
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise GraphBuilderError(f"graph builder {who!r} expects a feature map [B, C, H, W], "
+                                f"got {shape}")
+    return tuple(x.shape)
+
+
+def node_rows(x: Tensor) -> Tensor:
+    """``[B, C, H, W]`` -> ``[B, H*W, C]`` (a view for channels-last maps)."""
+    b, c, h, w = x.shape
+    return x.permute(0, 2, 3, 1).reshape(b, h * w, c)
+
+
+def image_offsets(num_images: int, nodes: int, device) -> Tensor:
+    return torch.arange(num_images, device=device).mul_(nodes).view(num_images, 1, 1)
+
+
+def table_edges(table: Tensor, num_images: int, nodes: int,
+                mask: Tensor | None = None) -> Tensor:
+    """Edges from a neighbour table.
+
+    ``table`` is ``[N, D]`` (the same graph for every image) or ``[B, N, D]``: column order
+    is the neighbour order of each centre. ``mask`` (``[B, N, D]`` bool, optional) keeps a
+    subset; without it every centre has degree ``D`` (the fixed-degree layout).
+    """
+    device = table.device
+    if table.dim() == 2:
+        table = table.unsqueeze(0)
+    src = table + image_offsets(num_images, nodes, device)      # [B, N, D]
+    d = src.size(-1)
+    if mask is None:
+        src = src.expand(num_images, nodes, d).reshape(-1)
+        return torch.stack([src, _target_index(num_images * nodes, d, device)])
+    src = src.expand(num_images, nodes, d)
+    centre = torch.arange(num_images * nodes, device=device).view(num_images, nodes, 1)
+    # boolean indexing walks [B, N, D] in row-major order: grouped by centre, columns in order
+    return torch.stack([src[mask], centre.expand_as(src)[mask]])
+
+
+@lru_cache(maxsize=32)
+def grid_rows_cols(h: int, w: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Row and column of every node of an ``h x w`` grid (node ``row * w + col``)."""
+    n = torch.arange(h * w, device=device)
+    return n.div(w, rounding_mode="floor"), n.remainder(w)
