@@ -9,6 +9,7 @@ import sys
 
 from .detection.cli import add_detect_parser
 from .diagnostics.cli import add_inspect_parser
+from .errors import VigPygError
 from .models.info import add_info_parser
 from .train.cli import add_eval_parser, add_train_parser
 
@@ -47,8 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs a sub-command. An input problem (any :class:`~vig_pyg.errors.VigPygError`) is one
+    ``vig-pyg CMD: error: ...`` line on stderr and exit status 2, whichever sub-command
+    raised it; anything else is a bug and keeps its traceback."""
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except VigPygError as exc:
+        print(f"vig-pyg {args.command}: error: {exc}", file=sys.stderr, flush=True)
+        return 2
 
 
 if __name__ == "__main__":
