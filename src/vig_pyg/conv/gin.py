@@ -39,6 +39,9 @@ class ViGGINConv(GrapherConv):
         - **output:** :math:`(|\mathcal{V}_t|, F_{out})`
     """
 
+    #: the padded-table path of variable-degree graphs computes sum_j x_j directly
+    padded_kind = "neighbour_sum"
+
     def __init__(self, in_channels: int, out_channels: Optional[int] = None,
                  groups: int = 4, act: Union[str, Callable, nn.Module, None] = "gelu",
                  bias: bool = True):

@@ -47,6 +47,9 @@ class MRConv(GrapherConv):
         - **output:** :math:`(|\mathcal{V}_t|, F_{out})`
     """
 
+    #: the padded-table path of variable-degree graphs computes max_j x_j - x_i directly
+    padded_kind = "relative_max"
+
     def __init__(self, in_channels: int, out_channels: Optional[int] = None,
                  groups: int = 4, act: Union[str, Callable, nn.Module, None] = "gelu",
                  bias: bool = True):

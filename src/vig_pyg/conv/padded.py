@@ -69,9 +69,6 @@ def padded_propagate(conv, edge_index: Tensor, x_src: Tensor,
                      x_dst: Tensor) -> Optional[Tensor]:
     """What ``conv.propagate(edge_index, x=(x_src, x_dst))`` returns, on the padded table;
     ``None`` when the table does not apply or would not pay."""
-    from .gin import ViGGINConv
-    from .max_relative import MRConv
-
     aggr = getattr(conv, "aggr", None)
     n, num_edges = x_dst.size(0), edge_index.size(1)
     if aggr not in ("max", "sum") or n == 0 or num_edges == 0:
@@ -82,12 +79,13 @@ def padded_propagate(conv, edge_index: Tensor, x_src: Tensor,
     degree_max = int(torch.bincount(dst, minlength=n).max())
     if num_edges < MIN_FILL[aggr] * n * degree_max:
         return None
-    if isinstance(conv, MRConv):
+    kind = getattr(conv, "padded_kind", None)  # set by convs with a closed-form table
+    if kind == "relative_max":
         table, degree = padded_table(dst, src, n, "first", x_src.size(0))
         m = gather_max(_with_zero_row(x_src), table.view(-1), table.size(1)) - x_dst
         empty = degree == 0
         return m.masked_fill(empty.unsqueeze(1), 0.0) if bool(empty.any()) else m
-    if isinstance(conv, ViGGINConv):
+    if kind == "neighbour_sum":
         table, _ = padded_table(dst, src, n, "zero", x_src.size(0))
         return gather_sum(_with_zero_row(x_src), table.view(-1), table.size(1))
     names = _message_args(type(conv))

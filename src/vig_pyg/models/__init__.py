@@ -3,8 +3,9 @@ from .checkpoint import load_checkpoint, load_model, read_checkpoint, save_check
 from .config import BlockSpec, ModelConfigError, ViGConfig
 from .info import model_card, model_cards
 from .vig import ViG
-from .zoo import (ZOO, create_model, list_models, list_overrides, model_config,
-                  validate_model_options)
+from .factory import create_model, list_overrides, model_config, validate_model_options
+from .zoo import ZOO, list_models
+from . import timm_registry  # noqa: F401,E402  (registers the zoo with timm)
 
 __all__ = [
     "ViG", "ViGConfig", "BlockSpec", "ModelConfigError", "ZOO", "create_model", "list_models",

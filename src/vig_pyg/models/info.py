@@ -14,7 +14,8 @@ import argparse
 import torch
 from torch import nn
 
-from .zoo import VIG_TI_CONVS, ZOO, create_model, list_models
+from .factory import create_model
+from .zoo import VIG_TI_CONVS, ZOO, list_models
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:

@@ -21,8 +21,12 @@ from functools import lru_cache
 import torch
 from torch import Tensor, nn
 
+from ...errors import VigPygError
 from ..knn import _target_index
-from .registry import GraphBuilderError
+
+
+class GraphBuilderError(VigPygError):
+    """An unknown graph builder, an option it does not take, or a grid it cannot use."""
 
 
 @dataclass(frozen=True)

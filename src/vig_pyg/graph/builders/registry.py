@@ -9,14 +9,9 @@ from __future__ import annotations
 import inspect
 from typing import Callable, Dict, List
 
-from ...errors import VigPygError
+from .base import GraphBuilderError
 
 _REGISTRY: Dict[str, type] = {}
-
-
-class GraphBuilderError(VigPygError):
-    """An unknown graph builder, an option it does not take, or a grid it cannot use."""
-
 
 def register_graph_builder(name: str, *, replace: bool = False) -> Callable[[type], type]:
     """Class decorator registering a :class:`~.base.GraphBuilder` subclass as ``name``."""
