@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .models.export import add_export_parser
 from .models.info import add_info_parser
 from .train.cli import add_eval_parser, add_train_parser
 
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(subparsers)
     add_eval_parser(subparsers)
     add_info_parser(subparsers)
+    add_export_parser(subparsers)
     _add_graph_parser(subparsers)
     return parser
 
