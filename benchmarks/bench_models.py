@@ -160,7 +160,7 @@ def graph_breaks(model_name: str, mode: str, conv: str, batch: int, img: int) ->
 
 
 def breakdown_worker(model_name: str, conv: str, batch: int, img: int, iters: int,
-                     threads: int) -> dict:
+                     threads: int, clock: str) -> dict:
     """Seconds per inference forward spent in each part of ours (sums over ``iters``)."""
     import torch
 
@@ -170,6 +170,7 @@ def breakdown_worker(model_name: str, conv: str, batch: int, img: int, iters: in
 
     if threads:
         torch.set_num_threads(threads)
+    timer = time.perf_counter if clock == "wall" else time.process_time
     _, _, _, model, x, _ = _setup(model_name, batch, img, conv=conv)
     model.eval()
     spent = {"graph": 0.0, "aggregation": 0.0, "projections": 0.0, "FFN": 0.0}
@@ -177,10 +178,10 @@ def breakdown_worker(model_name: str, conv: str, batch: int, img: int, iters: in
 
     def timed(part):
         def pre(module, args):
-            started[id(module)] = time.perf_counter()
+            started[id(module)] = timer()
 
         def post(module, args, out):
-            spent[part] += time.perf_counter() - started.pop(id(module))
+            spent[part] += timer() - started.pop(id(module))
         return pre, post
 
     for m in model.modules():
@@ -198,11 +199,11 @@ def breakdown_worker(model_name: str, conv: str, batch: int, img: int, iters: in
     knn = grapher_mod.knn_edges
 
     def timed_knn(*args, **kwargs):
-        t0 = time.perf_counter()
+        t0 = timer()
         try:
             return knn(*args, **kwargs)
         finally:
-            spent["graph"] += time.perf_counter() - t0
+            spent["graph"] += timer() - t0
 
     grapher_mod.knn_edges = timed_knn
     total = 0.0
@@ -211,9 +212,9 @@ def breakdown_worker(model_name: str, conv: str, batch: int, img: int, iters: in
         for key in spent:
             spent[key] = 0.0
         for _ in range(iters):
-            t0 = time.perf_counter()
+            t0 = timer()
             model(x)
-            total += time.perf_counter() - t0
+            total += timer() - t0
     spent["rest"] = total - sum(spent.values())
     return {"total": total / iters, "parts": {k: v / iters for k, v in spent.items()}}
 
@@ -289,7 +290,8 @@ def _worker(args) -> int:
         out = time_worker(*rest, args.batch, args.img, args.iters, args.warmup,
                           args.threads, args.clock)
     elif kind == "breakdown":
-        out = breakdown_worker(*rest, args.batch, args.img, args.iters, args.threads)
+        out = breakdown_worker(*rest, args.batch, args.img, args.iters, args.threads,
+                               args.clock)
     else:
         out = memory_worker(*rest, args.batch, args.img)
     print(json.dumps(out))
@@ -298,8 +300,9 @@ def _worker(args) -> int:
 
 def print_breakdown(args) -> None:
     parts = ("graph", "aggregation", "projections", "FFN", "rest")
-    print(f"ours, inference, batch {args.batch}, {args.img} px: share of the forward time "
-          f"(mean of {args.iters} forwards, every module call timed)")
+    print(f"ours, inference, batch {args.batch}, {args.img} px, {args.threads or 'all'} "
+          f"thread(s), {args.clock} clock: share of the forward time (mean of {args.iters} "
+          f"forwards, every module call timed)")
     header = f"{'model':8} {'conv':5} {'ms':>7} " + " ".join(f"{p:>11}" for p in parts)
     print(header)
     print("-" * len(header))

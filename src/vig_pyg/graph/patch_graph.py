@@ -7,6 +7,8 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Batch
 
+from .knn import _tracing
+
 
 @lru_cache(maxsize=64)
 def _grid_index(num_graphs: int, height: int, width: int, device: torch.device):
@@ -41,7 +43,9 @@ class PatchGraph(Batch):
                 f"{tuple(fmap.shape)}; for node features [N, C] build a Batch directly")
         b, c, h, w = fmap.shape
         x = fmap.permute(0, 2, 3, 1).reshape(b * h * w, c)
-        batch, pos, ptr = _grid_index(b, h, w, fmap.device)
+        # while tracing (compile/export) the batch size may be symbolic: no cache key
+        grid_index = _grid_index.__wrapped__ if _tracing() else _grid_index
+        batch, pos, ptr = grid_index(b, h, w, fmap.device)
         graph = cls(x=x, pos=pos, batch=batch, ptr=ptr, grid_size=(h, w))
         graph._num_graphs = b
         return graph
