@@ -85,6 +85,10 @@ def test_compiled_equals_eager_in_training_and_inference(name):
         loss.backward()
         losses.append(loss.detach())
     assert rel_err(losses[1], losses[0]) <= 1e-4
-    for (k, p), q in zip(eager.named_parameters(), twin.parameters()):
-        if p.grad is not None:
-            assert rel_err(q.grad, p.grad) <= 1e-3, k
+    # gradients: against the largest gradient of the model (biases before a training-mode
+    # BatchNorm get ~0 gradients, a cancellation whose float32 noise depends on fusion)
+    pairs = [(k, p.grad, q.grad) for (k, p), q in zip(eager.named_parameters(),
+                                                      twin.parameters()) if p.grad is not None]
+    scale = max(float(g.abs().max()) for _, g, _ in pairs)
+    for k, want, got in pairs:
+        assert float((got - want).abs().max()) <= 1e-4 * scale, k
