@@ -22,6 +22,17 @@ and its ``ru_maxrss`` growth over the resident size before the first step is rep
     python benchmarks/bench_models.py --iters 2 --models vig_ti
     python benchmarks/bench_models.py --threads 1 --clock cpu   # on a busy machine
     python benchmarks/bench_models.py --profile vig_ti    # torch.profiler table of ours
+    python benchmarks/bench_models.py --convs mr edge sage gin --no-memory   # every aggregator
+    python benchmarks/bench_models.py --breakdown --modes infer   # where inference time goes
+    python benchmarks/bench_models.py --compile --convs mr        # + torch.compile vs eager
+
+``--convs`` runs each model with each graph convolution (the reference evaluates the same
+aggregator literally, as the release does). ``--breakdown`` times every call of ours'
+modules during inference (the Grapher's kNN edge builder with its input checks, the graph
+convolution, the Grapher's fc1/fc2 projections, the FFNs; the rest is stem, pos-embed,
+downsampling, head and glue) and prints each share of the forward time. ``--compile``
+adds ``torch.compile(ours)`` to the alternation (compiled on the warm-up step) and prints
+its speed against eager ours, with the graph-break count of ``torch._dynamo.explain``.
 """
 from __future__ import annotations
 
@@ -38,7 +49,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 TARGETS = {  # (inference, training) speed-up over the reference
     "vig_ti": (2.5, 2.0),
-    "pvig_ti": (2.0, 1.7),
+    "pvig_ti": (2.5, 2.0),
 }
 OFFICIAL = {"vig_ti": (16.8, 6.9), "pvig_ti": (10.5, 4.3)}
 
@@ -48,7 +59,7 @@ def _rss_mb() -> float:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
 
 
-def _setup(model_name: str, batch: int, img: int, seed: int = 0):
+def _setup(model_name: str, batch: int, img: int, seed: int = 0, conv: str = "mr"):
     import torch
 
     sys.path.insert(0, os.path.join(ROOT, "tests"))
@@ -56,20 +67,23 @@ def _setup(model_name: str, batch: int, img: int, seed: int = 0):
 
     from vig_pyg.models import create_model
 
-    cfg = R.make_cfg(model_name)
+    cfg = R.make_cfg(model_name, conv=conv)
     sd = R.random_official_state_dict(cfg, seed=seed, dtype=torch.float32)
-    model = create_model(model_name, checkpoint=sd)
+    model = create_model(model_name, conv=conv, checkpoint=sd)
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, 3, img, img, generator=g)
     y = torch.randint(0, 1000, (batch,), generator=g)
     return R, cfg, sd, model, x, y
 
 
-def _make_step(model_name: str, impl: str, mode: str, batch: int, img: int):
+def _make_step(model_name: str, impl: str, mode: str, batch: int, img: int,
+               conv: str = "mr"):
     import torch
     import torch.nn.functional as F
 
-    R, cfg, sd, model, x, y = _setup(model_name, batch, img)
+    R, cfg, sd, model, x, y = _setup(model_name, batch, img, conv=conv)
+    if impl == "compiled":
+        model = torch.compile(model)
     if impl == "reference":
         del model
         params = []
@@ -112,15 +126,15 @@ def _make_step(model_name: str, impl: str, mode: str, batch: int, img: int):
     return step
 
 
-def time_worker(model_name: str, mode: str, batch: int, img: int, iters: int,
-                warmup: int, threads: int, clock: str) -> dict:
+def time_worker(model_name: str, mode: str, conv: str, compiled: str, batch: int, img: int,
+                iters: int, warmup: int, threads: int, clock: str) -> dict:
     import torch
 
     if threads:
         torch.set_num_threads(threads)
     timer = time.perf_counter if clock == "wall" else time.process_time
-    steps = {impl: _make_step(model_name, impl, mode, batch, img)
-             for impl in ("reference", "ours")}
+    impls = ("reference", "ours") + (("compiled",) if compiled == "1" else ())
+    steps = {impl: _make_step(model_name, impl, mode, batch, img, conv) for impl in impls}
     for _ in range(warmup):
         for step in steps.values():
             step()
@@ -130,11 +144,85 @@ def time_worker(model_name: str, mode: str, batch: int, img: int, iters: int,
             t0 = timer()
             step()
             times[impl].append(timer() - t0)
-    return {"times": times, "threads": torch.get_num_threads()}
+    out = {"times": times, "threads": torch.get_num_threads()}
+    if compiled == "1":
+        out["graph_breaks"] = graph_breaks(model_name, mode, conv, batch, img)
+    return out
 
 
-def memory_worker(model_name: str, impl: str, mode: str, batch: int, img: int) -> dict:
-    step = _make_step(model_name, impl, mode, batch, img)
+def graph_breaks(model_name: str, mode: str, conv: str, batch: int, img: int) -> int:
+    """Graph breaks of ``torch._dynamo.explain`` on one forward of ours."""
+    import torch
+
+    _, _, _, model, x, _ = _setup(model_name, batch, img, conv=conv)
+    model.train(mode == "train")
+    torch._dynamo.reset()
+    return torch._dynamo.explain(model)(x).graph_break_count
+
+
+def breakdown_worker(model_name: str, conv: str, batch: int, img: int, iters: int,
+                     threads: int, clock: str) -> dict:
+    """Seconds per inference forward spent in each part of ours (sums over ``iters``)."""
+    import torch
+
+    from vig_pyg.conv.base import GrapherConv
+    from vig_pyg.models import grapher as grapher_mod
+    from vig_pyg.models.ffn import FFN
+
+    if threads:
+        torch.set_num_threads(threads)
+    timer = time.perf_counter if clock == "wall" else time.process_time
+    _, _, _, model, x, _ = _setup(model_name, batch, img, conv=conv)
+    model.eval()
+    spent = {"graph": 0.0, "aggregation": 0.0, "projections": 0.0, "FFN": 0.0}
+    started = {}
+
+    def timed(part):
+        def pre(module, args):
+            started[id(module)] = timer()
+
+        def post(module, args, out):
+            spent[part] += timer() - started.pop(id(module))
+        return pre, post
+
+    for m in model.modules():
+        part = ("aggregation" if isinstance(m, GrapherConv) else "FFN" if isinstance(m, FFN)
+                else None)
+        if isinstance(m, grapher_mod.Grapher):
+            for proj in (m.fc1, m.fc2):
+                pre, post = timed("projections")
+                proj.register_forward_pre_hook(pre)
+                proj.register_forward_hook(post)
+        if part:
+            pre, post = timed(part)
+            m.register_forward_pre_hook(pre)
+            m.register_forward_hook(post)
+    knn = grapher_mod.knn_edges
+
+    def timed_knn(*args, **kwargs):
+        t0 = timer()
+        try:
+            return knn(*args, **kwargs)
+        finally:
+            spent["graph"] += timer() - t0
+
+    grapher_mod.knn_edges = timed_knn
+    total = 0.0
+    with torch.no_grad():
+        model(x)
+        for key in spent:
+            spent[key] = 0.0
+        for _ in range(iters):
+            t0 = timer()
+            model(x)
+            total += timer() - t0
+    spent["rest"] = total - sum(spent.values())
+    return {"total": total / iters, "parts": {k: v / iters for k, v in spent.items()}}
+
+
+def memory_worker(model_name: str, impl: str, mode: str, conv: str, batch: int,
+                  img: int) -> dict:
+    step = _make_step(model_name, impl, mode, batch, img, conv)
     base = _rss_mb()
     step()
     step()
@@ -150,12 +238,12 @@ def _run(args, *worker_args) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def profile(model_name: str, batch: int, img: int, mode: str) -> None:
+def profile(model_name: str, batch: int, img: int, mode: str, conv: str = "mr") -> None:
     import torch
     import torch.nn.functional as F
     from torch.profiler import ProfilerActivity, profile as tprofile
 
-    _, _, _, model, x, y = _setup(model_name, batch, img)
+    _, _, _, model, x, y = _setup(model_name, batch, img, conv=conv)
     if mode == "infer":
         model.eval()
         fn = lambda: model(x)  # noqa: E731
@@ -171,9 +259,11 @@ def profile(model_name: str, batch: int, img: int, mode: str) -> None:
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
 
 
-def main(argv=None) -> int:
+def _parse(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", nargs="+", default=list(TARGETS))
+    p.add_argument("--convs", nargs="+", default=["mr"], metavar="CONV",
+                   help="graph convolutions to run each model with (mr edge sage gin)")
     p.add_argument("--modes", nargs="+", default=["infer", "train"], choices=["infer", "train"])
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--img", type=int, default=224)
@@ -186,51 +276,94 @@ def main(argv=None) -> int:
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="wall: elapsed time (default); cpu: process CPU time, which other "
                         "work on a busy machine disturbs far less; use with --threads 1")
+    p.add_argument("--breakdown", action="store_true",
+                   help="print where ours' inference time goes instead of the speed table")
+    p.add_argument("--compile", action="store_true",
+                   help="also time torch.compile(ours) against eager ours")
     p.add_argument("--profile", metavar="MODEL", help="profile ours instead of benchmarking")
     p.add_argument("--profile-mode", default="infer", choices=["infer", "train"])
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def _worker(args) -> int:
+    kind, *rest = args.worker
+    if kind == "time":
+        out = time_worker(*rest, args.batch, args.img, args.iters, args.warmup,
+                          args.threads, args.clock)
+    elif kind == "breakdown":
+        out = breakdown_worker(*rest, args.batch, args.img, args.iters, args.threads,
+                               args.clock)
+    else:
+        out = memory_worker(*rest, args.batch, args.img)
+    print(json.dumps(out))
+    return 0
+
+
+def print_breakdown(args) -> None:
+    parts = ("graph", "aggregation", "projections", "FFN", "rest")
+    print(f"ours, inference, batch {args.batch}, {args.img} px, {args.threads or 'all'} "
+          f"thread(s), {args.clock} clock: share of the forward time (mean of {args.iters} "
+          f"forwards, every module call timed)")
+    header = f"{'model':8} {'conv':5} {'ms':>7} " + " ".join(f"{p:>11}" for p in parts)
+    print(header)
+    print("-" * len(header))
+    for name in args.models:
+        for conv in args.convs:
+            res = _run(args, "breakdown", name, conv)
+            shares = " ".join(f"{100 * res['parts'][p] / res['total']:10.1f}%" for p in parts)
+            print(f"{name:8} {conv:5} {1e3 * res['total']:7.1f} {shares}", flush=True)
+
+
+def main(argv=None) -> int:
+    args = _parse(argv)
     if args.worker:
-        kind, *rest = args.worker
-        if kind == "time":
-            out = time_worker(*rest, args.batch, args.img, args.iters, args.warmup,
-                              args.threads, args.clock)
-        else:
-            out = memory_worker(*rest, args.batch, args.img)
-        print(json.dumps(out))
-        return 0
+        return _worker(args)
     if args.profile:
-        profile(args.profile, args.batch, args.img, args.profile_mode)
+        profile(args.profile, args.batch, args.img, args.profile_mode, args.convs[0])
+        return 0
+    if args.breakdown:
+        print_breakdown(args)
         return 0
 
     print(f"batch {args.batch}, {args.img} px, float32, CPU ({os.cpu_count()} cores, "
           f"{args.threads or 'all'} thread(s), {args.clock} clock); {args.iters} alternating "
           f"steps per implementation after {args.warmup} warm-up")
-    header = (f"{'model':8} {'mode':6} {'reference img/s':>16} {'ours img/s':>13} "
-              f"{'speed-up':>8} {'target':>6} {'ref peak MB':>11} {'our peak MB':>11}")
+    header = (f"{'model':8} {'conv':5} {'mode':6} {'reference img/s':>16} {'ours img/s':>13} "
+              f"{'speed-up':>8} {'target':>6} {'ref peak MB':>11} {'our peak MB':>11}"
+              + ("  compiled img/s  vs eager  breaks" if args.compile else ""))
     print(header)
     print("-" * len(header))
     ok = True
     for name in args.models:
-        for mode in args.modes:
-            res = _run(args, "time", name, mode)
-            best = {impl: args.batch / min(t) for impl, t in res["times"].items()}
-            med = {impl: args.batch / statistics.median(t) for impl, t in res["times"].items()}
-            ratio = best["ours"] / best["reference"]
-            mem = ({impl: _run(args, "memory", name, impl, mode)["peak_mb"]
-                    for impl in ("reference", "ours")} if not args.no_memory else
-                   {"reference": float("nan"), "ours": float("nan")})
-            target = TARGETS.get(name, (None, None))[0 if mode == "infer" else 1]
-            met = target is None or ratio >= target
-            ok &= met
-            print(f"{name:8} {mode:6} {best['reference']:7.1f} ({med['reference']:5.1f}) "
-                  f"{best['ours']:5.1f} ({med['ours']:5.1f}) {ratio:7.2f}x "
-                  f"{('' if target is None else f'{target:.1f}x'):>6} "
-                  f"{mem['reference']:11.0f} {mem['ours']:11.0f}"
-                  f"{'' if met else '  (target missed)'}", flush=True)
+        for conv in args.convs:
+            for mode in args.modes:
+                ok &= _report(args, name, conv, mode)
     print("img/s: best step (median in brackets); speed-up from the best steps")
     print("(docs/architecture.md, official code on this machine: "
           + ", ".join(f"{k} {v[0]} / {v[1]} img/s" for k, v in OFFICIAL.items()) + ")")
     return 0 if ok else 1
+
+
+def _report(args, name: str, conv: str, mode: str) -> bool:
+    res = _run(args, "time", name, mode, conv, "1" if args.compile else "0")
+    best = {impl: args.batch / min(t) for impl, t in res["times"].items()}
+    med = {impl: args.batch / statistics.median(t) for impl, t in res["times"].items()}
+    ratio = best["ours"] / best["reference"]
+    mem = ({impl: _run(args, "memory", name, impl, mode, conv)["peak_mb"]
+            for impl in ("reference", "ours")} if not args.no_memory else
+           {"reference": float("nan"), "ours": float("nan")})
+    target = TARGETS.get(name, (None, None))[0 if mode == "infer" else 1]
+    met = target is None or ratio >= target
+    extra = ""
+    if args.compile:
+        extra = (f"  {best['compiled']:6.1f} ({med['compiled']:5.1f}) "
+                 f"{best['compiled'] / best['ours']:7.2f}x {res['graph_breaks']:6d}")
+    print(f"{name:8} {conv:5} {mode:6} {best['reference']:7.1f} ({med['reference']:5.1f}) "
+          f"{best['ours']:5.1f} ({med['ours']:5.1f}) {ratio:7.2f}x "
+          f"{('' if target is None else f'{target:.1f}x'):>6} "
+          f"{mem['reference']:11.0f} {mem['ours']:11.0f}{extra}"
+          f"{'' if met else '  (target missed)'}", flush=True)
+    return met
 
 
 if __name__ == "__main__":

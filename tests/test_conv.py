@@ -252,15 +252,32 @@ def test_fast_path_equals_generic(name, bipartite, dtype):
         out, grads = run_layer(layer, x_src, x, ei, bipartite, grad_out)
         pgrads = {k: p.grad.clone() for k, p in layer.named_parameters()}
         results.append((out, grads, pgrads))
-    # float32: the conv biases before a training-mode BN have gradients that cancel to ~0
-    tol = dict(rtol=1e-10, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-4,
-                                                                           atol=1e-4)
-    (o1, g1, p1), (o2, g2, p2) = results
-    torch.testing.assert_close(o1, o2, **tol)
-    for k in g1:
-        torch.testing.assert_close(g1[k], g2[k], **tol)
-    for k in p1:
-        torch.testing.assert_close(p1[k], p2[k], **tol, msg=lambda m: f"{k}: {m}")
+    if dtype == torch.float64:
+        (o1, g1, p1), (o2, g2, p2) = results
+        torch.testing.assert_close(o1, o2, rtol=1e-10, atol=1e-12)
+        for k in g1:
+            torch.testing.assert_close(g1[k], g2[k], rtol=1e-10, atol=1e-12)
+        for k in p1:
+            torch.testing.assert_close(p1[k], p2[k], rtol=1e-10, atol=1e-12,
+                                       msg=lambda m: f"{k}: {m}")
+        return
+    # float32: both paths against the float64 generic result. edge and sage evaluate the
+    # same formula in another order (per node, then gathered), and behind two training-mode
+    # BatchNorms many gradients are small differences of large terms (the conv biases'
+    # cancel to ~0), whose float32 rounding noise depends on that order. So each tensor is
+    # held to 2e-3 of its own largest entry plus 2e-5 of the layer's largest gradient
+    # (float32 rounding of sums over the ~400 edge rows of these graphs).
+    layer.double().fast_path = False
+    truth = run_layer(layer, x_src.double(), x.double(), ei, bipartite, grad_out.double())
+    truth = (truth[0], truth[1], {k: p.grad for k, p in layer.named_parameters()})
+    floor = 2e-5 * max(t.abs().max().item() for t in [*truth[1].values(),
+                                                        *truth[2].values()])
+    for out, grads, pgrads in results:
+        pairs = [(out, truth[0], "out")] + [(grads[k], truth[1][k], k) for k in grads] + [
+            (pgrads[k], truth[2][k], k) for k in pgrads]
+        for got, want, key in pairs:
+            err = (got.double() - want).abs().max().item()
+            assert err <= 2e-3 * want.abs().max().item() + floor, (key, err)
 
 
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "generic"])
@@ -414,8 +431,12 @@ def conv_macs(layer, n, k):
     x = torch.randn(n, layer.in_channels)
     ei = torch.stack([torch.randint(0, n, (n * k,)), torch.arange(n).repeat_interleave(k)])
     layer.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        layer(x, ei)
+    layer.fast_path = False  # the release's evaluation (and count); the cheaper one:
+    try:                     # tests/test_fast_paths.py
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            layer(x, ei)
+    finally:
+        layer.fast_path = True
     return counter.get_total_flops() // 2
 
 

@@ -10,6 +10,7 @@ import sys
 from .detection.cli import add_detect_parser
 from .diagnostics.cli import add_inspect_parser
 from .errors import VigPygError
+from .models.export import add_export_parser
 from .models.info import add_info_parser
 from .train.cli import add_eval_parser, add_train_parser
 
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(subparsers)
     add_eval_parser(subparsers)
     add_info_parser(subparsers)
+    add_export_parser(subparsers)
     _add_graph_parser(subparsers)
     add_detect_parser(subparsers)
     add_inspect_parser(subparsers)

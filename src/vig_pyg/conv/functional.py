@@ -16,6 +16,9 @@ Three things make these faster than the obvious ``x[index].view(N, k, C).amax(1)
   here ``amax`` runs the forward and, only when a gradient is needed, the winning rank
   ``r < k`` of every output is recorded as one byte (``[N, C]`` ``uint8``), so the
   backward is a single scatter of the ``[N, C]`` output gradient.
+- **Tracing.** Under ``torch.compile``, ``torch.export`` or the ONNX exporter the same
+  reductions are written as plain gathers and ``amax``/``sum`` (:func:`tracing`): the
+  chunk loop and the custom backward are CPU-eager devices a compiler does better without.
 - **Ties.** On a tie the highest rank gets the whole gradient (``amax`` would split it
   evenly); the total reaching the inputs is the same when tied values come from one
   source row (duplicate edges), and exact ties between distinct rows have measure zero.
@@ -27,7 +30,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 __all__ = ["gather_max", "gather_sum", "neighbour_max", "map_target_chunks", "chunk_targets",
-           "CHUNK_BYTES_PER_THREAD", "MAX_CHUNKS"]
+           "tracing", "CHUNK_BYTES_PER_THREAD", "MAX_CHUNKS"]
 
 #: Bytes of the gathered ``[chunk, k, C]`` block per intra-op thread (CPU).
 CHUNK_BYTES_PER_THREAD = 1 << 20
@@ -54,6 +57,13 @@ def map_target_chunks(fn, n: int, width: int, bytes_per_target: int, like: Tenso
     for s in range(0, n, step):
         fn(s, min(n, s + step), out[s:min(n, s + step)])
     return out
+
+
+def tracing() -> bool:
+    """True while ``torch.compile``/``torch.export`` (Dynamo) or a TorchScript trace
+    (the classic ONNX exporter) records the model."""
+    return (torch.compiler.is_compiling() or torch.jit.is_tracing()
+            or torch.jit.is_scripting())
 
 
 def _rank_dtype(k: int) -> torch.dtype:
@@ -159,6 +169,8 @@ def _wants_grad(t: Tensor) -> bool:
 def gather_max(x_src: Tensor, index: Tensor, k: int) -> Tensor:
     r"""``out[i] = max_{r < k} x_src[index[i * k + r]]`` channel-wise: ``[N, C]`` for an
     ``index`` of ``N * k`` source rows (row 0 of a fixed-degree ``edge_index``)."""
+    if tracing():
+        return x_src.index_select(0, index).view(-1, k, x_src.size(1)).amax(1)
     index = index.contiguous()
     if not _wants_grad(x_src):
         return _gather_reduce(x_src, index, k, "max", False)[0]
@@ -167,6 +179,8 @@ def gather_max(x_src: Tensor, index: Tensor, k: int) -> Tensor:
 
 def gather_sum(x_src: Tensor, index: Tensor, k: int) -> Tensor:
     r"""``out[i] = sum_{r < k} x_src[index[i * k + r]]``: ``[N, C]``."""
+    if tracing():
+        return x_src.index_select(0, index).view(-1, k, x_src.size(1)).sum(1)
     index = index.contiguous()
     if not _wants_grad(x_src):
         return _gather_reduce(x_src, index, k, "sum", False)[0]
@@ -176,6 +190,6 @@ def gather_sum(x_src: Tensor, index: Tensor, k: int) -> Tensor:
 def neighbour_max(rows: Tensor, k: int) -> Tensor:
     r"""``out[i] = max_{r < k} rows[i * k + r]`` channel-wise: per-edge rows ``[N * k, C]``
     (grouped by target) reduced to ``[N, C]``."""
-    if not _wants_grad(rows):
+    if tracing() or not _wants_grad(rows):
         return rows.reshape(-1, k, rows.size(1)).amax(1)
     return _NeighbourMax.apply(rows, k)

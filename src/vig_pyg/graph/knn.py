@@ -22,19 +22,40 @@ BACKENDS = ("auto", "dense", "cluster")
 MAX_CHUNK_ELEMENTS = 2 ** 24
 
 
-@lru_cache(maxsize=64)
+def _tracing() -> bool:
+    """While ``torch.compile``/``torch.export`` or a TorchScript trace (the classic ONNX
+    exporter) records the model: tensor values cannot steer Python there (no checks that
+    read values, no caches keyed by shapes that may be symbolic, no chunk loops)."""
+    return (torch.compiler.is_compiling() or torch.jit.is_tracing()
+            or torch.jit.is_scripting())
+
+
 def _target_index(num_targets: int, k: int, device: torch.device) -> Tensor:
+    """``[0]*k + [1]*k + ...``: the target row of a fixed-degree graph."""
+    if _tracing():
+        return torch.arange(num_targets, device=device).view(-1, 1).expand(-1, k).reshape(-1)
+    return _cached_target_index(num_targets, k, device)
+
+
+@lru_cache(maxsize=64)
+def _cached_target_index(num_targets: int, k: int, device: torch.device) -> Tensor:
     # The target row of a fixed-degree graph never changes for a given shape.
     return torch.arange(num_targets, device=device).repeat_interleave(k)
 
 
 def fixed_degree(edge_index: Tensor, num_targets: int) -> int | None:
     """``k`` if ``edge_index`` has exactly ``k`` edges per target, grouped by target in
-    order (the layout :func:`knn_edges` returns), else ``None``."""
+    order (the layout :func:`knn_edges` returns), else ``None``.
+
+    While tracing (:func:`torch.compile`, :func:`torch.export`, ONNX export) the values
+    cannot be read, so ``num_edges = k * num_targets`` is taken as that layout: trace
+    models on graphs from :func:`knn_edges` (the Grapher's always are)."""
     num_edges = edge_index.size(1)
     if num_targets == 0 or num_edges == 0 or num_edges % num_targets:
         return None
     k = num_edges // num_targets
+    if _tracing():
+        return k
     if torch.equal(edge_index[1], _target_index(num_targets, k, edge_index.device)):
         return k
     return None
@@ -53,6 +74,13 @@ def _check_batch(batch: Tensor | None, num_nodes: int, name: str) -> Tensor | No
 
 
 def _check_finite(x: Tensor, name: str) -> None:
+    """Raise on NaN/Inf, except where a value cannot or should not stop the step: while
+    tracing, and under float16/bfloat16 autocast, where an overflow is routine and
+    :class:`torch.amp.GradScaler` skips the step (the top-k of a NaN distance still
+    returns valid indices, and the NaN reaches the loss)."""
+    if _tracing() or x.dtype in (torch.float16, torch.bfloat16) or \
+            torch.is_autocast_enabled(x.device.type):
+        return
     if not bool(torch.isfinite(x).all()):
         raise ValueError(
             f"{name} contain NaN or Inf values: nearest neighbours are undefined for them "
@@ -212,21 +240,30 @@ def _knn_grid(queries: Tensor, keys: Tensor, k: int, dilation: int, relative_pos
         kd = k * dilation
         # |q_i|^2 is the same for every candidate of query i, so it cannot change the order
         y_sq = (y * y).sum(-1).unsqueeze(1)  # [G, 1, M]
-        idx = torch.empty(g, n, kd, dtype=torch.long, device=q.device)
-        img_step, row_step = _chunks(g, n, m, max_chunk_elements)
-        for g0 in range(0, g, img_step):
-            for r0 in range(0, n, row_step):
-                qs = q[g0:g0 + img_step, r0:r0 + row_step]
-                dist = torch.baddbmm(y_sq[g0:g0 + img_step], qs, y[g0:g0 + img_step].transpose(1, 2),
-                                     alpha=-2.0)
-                if relative_pos is not None:
-                    dist += relative_pos[r0:r0 + row_step]
-                idx[g0:g0 + img_step, r0:r0 + row_step] = dist.topk(kd, dim=-1, largest=False,
-                                                                    sorted=True).indices
+        if _tracing():  # one block: the batch size may be symbolic
+            idx = _nearest(q, y, y_sq, relative_pos, kd)
+        else:
+            idx = torch.empty(g, n, kd, dtype=torch.long, device=q.device)
+            img_step, row_step = _chunks(g, n, m, max_chunk_elements)
+            for g0 in range(0, g, img_step):
+                for r0 in range(0, n, row_step):
+                    gs, rs = slice(g0, g0 + img_step), slice(r0, r0 + row_step)
+                    idx[gs, rs] = _nearest(q[gs, rs], y[gs], y_sq[gs], None if relative_pos
+                                           is None else relative_pos[rs], kd)
         idx = idx[..., _keep_ranks(k, dilation, stochastic, epsilon, training, q.device)]
         offset = torch.arange(g, device=q.device).mul_(m).view(g, 1, 1)
         src = (idx + offset).reshape(-1)
         return torch.stack([src, _target_index(g * n, k, q.device)])
+
+
+def _nearest(q: Tensor, y: Tensor, y_sq: Tensor, relative_pos: Tensor | None,
+             kd: int) -> Tensor:
+    """Indices ``[G, N, kd]`` of the ``kd`` smallest ``|y_j|^2 - 2 q_i.y_j (+ b_ij)``,
+    ascending."""
+    dist = torch.baddbmm(y_sq, q, y.transpose(1, 2), alpha=-2.0)
+    if relative_pos is not None:
+        dist += relative_pos
+    return dist.topk(kd, dim=-1, largest=False, sorted=True).indices
 
 
 def _chunks(g: int, n: int, m: int, max_elements: int) -> tuple[int, int]:

@@ -7,6 +7,8 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Batch
 
+from .knn import _tracing
+
 
 @lru_cache(maxsize=64)
 def _grid_index(num_graphs: int, height: int, width: int, device: torch.device):
@@ -41,6 +43,8 @@ class PatchGraph(Batch):
                 f"{tuple(fmap.shape)}; for node features [N, C] build a Batch directly")
         b, c, h, w = fmap.shape
         x = fmap.permute(0, 2, 3, 1).reshape(b * h * w, c)
+        if _tracing():  # Dynamo cannot trace a PyG Batch (its attribute storage)
+            return _TracedPatchGraph(x, (h, w), b)
         batch, pos, ptr = _grid_index(b, h, w, fmap.device)
         graph = cls(x=x, pos=pos, batch=batch, ptr=ptr, grid_size=(h, w))
         graph._num_graphs = b
@@ -59,3 +63,15 @@ class PatchGraph(Batch):
                 f"expected node features of shape [{b * h * w}, C] for {b} image(s) of "
                 f"{h}x{w} patches, got {tuple(x.shape)}")
         return x.view(b, h, w, x.size(1)).permute(0, 3, 1, 2)
+
+
+class _TracedPatchGraph:
+    """What the Grapher uses of a :class:`PatchGraph` (``x``, ``edge_index``,
+    :meth:`~PatchGraph.to_feature_map`) as a plain object, for ``torch.compile`` and
+    ``torch.export``, which cannot trace PyG's ``Batch``."""
+
+    def __init__(self, x: Tensor, grid_size, num_graphs):
+        self.x, self.grid_size, self.num_graphs = x, grid_size, num_graphs
+        self.edge_index = None
+
+    to_feature_map = PatchGraph.to_feature_map

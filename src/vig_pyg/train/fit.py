@@ -12,6 +12,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
+from ..models.compile import maybe_compile
 from . import checkpoint as ckpt_io
 from . import distributed as D
 from .config import Config, ConfigError, build_config
@@ -20,7 +21,7 @@ from .data import TrainLoader, build_datasets, build_eval_loader, build_mixup, l
 from .loop import epoch_row, evaluate_epoch, train_epoch
 from .records import Records
 from .setup import (build_criterion, build_ema, build_model, build_optimizer, build_scheduler,
-                    check_input_size, count_params, maybe_compile, resolve_device,
+                    check_input_size, count_params, resolve_device,
                     resolve_precision, seed_everything, set_deterministic, wrap_ddp)
 from .state import Run
 from .summary import final_summary, print_summary, save_final_weights

@@ -152,11 +152,6 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def maybe_compile(model: nn.Module, enabled: bool) -> nn.Module:
-    """``torch.compile(model)`` when ``train.compile`` is on (the weights stay shared)."""
-    return torch.compile(model) if enabled else model
-
-
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain model under DDP and torch.compile wrappers."""
     while True:

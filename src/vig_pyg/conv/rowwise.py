@@ -1,0 +1,103 @@
+r"""Parts of a :class:`~.projection.GroupedProjection` applied to rows, for the cheaper
+evaluations of ``edge`` and ``sage`` (same results as the projection on every edge).
+
+- :func:`grouped_linear` is the projection's grouped 1x1 convolution (any slice of its
+  output channels whose groups it owns) on ``[M, C]`` rows.
+- :func:`batch_norm_rows` is its BatchNorm on a slice of the channels, with the batch
+  statistics taken over *weighted* rows: row ``m`` stands for ``w_m`` rows of the
+  per-edge tensor the official code normalises (``w_m = k`` for a centre node repeated on
+  its ``k`` edges, the out-degree for a neighbour gathered onto edges). With
+  :math:`W = \sum_m w_m` the statistics are
+
+  .. math::
+      \mu = \frac{1}{W}\sum_m w_m y_m, \quad
+      \sigma^2 = \frac{1}{W}\sum_m w_m (y_m - \mu)^2,
+
+  the running variance gets the unbiased :math:`\sigma^2 W / (W - 1)`, exactly as
+  BatchNorm over the ``W`` per-edge rows would.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["grouped_linear", "batch_norm_step", "batch_norm_rows", "batch_norm_affine",
+           "uses_batch_stats"]
+
+
+def grouped_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], groups: int) -> Tensor:
+    """``[M, C_in] -> [M, C_out]``: the 1x1 convolution ``weight [C_out, C_in/groups, 1, 1]``
+    on the channels-last view ``[1, C_in, M, 1]`` of the rows (no copy, still grouped)."""
+    m = x.size(0)
+    y = F.conv2d(x.contiguous().view(1, m, 1, -1).permute(0, 3, 1, 2), weight, bias,
+                 groups=groups)
+    return y.permute(0, 2, 3, 1).reshape(m, -1)
+
+
+def uses_batch_stats(bn: nn.BatchNorm2d) -> bool:
+    """BatchNorm normalises with the batch's statistics (training, or no running ones)."""
+    return bn.training or bn.running_mean is None
+
+
+def batch_norm_step(bn: nn.BatchNorm2d) -> float:
+    """What ``bn.forward`` does once per call in training before normalising: count the
+    batch and return the running-average factor (``momentum``, or ``1 / batches`` for
+    a cumulative average when ``momentum`` is ``None``)."""
+    if not (bn.training and bn.track_running_stats and bn.num_batches_tracked is not None):
+        return 0.0 if bn.momentum is None else bn.momentum
+    bn.num_batches_tracked.add_(1)
+    if bn.momentum is None:
+        return 1.0 / float(bn.num_batches_tracked)
+    return bn.momentum
+
+
+def _part(t: Optional[Tensor], part: slice) -> Optional[Tensor]:
+    return None if t is None else t[part]
+
+
+def batch_norm_rows(y: Tensor, bn: nn.BatchNorm2d, part: slice, factor: float,
+                    weight: Optional[Tensor] = None, total: Optional[int] = None) -> Tensor:
+    """``bn`` on rows ``y [M, len(part)]`` holding channels ``part``, batch statistics.
+
+    Without ``weight`` every row counts once (BatchNorm's own kernel, updating the running
+    statistics of ``part`` in place). With ``weight [M]`` (see the module docstring) the
+    statistics are weighted and stand for ``total = sum(weight)`` rows."""
+    gamma, beta = _part(bn.weight, part), _part(bn.bias, part)
+    running = bn.training and bn.running_mean is not None
+    rm = _part(bn.running_mean, part) if running else None
+    rv = _part(bn.running_var, part) if running else None
+    if weight is None:
+        m = y.size(0)
+        view = y.contiguous().view(1, m, 1, -1).permute(0, 3, 1, 2)
+        out = F.batch_norm(view, rm, rv, gamma, beta, True, factor, bn.eps)
+        return out.permute(0, 2, 3, 1).reshape(m, -1)
+    # statistics in float64: BatchNorm's own kernels accumulate in double too, and the
+    # gradient through them is ill-conditioned (large cancellations) in single precision
+    y64, w64 = y.double(), weight.double()
+    mean64 = w64 @ y64 / total
+    var = (w64 @ (y64 - mean64).square() / total).to(y.dtype)
+    mean = mean64.to(y.dtype)
+    centred = y - mean
+    if rm is not None:  # through .data, like BatchNorm's kernel: no version bump, which
+        # would invalidate another call's saved slices of the same buffers (double forward)
+        rm.data.mul_(1 - factor).add_(mean.detach(), alpha=factor)
+        rv.data.mul_(1 - factor).add_(var.detach(), alpha=factor * total / max(total - 1, 1))
+    scale = torch.rsqrt(var + bn.eps)
+    if gamma is not None:
+        scale = scale * gamma
+    out = centred * scale
+    return out if beta is None else out + beta
+
+
+def batch_norm_affine(bn: nn.BatchNorm2d, part: slice) -> tuple[Tensor, Tensor]:
+    """``(a, c)`` with ``bn(y) = a * y + c`` on channels ``part`` (running statistics)."""
+    a = torch.rsqrt(bn.running_var[part] + bn.eps)
+    if bn.weight is not None:
+        a = a * bn.weight[part]
+    c = -a * bn.running_mean[part]
+    if bn.bias is not None:
+        c = c + bn.bias[part]
+    return a, c
