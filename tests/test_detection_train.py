@@ -57,7 +57,8 @@ def test_resume_continues_exactly(reference, tmp_path, cache):
     # stop mid-epoch 2 (step 6 of 8), then resume to the end of the schedule
     fit(None, TINY + [f"data.cache_dir={cache}", "train.max_steps=6"], output=str(run))
     _, mid = _weights(run)
-    assert (mid["epoch"], mid["step_in_epoch"], mid["global_step"]) == (1, 2, 6)
+    s = mid["run"]
+    assert (s["epoch"], s["step_in_epoch"], s["global_step"]) == (1, 2, 6)
     summary = fit(None, ["train.max_steps=0"], resume=str(run))
     assert summary["global_step"] == 8
     a, _ = _weights(ref_dir)
