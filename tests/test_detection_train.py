@@ -3,6 +3,8 @@ predict, and one-line errors."""
 import csv
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -51,22 +53,77 @@ def test_run_writes_its_records(reference):
     assert (out / "config.yaml").exists()
 
 
-def test_resume_continues_exactly(reference, tmp_path, cache):
-    ref_dir, _ = reference
-    run = tmp_path / "stopped"
-    # stop mid-epoch 2 (step 6 of 8), then resume to the end of the schedule
-    fit(None, TINY + [f"data.cache_dir={cache}", "train.max_steps=6"], output=str(run))
-    _, mid = _weights(run)
-    assert (mid["epoch"], mid["step_in_epoch"], mid["global_step"]) == (1, 2, 6)
-    summary = fit(None, ["train.max_steps=0"], resume=str(run))
-    assert summary["global_step"] == 8
+def _rows(run_dir):
+    """metrics.csv without its timing columns (the only ones a resume may change)."""
+    with open(os.path.join(run_dir, "metrics.csv"), newline="") as fh:
+        return [{k: v for k, v in r.items() if k not in ("epoch_time_s", "elapsed_s")}
+                for r in csv.DictReader(fh)]
+
+
+def _check_records(run_dir, ref_dir):
+    """The rule of issue 14: each epoch's row once, equal to the uninterrupted run's, and
+    TensorBoard one value per step, the rows' values (tag: first ``_`` -> ``/``)."""
+    rows = _rows(run_dir)
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert rows == _rows(ref_dir)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(os.path.join(run_dir, "tb"), purge_orphaned_data=False).Reload()
+    for key in ("train_loss", "box_AP", "box_AP50"):
+        want = [(int(r["global_step"]), float(r[key])) for r in rows if r[key] != ""]
+        got = [(e.step, e.value) for e in acc.Scalars(key.replace("_", "/", 1))]
+        assert [s for s, _ in got] == [s for s, _ in want], key  # one value per step
+        assert [v for _, v in got] == pytest.approx([v for _, v in want], abs=1e-6), key
+    summary = json.load(open(os.path.join(run_dir, "summary.json")))
+    ref = json.load(open(os.path.join(ref_dir, "summary.json")))
+    assert summary["resumes"] == 1 and ref["resumes"] == 0
+    for key in ("global_step", "epochs", "box_AP", "box_AP50", "box_AP75"):
+        assert summary[key] == ref[key], key
+
+
+def _same_weights(run_dir, ref_dir):
     a, _ = _weights(ref_dir)
-    b, _ = _weights(run)
+    b, _ = _weights(run_dir)
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    rows = list(csv.DictReader(open(run / "metrics.csv")))
-    assert [r["epoch"] for r in rows] == ["1", "2"]
+
+
+def test_resume_continues_exactly(reference, tmp_path, cache):
+    ref_dir, _ = reference
+    run = tmp_path / "stopped"
+    # stop mid-epoch 2 (step 6 of 8; its partial row 2 is written), then resume to the end
+    fit(None, TINY + [f"data.cache_dir={cache}", "train.max_steps=6", "log.tensorboard=true"],
+        output=str(run))
+    _, mid = _weights(run)
+    s = mid["run"]
+    assert (s["epoch"], s["step_in_epoch"], s["global_step"]) == (1, 2, 6)
+    assert [r["global_step"] for r in _rows(run)] == ["4", "6"]
+    summary = fit(None, ["train.max_steps=0"], resume=str(run))
+    assert summary["global_step"] == 8
+    _same_weights(run, ref_dir)
+    _check_records(run, ref_dir)
+
+
+def test_sigkill_after_a_row_then_resume(reference, tmp_path, cache):
+    """Killed (SIGKILL) right after epoch 1's row, whose checkpoint was never written: the
+    resume restarts from the step-3 checkpoint and the row is recorded once."""
+    ref_dir, _ = reference
+    run = tmp_path / "killed"
+    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+    env = dict(os.environ, OMP_NUM_THREADS="1", VIG_PYG_CRASH_AT="epoch_row@1",
+               PYTHONPATH=os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]))
+    argv = ["detect", "train", "--output", str(run), "--set", *TINY, f"data.cache_dir={cache}",
+            "train.ckpt_every_steps=3", "log.tensorboard=true"]
+    proc = subprocess.run([sys.executable, "-m", "vig_pyg", *argv], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert [r["epoch"] for r in _rows(run)] == ["1"]
+    _, mid = _weights(run)
+    assert mid["run"]["global_step"] == 3
+    fit(None, [], resume=str(run))
+    _same_weights(run, ref_dir)
+    _check_records(run, ref_dir)
 
 
 def _cli(argv, capsys):

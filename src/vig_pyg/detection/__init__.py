@@ -11,8 +11,8 @@ from .synthetic import SyntheticSpec, ensure_synthetic
 
 
 def fit(config=None, overrides=(), output=None, resume=None) -> dict:
-    """Trains a detector (see :func:`vig_pyg.detection.engine.fit`)."""
-    from .engine import fit as _fit
+    """Trains a detector (see :func:`vig_pyg.detection.training.fit`)."""
+    from .training import fit as _fit
 
     return _fit(config, overrides, output, resume)
 

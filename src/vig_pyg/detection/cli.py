@@ -76,7 +76,8 @@ def _guard(name: str, fn) -> int:
 
 def _train(args) -> int:
     def go():
-        from .engine import fit, load_resume, resolve_config
+        from .training import fit, resolve_config
+        from .state import load_resume
 
         if args.print_config:
             payload = load_resume(args.resume)[1] if args.resume else None

@@ -19,7 +19,7 @@ PALETTE = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#C
 
 def read_detection_checkpoint(path: str) -> dict:
     """A ``vig-pyg detect train`` checkpoint (run directory or file), checked."""
-    from .engine import FORMAT
+    from .state import FORMAT
 
     path = ckpt_io.resolve_resume_path(path) if os.path.isdir(path) else path
     payload = ckpt_io.load_file(path)
@@ -37,7 +37,7 @@ def read_detection_checkpoint(path: str) -> dict:
 def load_detector(path: str, config=None, overrides=()):
     """``(detector in eval mode, config, checkpoint payload)``; the run's own config unless
     ``config`` (a YAML path) is given; ``overrides`` adjust it."""
-    from .engine import make_detector
+    from .setup import make_detector
 
     payload = read_detection_checkpoint(path)
     cfg = build_config(config, overrides, base=payload.get("config") if config is None else None)
@@ -53,7 +53,8 @@ def load_detector(path: str, config=None, overrides=()):
 
 def run_eval(checkpoint: str, config=None, overrides=(), json_path=None, progress=True) -> dict:
     """COCO AP of a detection checkpoint on its config's validation set (printed)."""
-    from .engine import build_sets, eval_loader, evaluate
+    from .data import build_sets, eval_loader
+    from .loop import evaluate
     from ..train.distributed import DistInfo
 
     model, cfg, payload = load_detector(checkpoint, config, overrides)

@@ -76,11 +76,12 @@ def fit_run(config: ConfigLike = None, overrides: Sequence[str] = (),
 
 
 def _run_dir(cfg: Config, output: Optional[str], resume_path: Optional[str],
-             info: D.DistInfo) -> str:
-    """The run directory; a new run refuses a directory that holds anything."""
+             info: D.DistInfo, name: Optional[str] = None) -> str:
+    """The run directory; a new run refuses a directory that holds anything. ``name``:
+    the default for ``log.name`` (the model and data set's names)."""
     if resume_path is not None:
         return output or os.path.dirname(os.path.dirname(os.path.abspath(resume_path)))
-    name = cfg.log.name or f"{cfg.model.name}-{cfg.data.dataset}"
+    name = cfg.log.name or name or f"{cfg.model.name}-{cfg.data.dataset}"
     run_dir = output or os.path.join(cfg.log.output_dir, f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
     run_dir = D.broadcast_object(run_dir, info)
     problem = None  # decided by rank 0 alone: the others may look after it created the dir

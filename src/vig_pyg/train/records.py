@@ -16,7 +16,7 @@ import csv
 import json
 import os
 import shutil
-from typing import Optional
+from typing import Optional, Sequence
 
 from .config import Config
 
@@ -55,10 +55,15 @@ def _atomic_text(path: str, write) -> None:
 
 
 class Records:
-    """The files of one run directory (written by the main rank only)."""
+    """The files of one run directory (written by the main rank only); classification's
+    columns unless ``fields`` / ``scalars`` name others (detection's)."""
 
-    def __init__(self, run_dir: str, cfg: Config, enabled: bool = True):
+    def __init__(self, run_dir: str, cfg: Config, enabled: bool = True,
+                 fields: Sequence[str] = CSV_FIELDS, scalars: Sequence[str] = _SCALARS):
+        """``fields``: the CSV's columns; ``scalars``: the columns also sent to TensorBoard
+        (tag: the first ``_`` becomes ``/``). The defaults are classification's."""
         self.run_dir, self.cfg, self.enabled = run_dir, cfg, enabled
+        self.fields, self.scalars = list(fields), tuple(scalars)
         self.csv_path = os.path.join(run_dir, "metrics.csv")
         self.checkpoint_dir = os.path.join(run_dir, "checkpoints")
         self.rows: list = []
@@ -91,16 +96,16 @@ class Records:
 
     def _scalars(self, row: dict) -> None:
         step = int(row["global_step"])
-        for key in _SCALARS:
+        for key in self.scalars:
             if row.get(key) not in (None, ""):
                 self.writer.add_scalar(key.replace("_", "/", 1), float(row[key]), step)
 
     def _write_csv(self) -> None:
         def write(fh):
-            w = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
+            w = csv.DictWriter(fh, fieldnames=self.fields)
             w.writeheader()
             for r in self.rows:
-                w.writerow({k: r.get(k, "") for k in CSV_FIELDS})
+                w.writerow({k: r.get(k, "") for k in self.fields})
         _atomic_text(self.csv_path, write)
 
     def add_epoch(self, row: dict) -> None:
