@@ -12,7 +12,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNNER = textwrap.dedent("""
     import os, sys, torch
     from vig_pyg.train.config import build_config
-    from vig_pyg.train.fit import fit_run
+    from vig_pyg.train.training import fit_run
 
     out = sys.argv[1]
     cfg = build_config(None, [

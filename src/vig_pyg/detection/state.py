@@ -28,7 +28,7 @@ from ..train import checkpoint as ckpt_io
 from ..train import distributed as D
 from ..train.config import ConfigError
 from ..train.crash import crash_point
-from ..train.state import RunState, _gather_rng
+from ..train.state import RunState, gather_rng
 from .coco import CocoSet
 from .data import TrainBatches
 
@@ -91,7 +91,7 @@ class DetectRun:
             "format": FORMAT, "version": VERSION, "run": self.state.state_dict(),
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.precision.scaler else None,
-            "rng": _gather_rng(self.info), "world_size": self.info.world_size,
+            "rng": gather_rng(self.info), "world_size": self.info.world_size,
             "config": self.cfg.to_dict(), "num_classes": self.train_set.num_classes,
             "cat_ids": list(self.val_set.cat_ids),
             "class_names": list(self.val_set.class_names),

@@ -19,7 +19,7 @@ from torch import nn
 from ..train import distributed as D
 from ..train.config import ConfigError
 from ..train.crash import crash_point
-from ..train.fit import _run_dir, _thread_tuner
+from ..train.training import run_directory, thread_tuner
 from ..train.records import Records
 from ..train.setup import (count_params, resolve_device, resolve_precision, seed_everything,
                            set_deterministic)
@@ -65,7 +65,7 @@ def build_run(cfg: DetectConfig, device, info: D.DistInfo, output, resume_path,
     set_deterministic(cfg.train.deterministic, device)
     precision = resolve_precision(cfg, device)
     m = cfg.model
-    run_dir = _run_dir(cfg, output, resume_path, info,
+    run_dir = run_directory(cfg, output, resume_path, info,
                        name=f"{m.detector}-{m.backbone}-{cfg.data.dataset}")
     train_set, val_set = build_sets(cfg, progress=cfg.log.progress and info.is_main)
     seed_everything(cfg.train.seed)
@@ -121,7 +121,7 @@ def _train(run: DetectRun, records: Records, rng: Optional[dict]) -> None:
     """Epochs of steps; evaluation every ``eval_every`` epochs and at the end; a row and a
     checkpoint at every epoch's end (and at the last step)."""
     state, cfg = run.state, run.cfg
-    tuner = _thread_tuner(run)
+    tuner = thread_tuner(run)
     while not state.finished:
         train_epoch(run, rng, tuner)
         rng = None

@@ -12,7 +12,7 @@ __all__ = ["add_train_parser", "add_eval_parser", "Config", "ConfigError", "buil
 
 def __getattr__(name):  # heavy imports (timm, torchvision) only when used
     if name == "fit":
-        from .fit import fit
+        from .training import fit
         return fit
     if name == "run_eval":
         from .evaluate import run_eval

@@ -100,12 +100,12 @@ def train_command(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + (["train.compile=true"] if args.compile else [])
     try:
         if args.print_config:
-            from .fit import resolve_config
+            from .training import resolve_config
 
             cfg, _, _ = resolve_config(args.config, overrides, args.resume)
             print(cfg.to_yaml(), end="")
             return 0
-        from .fit import fit
+        from .training import fit
 
         fit(args.config, overrides, output=args.output, resume=args.resume)
         return 0

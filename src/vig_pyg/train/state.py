@@ -123,7 +123,7 @@ class Run:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": _plain(self.scheduler.state_dict()),
             "scaler": self.scaler.state_dict() if self.precision.scaler else None,
-            "rng": _gather_rng(self.info), "world_size": self.info.world_size,
+            "rng": gather_rng(self.info), "world_size": self.info.world_size,
             "config": self.cfg.to_dict(), "model_name": self.cfg.model.name,
             "num_classes": self.num_classes,
         }
@@ -160,7 +160,7 @@ class Run:
         return rng
 
 
-def _gather_rng(info: D.DistInfo):
+def gather_rng(info: D.DistInfo):
     """This rank's RNG states, or (DDP) the list of every rank's, gathered on all ranks."""
     mine = ckpt_io.capture_rng()
     if not info.enabled:

@@ -75,7 +75,7 @@ def fit_run(config: ConfigLike = None, overrides: Sequence[str] = (),
         D.cleanup(info)
 
 
-def _run_dir(cfg: Config, output: Optional[str], resume_path: Optional[str],
+def run_directory(cfg: Config, output: Optional[str], resume_path: Optional[str],
              info: D.DistInfo, name: Optional[str] = None) -> str:
     """The run directory; a new run refuses a directory that holds anything. ``name``:
     the default for ``log.name`` (the model and data set's names)."""
@@ -136,7 +136,7 @@ def _check_resumable(run: Run, path: str, records_dir: str) -> None:
 
 
 def _fit(cfg, output, resume_path, ckpt, device, info, wall0) -> dict:
-    run_dir = _run_dir(cfg, output, resume_path, info)
+    run_dir = run_directory(cfg, output, resume_path, info)
     run = build_run(cfg, device, info, resumed=ckpt is not None)
     rng = None
     if ckpt is not None:
@@ -162,7 +162,7 @@ def _fit(cfg, output, resume_path, ckpt, device, info, wall0) -> dict:
 def _train(run: Run, records: Records, rng) -> None:
     state, t = run.state, run.cfg.train
     last = os.path.join(records.checkpoint_dir, "last.pt")
-    tuner = _thread_tuner(run)
+    tuner = thread_tuner(run)
     run.scheduler.step_update(state.global_step)
     while not state.finished:
         state.finished = train_epoch(run, lambda: run.save(last), rng, tuner)
@@ -179,7 +179,7 @@ def _train(run: Run, records: Records, rng) -> None:
         run.save(last)
 
 
-def _thread_tuner(run: Run):
+def thread_tuner(run: Run):
     t = run.cfg.train
     if run.device.type != "cpu":
         return None
