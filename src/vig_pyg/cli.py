@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .experiments import add_report_parser, add_sweep_parser
 from .models.info import add_info_parser
 from .train.cli import add_eval_parser, add_train_parser
 
@@ -39,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parser(subparsers)
     add_info_parser(subparsers)
     _add_graph_parser(subparsers)
+    add_sweep_parser(subparsers)
+    add_report_parser(subparsers)
     return parser
 
 
