@@ -21,8 +21,7 @@ def plot_top1_vs_gmacs(configs, path):
     for c in _done(configs):
         ax.errorbar(c["gmacs"], c["mean"], yerr=c["std"] or 0, fmt="o", capsize=3,
                     label=c["label"], markeredgecolor="k" if c["reference"] else None)
-        ax.annotate(c["label"].split("=", 1)[-1] if "," not in c["label"] else c["label"],
-                    (c["gmacs"], c["mean"]), fontsize=7, xytext=(4, 3),
+        ax.annotate(c["label"], (c["gmacs"], c["mean"]), fontsize=7, xytext=(4, 3),
                     textcoords="offset points")
     ax.set_xlabel("GMACs per image")
     ax.set_ylabel("test top-1 (%), mean +- std over seeds")
