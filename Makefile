@@ -3,13 +3,14 @@
 # make test  : set up the same environment and run the test suite
 # make bench : the speed benchmarks (ratios against a baseline measured in the same run)
 # make detect-demo : train a small ViG detector on the built-in synthetic digits (CPU, ~10 min)
+# make ablation: the aggregator ablation study on the digits, then its report (table + plots)
 PY      := .venv/bin/python
 PIP     := $(PY) -m pip --disable-pip-version-check
 STAMP   := .venv/.installed
 PINS    := requirements.txt
 pin      = $(shell grep -E '^$(1)==' $(PINS))
 
-.PHONY: install test test-all demo detect-demo bench clean
+.PHONY: install test test-all demo detect-demo ablation bench clean
 install: $(STAMP)
 
 # The stamp depends on the pins and the package metadata, so a second `make test`
@@ -45,3 +46,8 @@ bench: $(STAMP)
 
 clean:
 	rm -rf .venv build *.egg-info src/*.egg-info
+
+# The aggregator ablation on the embedded digits (27 short runs), then its report in
+# runs/aggregators (table.md, results.csv, PNG plots). Running it again continues the sweep.
+ablation: $(STAMP)
+	$(PY) -m vig_pyg sweep experiments/aggregators.yaml --output runs/aggregators

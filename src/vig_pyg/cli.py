@@ -10,6 +10,7 @@ import sys
 from .detection.cli import add_detect_parser
 from .diagnostics.cli import add_inspect_parser
 from .errors import VigPygError
+from .experiments import add_report_parser, add_sweep_parser
 from .models.export import add_export_parser
 from .models.info import add_info_parser
 from .train.cli import add_eval_parser, add_train_parser
@@ -46,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_graph_parser(subparsers)
     add_detect_parser(subparsers)
     add_inspect_parser(subparsers)
+    add_sweep_parser(subparsers)
+    add_report_parser(subparsers)
     return parser
 
 
