@@ -28,7 +28,7 @@ from ..train import checkpoint as ckpt_io
 from ..train import distributed as D
 from ..train.config import ConfigError
 from ..train.crash import crash_point
-from ..train.state import RunState, gather_rng
+from ..train.state import RunState, gather_rng, rank_rng
 from .coco import CocoSet
 from .data import TrainBatches
 
@@ -116,14 +116,8 @@ class DetectRun:
             raise ConfigError(f"checkpoint '{path}' does not fit this run's detector or "
                               f"optimizer ({one_line(exc)[:160]}): resume with the config it "
                               "was written with") from None
-        self.state = DetectState.from_checkpoint(payload)
-        self.state.resumes += 1
-        if self.state.step_in_epoch >= self.steps_per_epoch:  # saved on the last batch
-            self.state.end_epoch()
-        rng = payload.get("rng")
-        if isinstance(rng, list):
-            rng = rng[self.info.rank] if len(rng) == self.info.world_size else None
-        return rng
+        self.state = DetectState.resumed(payload, self.steps_per_epoch)
+        return rank_rng(payload, self.info)
 
 
 def load_resume(resume: str) -> tuple[str, dict]:

@@ -21,7 +21,7 @@ from ..train.config import ConfigError
 from ..train.crash import crash_point
 from ..train.training import run_directory, thread_tuner
 from ..train.records import Records
-from ..train.setup import (count_params, resolve_device, resolve_precision, seed_everything,
+from ..train.setup import (count_params, resolve_precision, run_process, seed_everything,
                            set_deterministic)
 from .config import DetectConfig, build_config
 from .data import TrainBatches, build_sets
@@ -49,14 +49,8 @@ def fit(config=None, overrides=(), output: Optional[str] = None,
     resume_path, payload = load_resume(resume) if resume else (None, None)
     cfg = resolve_config(config, overrides, payload)
     wall0 = time.perf_counter()
-    device = resolve_device(cfg, int(os.environ.get("LOCAL_RANK", "0")))
-    info = D.init_distributed(device.type)
-    threads = torch.get_num_threads()
-    try:
+    with run_process(cfg) as (device, info):
         return _fit(cfg, output, resume_path, payload, device, info, wall0)
-    finally:
-        torch.set_num_threads(threads)
-        D.cleanup(info)
 
 
 def build_run(cfg: DetectConfig, device, info: D.DistInfo, output, resume_path,

@@ -36,6 +36,20 @@ def resolve_device(cfg: Config, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
+@contextlib.contextmanager
+def run_process(cfg):
+    """This process's device and process group (torchrun's ``LOCAL_RANK``) for one run;
+    afterwards the thread count is restored and the group torn down."""
+    device = resolve_device(cfg, int(os.environ.get("LOCAL_RANK", "0")))
+    info = D.init_distributed(device.type)
+    threads = torch.get_num_threads()
+    try:
+        yield device, info
+    finally:
+        torch.set_num_threads(threads)
+        D.cleanup(info)
+
+
 @dataclass
 class Precision:
     dtype: Optional[torch.dtype]

@@ -60,6 +60,16 @@ class RunState:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in saved.items() if k in names})
 
+    @classmethod
+    def resumed(cls, ckpt: dict, steps_per_epoch: int) -> "RunState":
+        """The state a checkpoint restores, counted as one more resume; a checkpoint written
+        on an epoch's last batch continues with the next epoch."""
+        state = cls.from_checkpoint(ckpt)
+        state.resumes += 1
+        if state.step_in_epoch >= steps_per_epoch:
+            state.end_epoch()
+        return state
+
     def tick(self) -> None:
         """Add the wall time since the last tick to the run's and the epoch's clocks."""
         now = time.perf_counter()
@@ -150,14 +160,17 @@ class Run:
             raise ConfigError(f"checkpoint '{path}' does not match this run's optimizer or "
                               f"settings ({one_line(exc)[:120]}): resume with the "
                               "config it was written with") from None
-        self.state = RunState.from_checkpoint(ckpt)
-        self.state.resumes += 1
-        if self.state.step_in_epoch >= self.steps_per_epoch:  # saved on the last batch
-            self.state.end_epoch()
-        rng = ckpt.get("rng")
-        if isinstance(rng, list):
-            rng = rng[self.info.rank] if len(rng) == self.info.world_size else None
-        return rng
+        self.state = RunState.resumed(ckpt, self.steps_per_epoch)
+        return rank_rng(ckpt, self.info)
+
+
+def rank_rng(ckpt: dict, info: D.DistInfo) -> Optional[dict]:
+    """This rank's saved RNG states (a DDP checkpoint holds every rank's; another world
+    size restores none)."""
+    rng = ckpt.get("rng")
+    if isinstance(rng, list):
+        rng = rng[info.rank] if len(rng) == info.world_size else None
+    return rng
 
 
 def gather_rng(info: D.DistInfo):

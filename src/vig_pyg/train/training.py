@@ -21,7 +21,7 @@ from .data import TrainLoader, build_datasets, build_eval_loader, build_mixup, l
 from .loop import epoch_row, evaluate_epoch, train_epoch
 from .records import Records
 from .setup import (build_criterion, build_ema, build_model, build_optimizer, build_scheduler,
-                    check_input_size, count_params, resolve_device,
+                    check_input_size, count_params, run_process,
                     resolve_precision, seed_everything, set_deterministic, wrap_ddp)
 from .state import Run
 from .summary import final_summary, print_summary, save_final_weights
@@ -65,14 +65,8 @@ def fit_run(config: ConfigLike = None, overrides: Sequence[str] = (),
     """:func:`fit`, also returning the :class:`Run` (trained model, EMA, optimizer)."""
     wall0 = time.perf_counter()
     cfg, resume_path, ckpt = resolve_config(config, overrides, resume)
-    device = resolve_device(cfg, int(os.environ.get("LOCAL_RANK", "0")))
-    info = D.init_distributed(device.type)
-    threads = torch.get_num_threads()
-    try:
+    with run_process(cfg) as (device, info):
         return _fit(cfg, output, resume_path, ckpt, device, info, wall0)
-    finally:
-        torch.set_num_threads(threads)
-        D.cleanup(info)
 
 
 def run_directory(cfg: Config, output: Optional[str], resume_path: Optional[str],
