@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_knn.py
 	$(PY) benchmarks/bench_conv.py
 	$(PY) benchmarks/bench_models.py
+	$(PY) benchmarks/bench_graphs.py
 	$(PY) benchmarks/bench_detection.py
 
 clean:
@@ -50,4 +51,4 @@ clean:
 # The aggregator ablation on the embedded digits (27 short runs), then its report in
 # runs/aggregators (table.md, results.csv, PNG plots). Running it again continues the sweep.
 ablation: $(STAMP)
-	$(PY) -m vig_pyg sweep experiments/aggregators.yaml --output runs/aggregators
+	$(PY) -m vig_pyg sweep experiments/aggregators.yaml --jobs 2 --output runs/aggregators
