@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_conv.py
 	$(PY) benchmarks/bench_models.py
 	$(PY) benchmarks/bench_graphs.py
+	$(PY) benchmarks/bench_pyg_convs.py
 	$(PY) benchmarks/bench_detection.py
 
 clean:
