@@ -28,7 +28,7 @@ class DetModelConfig:
     checkpoint: Optional[str] = None     # ImageNet classifier weights for the backbone (ours or the release's)
     k: int = 9                           # neighbours per node
     conv: str = "mr"                     # graph convolution
-    drop_path: float = 0.1               # stochastic depth of the last block
+    drop_path_rate: float = 0.1          # stochastic depth of the last block
     overrides: dict = field(default_factory=dict)  # other create_model arguments: channels, blocks, reduce_ratios
     out_indices: Optional[list] = None   # stages into the FPN; null: retinanet [1, 2, 3], R-CNN [0, 1, 2, 3]
     frozen_stages: int = -1              # freeze stem + stages 0..N (-1: none)

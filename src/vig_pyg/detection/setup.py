@@ -14,7 +14,7 @@ from .detectors import build_detector
 def make_detector(cfg: DetectConfig, num_classes: int, with_checkpoint: bool = True) -> nn.Module:
     m = cfg.model
     overrides = dict(m.overrides)
-    overrides.update(k=m.k, conv=m.conv, drop_path_rate=m.drop_path)
+    overrides.update(k=m.k, conv=m.conv, drop_path_rate=m.drop_path_rate)
     sizes = [int(s) for s in m.min_size]
     return build_detector(
         m.detector, m.backbone, num_classes, out_indices=m.out_indices,
