@@ -17,8 +17,9 @@ the best of ``--iters`` steps is reported (median beside it) with its ratio to `
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
+
+from timing import print_ratios, time_alternately  # benchmarks/timing.py
 
 GRAPHS = ["knn", "static_knn", "axial", "axial_threshold", "axial_threshold/propagate",
           "window_knn", "spatial_knn", "random"]
@@ -93,22 +94,8 @@ def main(argv=None) -> int:
         for name in graphs:
             model = build(name, state, args.model)
             steps[name] = make_step(model, mode, x, y)
-        for _ in range(args.warmup):
-            for step in steps.values():
-                step()
-        times = {name: [] for name in steps}
-        for _ in range(args.iters):
-            for name, step in steps.items():
-                t0 = timer()
-                step()
-                times[name].append(timer() - t0)
-        base = min(times["knn"])
-        print(f"\n{mode}: best of {args.iters} (median), ratio = time / knn time")
-        print(f"{'graph':<26} {'ms':>9} {'median':>9} {'ratio':>6} {'img/s':>7}")
-        for name, t in times.items():
-            best = min(t)
-            print(f"{name:<26} {best * 1e3:9.1f} {statistics.median(t) * 1e3:9.1f} "
-                  f"{best / base:6.2f} {args.batch / best:7.1f}")
+        times = time_alternately(steps, args.iters, timer, args.warmup)
+        print_ratios(times, "knn", args.batch, mode, "graph")
     return 0
 
 

@@ -13,10 +13,10 @@ best of ``--iters`` steps is reported (median beside it) with its ratio to ``mr`
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 from bench_graphs import make_step  # same step definitions as the graph-builder benchmark
+from timing import print_ratios, time_alternately
 
 CONVS = ["mr", "pyg:GATv2Conv", "pyg:TransformerConv", "pyg:GENConv", "pyg:GINConv",
          "pyg:EdgeConv"]
@@ -49,21 +49,8 @@ def main(argv=None) -> int:
     for mode in args.modes:
         torch.manual_seed(0)
         steps = {c: make_step(create_model(args.model, conv=c), mode, x, y) for c in convs}
-        for step in steps.values():  # warm-up
-            step()
-        times = {c: [] for c in steps}
-        for _ in range(args.iters):
-            for c, step in steps.items():
-                t0 = timer()
-                step()
-                times[c].append(timer() - t0)
-        base = min(times["mr"])
-        print(f"\n{mode}: best of {args.iters} (median), ratio = time / mr time")
-        print(f"{'conv':<22} {'ms':>9} {'median':>9} {'ratio':>6} {'img/s':>7}")
-        for c, t in times.items():
-            best = min(t)
-            print(f"{c:<22} {best * 1e3:9.1f} {statistics.median(t) * 1e3:9.1f} "
-                  f"{best / base:6.2f} {args.batch / best:7.1f}")
+        times = time_alternately(steps, args.iters, timer)
+        print_ratios(times, "mr", args.batch, mode, "conv")
     return 0
 
 

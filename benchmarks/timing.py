@@ -1,0 +1,31 @@
+"""Shared by the benchmarks that compare model variants in one process: the variants run
+alternately step by step (so a disturbance from other work hits all alike), and the best of
+the timed steps is reported beside the median, as a ratio to the first variant."""
+from __future__ import annotations
+
+import statistics
+
+
+def time_alternately(steps: dict, iters: int, timer, warmup: int = 1) -> dict:
+    """``{name: step}`` -> ``{name: [seconds of each timed call]}``."""
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    times = {name: [] for name in steps}
+    for _ in range(iters):
+        for name, step in steps.items():
+            t0 = timer()
+            step()
+            times[name].append(timer() - t0)
+    return times
+
+
+def print_ratios(times: dict, base: str, batch: int, title: str, label: str) -> None:
+    """One row per variant: best ms, median ms, best / best of ``base``, images/s."""
+    ref = min(times[base])
+    print(f"\n{title}: best of {len(times[base])} (median), ratio = time / {base} time")
+    print(f"{label:<26} {'ms':>9} {'median':>9} {'ratio':>6} {'img/s':>7}")
+    for name, t in times.items():
+        best = min(t)
+        print(f"{name:<26} {best * 1e3:9.1f} {statistics.median(t) * 1e3:9.1f} "
+              f"{best / ref:6.2f} {batch / best:7.1f}")
