@@ -71,7 +71,10 @@ class Grapher(nn.Module):
             self.relative_pos = nn.Parameter(table.unsqueeze(0), requires_grad=False)
         else:
             self.relative_pos = None
-        self._rel_cache: tuple | None = None
+        # resized tables: {(table shape, dtype, device): ((queries, keys), [(table, resized)])};
+        # a ViG hands one dict to all its Graphers, so the blocks of a stage, whose tables are
+        # equal, keep one resized copy between them (at 800 x 1333 one is a 1 GiB tensor)
+        self._rel_cache: dict = {}
         self._warned_sizes: set = set()
 
     def extra_repr(self) -> str:
@@ -82,16 +85,23 @@ class Grapher(nn.Module):
 
     def _relative_pos(self, num_queries: int, num_keys: int) -> Tensor | None:
         """The stored table, bicubically resized when the grid differs from the one it was
-        built for (cached per size and table version)."""
+        built for. Cached for the last size asked per table shape, and shared with every
+        Grapher whose table holds the same values (checked with ``torch.equal``, so a loaded
+        or edited table is never served another's resize)."""
         rel = self.relative_pos
         if rel is None or rel.shape[1:] == (num_queries, num_keys):
             return rel
-        key = (num_queries, num_keys, rel.dtype, rel.device, rel._version, rel.data_ptr())
-        if self._rel_cache is None or self._rel_cache[0] != key:
-            with torch.no_grad():
-                resized = resize_relative_position(rel, num_queries, num_keys)
-            self._rel_cache = (key, resized)
-        return self._rel_cache[1]
+        key, size = (tuple(rel.shape), rel.dtype, rel.device), (num_queries, num_keys)
+        entry = self._rel_cache.get(key)
+        if entry is None or entry[0] != size:
+            entry = self._rel_cache[key] = (size, [])
+        for source, resized in entry[1]:
+            if torch.equal(source, rel):
+                return resized
+        with torch.no_grad():
+            resized = resize_relative_position(rel, num_queries, num_keys)
+        entry[1][:] = entry[1][-7:] + [(rel.detach().clone(), resized)]  # a few tables at most
+        return resized
 
     def _dilation_for(self, num_keys: int, grid) -> int:
         """The scheduled dilation, or on grids too small for ``k * d`` candidates (inputs

@@ -66,6 +66,10 @@ class ViG(nn.Module):
         self._add_feature_info(stage, len(modules) - 1)
         self.backbone = nn.Sequential(*modules)
         bind_graph_builders(self.backbone, cfg.block_specs())
+        shared: dict = {}  # one cache of resized relative-position tables (Grapher._relative_pos)
+        for module in self.backbone.modules():
+            if isinstance(module, Grapher):
+                module._rel_cache = shared
         self.prediction = Head(cfg.channels[-1], cfg.num_classes, cfg.head_hidden, cfg.act,
                                cfg.dropout)
         self.num_features = cfg.channels[-1]
