@@ -20,7 +20,7 @@ import sys
 CHILD = r"""
 import json, statistics, sys, time
 import torch
-import vig_pyg.models.grapher as grapher
+import vig_pyg.graph.builders.knn as knn_builder  # the Graphers' kNN builder calls knn_edges here
 import vig_pyg.graph.knn as knn
 from vig_pyg.detection import ViGBackbone
 
@@ -32,21 +32,21 @@ def status(key):
             return int(line.split()[1]) / 1024
 
 record = {"knn_s": 0.0, "max_chunk": 0, "max_full_nm": 0, "rel_tables": {}}
-inner_knn = grapher.knn_edges
+inner_knn = knn_builder.knn_edges
 def timed_knn(x, k, **kw):
     t0 = time.perf_counter()
     out = inner_knn(x, k, **kw)
     record["knn_s"] += time.perf_counter() - t0
     rel = kw.get("relative_pos")
     if rel is not None:
-        # one entry per stored tensor: every Grapher caches its own resized table
+        # one entry per stored tensor: the Graphers of a stage share one resized table
         record["rel_tables"][rel.data_ptr()] = (*rel.shape[-2:], rel.numel() * rel.element_size())
     n = x.shape[2] * x.shape[3]
     keys = kw.get("keys")
     m = n if keys is None else keys.shape[2] * keys.shape[3]
     record["max_full_nm"] = max(record["max_full_nm"], x.shape[0] * n * m)
     return out
-grapher.knn_edges = timed_knn
+knn_builder.knn_edges = timed_knn
 if hasattr(knn, "_chunks"):
     inner_chunks = knn._chunks
     def chunks(g, n, m, max_elements):
