@@ -11,7 +11,7 @@ import torch
 
 pytest.importorskip("pycocotools")
 
-from vig_pyg.cli import main  # noqa: E402
+from cli_helpers import run_cli  # noqa: E402
 from vig_pyg.detection import fit  # noqa: E402
 
 # 64 px canvases, 8 training images, batch 2: 4 steps per epoch, 2 epochs
@@ -126,18 +126,9 @@ def test_sigkill_after_a_row_then_resume(reference, tmp_path, cache):
     _check_records(run, ref_dir)
 
 
-def _cli(argv, capsys):
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_cli_eval_and_predict(reference, tmp_path, capsys):
     ref_dir, summary = reference
-    code, out, _ = _cli(["detect", "eval", "--checkpoint", str(ref_dir), "--no-progress",
+    code, out, _ = run_cli(["detect", "eval", "--checkpoint", str(ref_dir), "--no-progress",
                          "--json", str(tmp_path / "m.json")], capsys)
     assert code == 0 and "box_AP" in out
     again = json.load(open(tmp_path / "m.json"))
@@ -145,7 +136,7 @@ def test_cli_eval_and_predict(reference, tmp_path, capsys):
     images = os.path.join(summary["config"]["data"]["cache_dir"])
     val = [os.path.join(r, f) for r, _, fs in os.walk(images) for f in fs
            if f.endswith(".png") and os.path.basename(r) == "val"][:2]
-    code, out, err = _cli(["detect", "predict", "--checkpoint", str(ref_dir), "--images", *val,
+    code, out, err = run_cli(["detect", "predict", "--checkpoint", str(ref_dir), "--images", *val,
                            "--output", str(tmp_path / "pred"), "--score", "0.0"], capsys)
     assert code == 0, err
     written = sorted(os.listdir(tmp_path / "pred"))
@@ -165,7 +156,7 @@ def test_cli_errors_are_one_line(reference, tmp_path, capsys, cache):
              ["detect", "predict", "--checkpoint", str(ref_dir), "--images", "nowhere.png",
               "--output", str(tmp_path / "p")]]
     for argv in cases:
-        code, _, err = _cli(argv, capsys)
+        code, _, err = run_cli(argv, capsys)
         lines = err.strip().splitlines()
         assert code == 2 and len(lines) == 1 and lines[0].startswith("vig-pyg detect "), err
     assert not (tmp_path / "x").exists()  # bad input leaves no run directory

@@ -8,7 +8,8 @@ import sys
 import pytest
 import torch
 
-from vig_pyg.train.cli import main
+from cli_helpers import run_cli
+from vig_pyg.cli import main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -16,16 +17,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["model.channels=32", "model.depth=2", "model.stem_stride=8", "model.k=4",
         "data.batch_size=32", "log.progress=false", "train.epochs=2", "train.max_steps=6",
         "sched.warmup_epochs=0", "aug.mixup=0.8", "aug.cutmix=1.0"]
-
-
-def run_cli(argv, capsys):
-    """main(argv) -> (exit code, stdout, stderr)."""
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

@@ -125,6 +125,11 @@ def plot_overlay(image: np.ndarray, blocks: list[BlockGraph], image_index: int, 
                      + (f", keys /{block.reduce_ratio}" if block.reduce_ratio > 1 else "") + ")",
                      fontsize=9)
         ax.set_xticks([]), ax.set_yticks([])
+    return _save(fig, title, path)
+
+
+def _save(fig, title, path) -> str:
+    """Title, layout, PNG: the end of every picture here."""
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -155,11 +160,7 @@ def plot_in_degree(image: np.ndarray, blocks: list[BlockGraph], image_index: int
         ax.set_xlim(-0.5, wi - 0.5), ax.set_ylim(hi - 0.5, -0.5)
         ax.set_title(f"block {block.index}: in-degree (max {int(deg.max())})", fontsize=9)
         ax.set_xticks([]), ax.set_yticks([])
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    return str(path)
+    return _save(fig, title, path)
 
 
 #: Statistics shown against depth (column, axis label).
@@ -192,11 +193,7 @@ def plot_stats_vs_depth(tables: dict[str, list[dict]], path, title: str = "") ->
         ax.grid(alpha=0.3)
     if panels:
         axes[0].legend(fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    return str(path)
+    return _save(fig, title, path)
 
 
 def _nan(value) -> bool:
