@@ -166,6 +166,7 @@ def breakdown_worker(model_name: str, conv: str, batch: int, img: int, iters: in
     import torch
 
     from vig_pyg.conv.base import GrapherConv
+    from vig_pyg.graph.builders import GraphBuilder
     from vig_pyg.models import grapher as grapher_mod
     from vig_pyg.models.ffn import FFN
 
@@ -187,7 +188,7 @@ def breakdown_worker(model_name: str, conv: str, batch: int, img: int, iters: in
 
     for m in model.modules():
         part = ("aggregation" if isinstance(m, GrapherConv) else "FFN" if isinstance(m, FFN)
-                else None)
+                else "graph" if isinstance(m, GraphBuilder) else None)
         if isinstance(m, grapher_mod.Grapher):
             for proj in (m.fc1, m.fc2):
                 pre, post = timed("projections")
@@ -197,16 +198,6 @@ def breakdown_worker(model_name: str, conv: str, batch: int, img: int, iters: in
             pre, post = timed(part)
             m.register_forward_pre_hook(pre)
             m.register_forward_hook(post)
-    knn = grapher_mod.knn_edges
-
-    def timed_knn(*args, **kwargs):
-        t0 = timer()
-        try:
-            return knn(*args, **kwargs)
-        finally:
-            spent["graph"] += timer() - t0
-
-    grapher_mod.knn_edges = timed_knn
     total = 0.0
     with torch.no_grad():
         model(x)
