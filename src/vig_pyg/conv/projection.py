@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..layers.activation import make_activation
+from ..layers.fused import conv_bn_act
 
 
 class GroupedProjection(nn.Sequential):
@@ -64,14 +65,15 @@ class GroupedProjection(nn.Sequential):
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() == 4:
-            return super().forward(x)
+            return conv_bn_act(self[0], self[1], x, self[2])
         if x.dim() != 2 or x.size(1) != self.in_channels:
             raise ValueError(f"expected rows [M, {self.in_channels}], got {tuple(x.shape)}")
         m = x.size(0)
         # [M, C] -> [1, C, M, 1] channels-last: a view of the rows. Of the views tried
         # ([1, C, M, 1], [1, C, 1, M], [M, C, 1, 1]) this one is the fastest on CPU for
         # both the oneDNN convolution and BatchNorm's channels-last kernel.
-        y = super().forward(x.contiguous().view(1, m, 1, -1).permute(0, 3, 1, 2))
+        y = conv_bn_act(self[0], self[1], x.contiguous().view(1, m, 1, -1).permute(0, 3, 1, 2),
+                        self[2])
         return y.permute(0, 2, 3, 1).reshape(m, -1)
 
     def extra_repr(self) -> str:

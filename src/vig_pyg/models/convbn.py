@@ -2,31 +2,20 @@
 
 In eval mode ``BN(conv(x))`` is one affine map per output channel, so it is applied by a
 single convolution with rescaled weights and bias (computed on the fly: a few thousand
-multiplies, against a full pass over the activation map for a separate BatchNorm). In
-training mode, or with a BatchNorm that does not track running statistics, the two layers
-run as usual. The module keeps the official checkpoint layout: ``0`` is the convolution and
-``1`` the BatchNorm (``fc1.0`` / ``fc1.1`` in the release).
+multiplies, against a full pass over the activation map for a separate BatchNorm); an
+activation or residual sum that follows can ride along in the same oneDNN call
+(:mod:`vig_pyg.layers.fused`). In training mode, or with a BatchNorm that does not track
+running statistics, the layers run as usual. The module keeps the official checkpoint
+layout: ``0`` is the convolution and ``1`` the BatchNorm (``fc1.0`` / ``fc1.1`` in the
+release).
 """
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from typing import Optional
+
 from torch import Tensor, nn
 
-
-def conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: Tensor) -> Tensor:
-    """``bn(conv(x))``; one folded convolution when ``bn`` uses its running statistics."""
-    if bn.training or bn.running_mean is None or not isinstance(conv, nn.Conv2d):
-        return bn(conv(x))
-    scale = torch.rsqrt(bn.running_var + bn.eps)
-    if bn.weight is not None:
-        scale = scale * bn.weight
-    bias = -bn.running_mean if conv.bias is None else conv.bias - bn.running_mean
-    bias = bias * scale
-    if bn.bias is not None:
-        bias = bias + bn.bias
-    weight = conv.weight * scale.view(-1, 1, 1, 1)
-    return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+from ..layers.fused import conv_bn_act
 
 
 class ConvBN(nn.Sequential):
@@ -39,5 +28,8 @@ class ConvBN(nn.Sequential):
             nn.BatchNorm2d(out_channels),
         )
 
-    def forward(self, x: Tensor) -> Tensor:
-        return conv_bn(self[0], self[1], x)
+    def forward(self, x: Tensor, act: Optional[nn.Module] = None,
+                residual: Optional[Tensor] = None) -> Tensor:
+        """``act(bn(conv(x)))`` or ``bn(conv(x)) + residual`` (see
+        :func:`~vig_pyg.layers.fused.conv_bn_act`)."""
+        return conv_bn_act(self[0], self[1], x, act, residual)

@@ -18,4 +18,7 @@ class FFN(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.drop_path(self.fc2(self.act(self.fc1(x)))) + x
+        h = self.fc1(x, act=self.act)
+        if self.training and not isinstance(self.drop_path, nn.Identity):
+            return self.drop_path(self.fc2(h)) + x
+        return self.fc2(h, residual=x)  # drop path is the identity: the sum rides along

@@ -139,5 +139,8 @@ class Grapher(nn.Module):
         else:  # bipartite: sources are the pooled keys, targets every node
             src = keys.permute(0, 2, 3, 1).reshape(-1, c)
             out = self.graph_conv((src, graph.x), graph.edge_index)
-        x = self.fc2(graph.to_feature_map(out))
-        return self.drop_path(x) + shortcut
+        out = graph.to_feature_map(out)
+        if isinstance(self.fc2, ConvBN) and not (
+                self.training and not isinstance(self.drop_path, nn.Identity)):
+            return self.fc2(out, residual=shortcut)  # drop path is the identity here
+        return self.drop_path(self.fc2(out)) + shortcut

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .activation import make_activation
-from .convbn import conv_bn
+from ..layers.fused import conv_bn_act
 
 
 class Head(nn.Sequential):
@@ -40,7 +40,7 @@ class Head(nn.Sequential):
         """``x``: the last feature map [B, C, H, W] -> logits [B, classes] (or the 1024-d
         embedding before the classifier with ``pre_logits``)."""
         x = x.mean(dim=(2, 3), keepdim=True)
-        x = self[3](self[2](conv_bn(self[0], self[1], x)))
+        x = self[3](conv_bn_act(self[0], self[1], x, self[2]))
         if not pre_logits:
             x = self[4](x)
         return x.flatten(1)

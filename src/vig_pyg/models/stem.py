@@ -6,7 +6,7 @@ import math
 from torch import Tensor, nn
 
 from .activation import make_activation
-from .convbn import conv_bn
+from ..layers.fused import conv_bn_act
 
 
 class Stem(nn.Module):
@@ -46,9 +46,8 @@ class Stem(nn.Module):
         layers = list(self.convs)
         i = 0
         while i < len(layers):
-            x = conv_bn(layers[i], layers[i + 1], x)
-            i += 2
-            if i < len(layers) and not isinstance(layers[i], nn.Conv2d):
-                x = layers[i](x)
-                i += 1
+            act = layers[i + 2] if i + 2 < len(layers) and not isinstance(
+                layers[i + 2], nn.Conv2d) else None
+            x = conv_bn_act(layers[i], layers[i + 1], x, act)
+            i += 2 if act is None else 3
         return x
