@@ -1,9 +1,13 @@
 """kNN edge builder: dense (batched matmul + top-k) vs cluster (torch_cluster) backend.
 
 Prints ms per call (median of repeats) and the ratio, both measured in this run, and the
-peak memory of the dense path on a 128x128-node grid with and without chunking.
+peak memory of the dense path on a 128x128-node grid with and without chunking. Then the
+selection step alone (``vig_pyg.graph.select``): the compiled selection against
+``torch.topk`` on the distance matrices of the same shapes, and the whole dense builder with
+either, alternating call by call.
 
     .venv/bin/python benchmarks/bench_knn.py [--repeats 7]
+    .venv/bin/python benchmarks/bench_knn.py --select      # the selection comparison only
 """
 import argparse
 import statistics
@@ -13,7 +17,8 @@ import time
 
 import torch
 
-from vig_pyg.graph import MAX_CHUNK_ELEMENTS, knn_edges
+from timing import time_alternately
+from vig_pyg.graph import MAX_CHUNK_ELEMENTS, knn_edges, select
 
 
 def median_ms(fn, repeats):
@@ -59,13 +64,59 @@ def peak_rss_child(max_elements):
     return float(out.stdout.strip().splitlines()[-1])
 
 
+SHAPES = [  # name, feature map, k, dilation, reduce ratio (vig_ti, pvig_ti stages 1 and 2)
+    ("16 x 196 nodes x 192 ch, k=9 d=2 (k*d=18)", (16, 192, 14, 14), 9, 2, 1),
+    ("16 x 56x56 nodes x 48 ch, r=4 keys, k=9", (16, 48, 56, 56), 9, 1, 4),
+    ("16 x 28x28 nodes x 96 ch, r=2 keys, k*d=18", (16, 96, 28, 28), 9, 2, 2),
+]
+
+
+def _native(on: bool, fn):
+    def run():
+        select.native = on
+        try:
+            return fn()
+        finally:
+            select.native = True
+    return run
+
+
+def compare_selection(repeats):
+    """``smallest_k`` (compiled) vs ``torch.topk`` and the dense builder with each."""
+    if not select.native_available():
+        print("native selection unavailable here (no C compiler): nothing to compare")
+        return
+    print(f"\nselection step, best of {repeats} alternating calls (ms)")
+    print(f"{'shape':<44} {'topk':>8} {'native':>8} {'ratio':>6}   "
+          f"{'knn topk':>8} {'knn native':>10} {'ratio':>6}")
+    for name, shape, k, d, r in SHAPES:
+        x = torch.randn(*shape)
+        n, m = shape[2] * shape[3], (shape[2] // r) * (shape[3] // r)
+        dist = torch.randn(shape[0], n, m)
+        kd = k * d
+        t = time_alternately({
+            "topk": lambda: dist.topk(kd, dim=-1, largest=False, sorted=True),
+            "native": lambda: select.smallest_k(dist, kd),
+            "knn topk": _native(False, lambda: knn_edges(x, k, dilation=d, reduce_ratio=r)),
+            "knn native": _native(True, lambda: knn_edges(x, k, dilation=d, reduce_ratio=r)),
+        }, repeats, time.perf_counter)
+        b = {key: 1e3 * min(v) for key, v in t.items()}
+        print(f"{name:<44} {b['topk']:8.2f} {b['native']:8.2f} {b['topk'] / b['native']:5.2f}x"
+              f"   {b['knn topk']:8.2f} {b['knn native']:10.2f} "
+              f"{b['knn topk'] / b['knn native']:5.2f}x")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--select", action="store_true", help="only the selection comparison")
     args = parser.parse_args()
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if args.select:
+        compare_selection(args.repeats)
+        return
     compare("16 x 196 nodes x 192 ch, k=9 d=2 (k*d=18)", torch.randn(16, 192, 14, 14), 9, 2,
             1, args.repeats)
     compare("16 x 196 nodes x 192 ch, k=18 d=1", torch.randn(16, 192, 14, 14), 18, 1, 1,
@@ -78,6 +129,7 @@ def main():
         print(f"2 x 128x128 nodes x 48 ch, k=9: peak RSS growth chunked "
               f"({MAX_CHUNK_ELEMENTS} distances/chunk) {chunked:.0f} MiB, "
               f"unchunked {whole:.0f} MiB (full distance block 2 x 16384^2 x 4 B = 2048 MiB)")
+    compare_selection(args.repeats)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,97 @@
+"""The kNN's selection step (``vig_pyg.graph.select.smallest_k``): the compiled three-pass
+selection against a stable float64 sort, and against ``torch.topk`` (its fallback)."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+import torch
+
+from vig_pyg.graph import knn_edges, select
+from vig_pyg.graph.select import smallest_k
+
+needs_cc = pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None,
+                              reason="no C compiler: the native selection falls back to topk")
+
+
+def _reference(dist: torch.Tensor, kd: int) -> torch.Tensor:
+    """The rule: ascending, NaN after every number (as +inf), ties in index order."""
+    key = torch.where(dist.isnan(), torch.inf, dist.double())
+    return torch.sort(key, dim=-1, stable=True).indices[..., :kd]
+
+
+@needs_cc
+@pytest.mark.parametrize("rows,m,kd", [(7, 5, 1), (7, 5, 5), (300, 196, 9), (3000, 196, 27),
+                                       (1500, 784, 18), (40, 49, 48)])
+def test_native_selection_is_the_stable_sort(rows, m, kd):
+    assert select.native_available()
+    g = torch.Generator().manual_seed(rows + m + kd)
+    dist = torch.randn(rows, m, generator=g)
+    got = smallest_k(dist, kd)
+    assert got.dtype == torch.long and got.shape == (rows, kd)
+    assert torch.equal(got, _reference(dist, kd))
+    # on distinct values torch.topk (the fallback) gives the same indices in the same order
+    assert torch.equal(got, dist.topk(kd, dim=-1, largest=False).indices)
+
+
+@needs_cc
+def test_native_selection_ties_nan_and_inf():
+    g = torch.Generator().manual_seed(0)
+    dist = torch.randint(0, 4, (600, 40), generator=g).float()  # many ties
+    dist[3, 5] = float("nan")
+    dist[4] = float("nan")                                       # a row of NaN
+    dist[5, ::2] = float("inf")
+    dist[6] = -float("inf")
+    for kd in (1, 10, 40):
+        assert torch.equal(smallest_k(dist, kd), _reference(dist, kd)), kd
+
+
+@needs_cc
+def test_batched_shape_and_threads_agree():
+    """``[G, N, M]`` input (the kNN's chunks), split over threads or not."""
+    g = torch.Generator().manual_seed(1)
+    dist = torch.randn(4, 1100, 60, generator=g)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        two = smallest_k(dist, 12)
+        torch.set_num_threads(1)
+        one = smallest_k(dist, 12)
+    finally:
+        torch.set_num_threads(threads)
+    assert two.shape == (4, 1100, 12)
+    assert torch.equal(two, one) and torch.equal(two, _reference(dist, 12))
+
+
+def test_fallback_where_native_does_not_apply(monkeypatch):
+    g = torch.Generator().manual_seed(2)
+    dist = torch.randn(50, 30, generator=g)
+    assert torch.equal(smallest_k(dist.double(), 7), _reference(dist, 7))  # float64: topk
+    monkeypatch.setattr(select, "native", False)
+    assert torch.equal(smallest_k(dist, 7), _reference(dist, 7))
+    with pytest.raises(ValueError, match=r"kd must be in \[1, 30\]"):
+        smallest_k(dist, 31)
+
+
+def test_failed_build_warns_once_and_falls_back(monkeypatch, tmp_path):
+    monkeypatch.setattr(select, "_lib", None)
+    monkeypatch.setenv("VIG_PYG_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    dist = torch.randn(20, 16)
+    with pytest.warns(RuntimeWarning, match="could not be built.*torch.topk"):
+        got = smallest_k(dist, 4)
+    assert torch.equal(got, _reference(dist, 4))
+    assert select._lib is False and not any(tmp_path.glob("*.so"))
+
+
+@needs_cc
+@pytest.mark.parametrize("reduce_ratio,dilation", [(1, 2), (2, 1)])
+def test_knn_edges_native_equals_topk(monkeypatch, reduce_ratio, dilation):
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 16, 12, 12, generator=g)
+    rel = torch.randn(144, 144 // reduce_ratio ** 2, generator=g) * 0.1
+    kwargs = dict(dilation=dilation, reduce_ratio=reduce_ratio, relative_pos=rel)
+    native = knn_edges(x, 9, **kwargs)
+    monkeypatch.setattr(select, "native", False)
+    assert torch.equal(native, knn_edges(x, 9, **kwargs))
