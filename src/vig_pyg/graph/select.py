@@ -20,8 +20,9 @@ NaN after every number (as ``torch.topk`` with ``largest=False`` places it). On 
 CPU this is 2-3x faster than ``torch.topk`` (``benchmarks/bench_knn.py --select``).
 
 The C file is compiled on first use with the system's C compiler (``$CC``, else ``cc``)
-into ``$VIG_PYG_CACHE`` (default ``~/.cache/vig_pyg``), named by a hash of its source and
-flags, written atomically so concurrent processes can race safely, and loaded with
+into ``$VIG_PYG_CACHE`` (default ``~/.cache/vig_pyg``), named by a hash of its source, the
+compiler, the flags and the processor (``-march=native``: nodes of a cluster sharing a home
+directory each get their own build), written atomically so concurrent processes can race safely, and loaded with
 :mod:`ctypes`. Where that is impossible (no compiler; not float32 on the CPU; while
 ``torch.compile``/``torch.export``/ONNX trace) :func:`smallest_k` uses ``torch.topk``
 instead, with the same set of indices (one warning when the build fails). Set
@@ -33,6 +34,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import platform
 import subprocess
 import tempfile
 import threading
@@ -61,11 +63,24 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("VIG_PYG_CACHE", Path.home() / ".cache" / "vig_pyg"))
 
 
+def _cpu() -> str:
+    """What ``-march=native`` depends on: a cache shared by the nodes of a cluster must not
+    hand one node's build to a processor that lacks its instructions."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            lines = [ln for ln in fh if ln.startswith(("model name", "flags"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        return platform.machine() + platform.processor()
+
+
 def _build() -> Path:
-    """Compiles ``_select.c`` once per source and flags; returns the shared library."""
+    """Compiles ``_select.c`` once per source, compiler, flags and processor; returns the
+    shared library."""
     source = _SOURCE.read_bytes()
     cc = os.environ.get("CC", "cc")
-    tag = hashlib.sha256(source + " ".join((cc,) + _FLAGS).encode()).hexdigest()[:16]
+    tag = hashlib.sha256(source + " ".join((cc,) + _FLAGS).encode()
+                         + _cpu().encode()).hexdigest()[:16]
     target = _cache_dir() / f"select-{tag}.so"
     if target.exists():
         return target
