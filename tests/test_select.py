@@ -68,6 +68,8 @@ def test_fallback_where_native_does_not_apply(monkeypatch):
     g = torch.Generator().manual_seed(2)
     dist = torch.randn(50, 30, generator=g)
     assert torch.equal(smallest_k(dist.double(), 7), _reference(dist, 7))  # float64: topk
+    wide = torch.randn(3, 1100, generator=g)  # k*d beyond the C file's buffers: topk
+    assert torch.equal(smallest_k(wide, 1050), _reference(wide, 1050))
     monkeypatch.setattr(select, "native", False)
     assert torch.equal(smallest_k(dist, 7), _reference(dist, 7))
     with pytest.raises(ValueError, match=r"kd must be in \[1, 30\]"):

@@ -12,16 +12,23 @@ static inline float key_of(float v) { return v != v ? INFINITY : v; }  /* NaN so
    cv, ci: scratch for m values and m indices. */
 static void select_row(const float* d, int64_t m, int64_t kd, int64_t* idx,
                        float* cv, int32_t* ci) {
-  /* pass 1: u = max over kd groups of each group's minimum: at least kd values are <= u */
-  float u = -INFINITY;
-  for (int64_t g = 0; g < kd; ++g) {
-    float lo = INFINITY;
-    for (int64_t j = g * m / kd; j < (g + 1) * m / kd; ++j) {
-      float v = key_of(d[j]);
-      lo = v < lo ? v : lo;
+  /* pass 1: kd groups j = g (mod kd), so the group minima are an elementwise minimum of
+     consecutive kd-wide slices (vectorised); u = the largest group minimum: kd distinct
+     values are <= u, so the kd smallest all are */
+  float lo[1024];
+  for (int64_t g = 0; g < kd; ++g) lo[g] = key_of(d[g]);
+  int64_t j0 = kd;
+  for (; j0 + kd <= m; j0 += kd)
+    for (int64_t g = 0; g < kd; ++g) {
+      float v = key_of(d[j0 + g]);
+      lo[g] = v < lo[g] ? v : lo[g];
     }
-    u = lo > u ? lo : u;
+  for (int64_t g = 0; j0 + g < m; ++g) {
+    float v = key_of(d[j0 + g]);
+    lo[g] = v < lo[g] ? v : lo[g];
   }
+  float u = -INFINITY;
+  for (int64_t g = 0; g < kd; ++g) u = lo[g] > u ? lo[g] : u;
   /* pass 2: the candidates (values <= u), in index order, written branch-free */
   int64_t c = 0;
   for (int64_t j = 0; j < m; ++j) {
@@ -50,7 +57,8 @@ static void select_row(const float* d, int64_t m, int64_t kd, int64_t* idx,
   for (int64_t t = 0; t < kd; ++t) idx[t] = ci[t];
 }
 
-/* rows [0, rows) of a row-major [rows, m] float32 matrix; kd <= m. scratch: 2 * m words. */
+/* rows [0, rows) of a row-major [rows, m] float32 matrix; 1 <= kd <= min(m, 1024).
+   scratch: 2 * m words. */
 void vig_select_smallest(const float* dist, int64_t rows, int64_t m, int64_t kd,
                          int64_t* idx, float* scratch) {
   for (int64_t r = 0; r < rows; ++r)

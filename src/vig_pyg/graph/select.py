@@ -7,8 +7,10 @@ dense kNN backend.
 is most of the kNN's time. :func:`smallest_k` does the same selection in three passes over
 the row (``_select.c``):
 
-1. split the row into ``kd`` groups and take ``u``, the largest of the group minima: ``kd``
-   distinct entries are ``<= u``, so every one of the ``kd`` smallest is too;
+1. split the row into ``kd`` groups (column ``j`` in group ``j mod kd``, so the group minima
+   are a vectorised elementwise minimum of ``kd``-wide slices) and take ``u``, the largest
+   group minimum: ``kd`` distinct entries are ``<= u``, so every one of the ``kd`` smallest
+   is too;
 2. gather the entries ``<= u`` (usually two to four times ``kd`` of them) with a
    branch-free loop;
 3. insertion-sort those candidates into a list of the ``kd`` smallest.
@@ -52,6 +54,8 @@ native: bool = os.environ.get("VIG_PYG_NATIVE", "1") != "0"
 
 _SOURCE = Path(__file__).with_name("_select.c")
 _FLAGS = ("-O3", "-march=native", "-std=c99", "-shared", "-fPIC")
+#: The C file's fixed buffers hold this many (k*d is a few dozen in every ViG).
+_MAX_KD = 1024
 #: Below this many rows one thread does the whole matrix (a thread hand-off costs more).
 _ROWS_PER_THREAD = 512
 _lock = threading.Lock()
@@ -143,7 +147,7 @@ def smallest_k(dist: Tensor, kd: int) -> Tensor:
     m = dist.size(-1)
     if not 0 < kd <= m:
         raise ValueError(f"kd must be in [1, {m}] (the candidates per row), got {kd}")
-    lib = _load() if _applies(dist) else None
+    lib = _load() if _applies(dist) and kd <= _MAX_KD else None
     if lib is None:
         return dist.topk(kd, dim=-1, largest=False, sorted=True).indices
     flat = dist.reshape(-1, m).contiguous()
