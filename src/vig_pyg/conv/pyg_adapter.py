@@ -29,6 +29,13 @@ constructor; ``act`` is the activation after the BatchNorm; ``groups`` is accept
 ignored (PyG convolutions are dense). Any other class of :mod:`torch_geometric.nn.conv`
 with an ``(in_channels, out_channels)`` constructor works as ``"pyg:<ClassName>"`` too,
 unregistered.
+
+Speed: on the Grapher's fixed-degree graphs (``k`` edges per target, grouped by target in
+order) the convolution's aggregation (sum, mean, max, min, softmax with a fixed temperature)
+reduces a dense ``[N, k, ...]`` view of the messages instead of PyG's scatter
+(:mod:`vig_pyg.conv.fixed_degree_aggregation`); every other graph, and
+``FixedDegreeAggregation.fast_path = False``, runs PyG's own aggregation. The messages
+themselves (attention, its softmax, MLPs) are PyG's code on both paths.
 """
 from __future__ import annotations
 
@@ -38,6 +45,7 @@ import torch_geometric.nn.conv as pyg_conv
 from torch import Tensor, nn
 
 from ..layers.activation import make_activation
+from .fixed_degree_aggregation import wrap_aggregation
 from .registry import register_conv, register_prefix
 
 PYG_PREFIX = "pyg:"
@@ -54,6 +62,10 @@ class PyGConv(nn.Module):
         act: activation after the BatchNorm (default GELU).
         bipartite: whether ``conv`` accepts a pair ``(x_src, x_dst)``; if ``False`` a pair
             raises a :class:`ValueError` (``None``: unknown, passed through).
+
+    ``conv.aggr_module`` is wrapped in a
+    :class:`~vig_pyg.conv.fixed_degree_aggregation.FixedDegreeAggregation` where it can be
+    (same parameters and results; faster on fixed-degree graphs).
     """
 
     def __init__(self, conv: nn.Module, out_channels: int,
@@ -61,6 +73,7 @@ class PyGConv(nn.Module):
                  bipartite: Optional[bool] = True):
         super().__init__()
         self.conv = conv
+        wrap_aggregation(conv)
         self.norm = nn.BatchNorm1d(out_channels)
         self.act = make_activation(act)
         self.out_channels = out_channels

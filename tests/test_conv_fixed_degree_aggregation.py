@@ -1,0 +1,123 @@
+"""The pyg: adapters' dense fixed-degree aggregation against PyG's own (float64, same module
+unwrapped), forward and gradients, on fixed-degree, variable-degree and unsorted graphs."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch_geometric.nn import aggr as pyg_aggr
+
+from vig_pyg.conv import PYG_PREFIX, build_conv
+from vig_pyg.conv.fixed_degree_aggregation import FixedDegreeAggregation
+from vig_pyg.conv.pyg_adapter import RECIPES
+from vig_pyg.graph import fixed_degree, knn_edges
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+C = 8
+
+
+def _graphs(kind: str):
+    """``(x, edge_index, fixed)``: x a tensor or a pair (x_src, x_dst), float64."""
+    g = torch.Generator().manual_seed(1)
+    fmap = torch.randn(2, C, 4, 4, generator=g, dtype=torch.float64)
+    x = fmap.permute(0, 2, 3, 1).reshape(-1, C)
+    if kind == "bipartite":
+        keys = F.avg_pool2d(fmap, 2)
+        return (keys.permute(0, 2, 3, 1).reshape(-1, C), x), knn_edges(fmap, 3, keys=keys)
+    edge_index = knn_edges(fmap, 5)
+    if kind == "variable":  # drop a third of the edges: still grouped by target, degree 1..5
+        keep = torch.rand(edge_index.size(1), generator=g) > 0.33
+        keep[::5] = True
+        return x, edge_index[:, keep]
+    if kind == "unsorted":  # the fixed-degree edges in random order
+        return x, edge_index[:, torch.randperm(edge_index.size(1), generator=g)]
+    return x, edge_index
+
+
+def _count_inner_calls(module):
+    """Counts the calls that reach PyG's own aggregation inside the wrapper."""
+    inner = module.conv.aggr_module.inner
+    calls = []
+    inner.register_forward_pre_hook(lambda *_: calls.append(1))
+    return calls
+
+
+def _out_and_grads(module, x, edge_index):
+    xs = [t.detach().clone().requires_grad_(True) for t in (x if isinstance(x, tuple) else [x])]
+    out = module(tuple(xs) if len(xs) == 2 else xs[0], edge_index)
+    weights = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
+    (out * weights).sum().backward()
+    return out.detach(), [t.grad for t in xs], {n: p.grad for n, p in module.named_parameters()}
+
+
+@pytest.mark.parametrize("kind", ["fixed", "bipartite", "variable", "unsorted"])
+@pytest.mark.parametrize("name", list(RECIPES))
+def test_fixed_degree_aggregation_matches_pyg(name, kind):
+    if kind == "bipartite" and not RECIPES[name][1]:
+        pytest.skip(f"{name} does not take (x_src, x_dst)")
+    x, edge_index = _graphs(kind)
+    torch.manual_seed(0)
+    kwargs = {"heads": 2} if name in ("GATConv", "GATv2Conv", "TransformerConv") else {}
+    module = build_conv(PYG_PREFIX + name, C, 2 * C, **kwargs).double()
+    assert isinstance(module.conv.aggr_module, FixedDegreeAggregation)
+    plain = copy.deepcopy(module)  # PyG's plain module: its own aggregation, unwrapped
+    plain.conv.aggr_module = plain.conv.aggr_module.inner
+    calls = _count_inner_calls(module)
+
+    out, grads_x, grads_p = _out_and_grads(module, x, edge_index)
+    ref, ref_x, ref_p = _out_and_grads(plain, x, edge_index)
+
+    num_targets = (x[1] if isinstance(x, tuple) else x).size(0)
+    dense = fixed_degree(edge_index, num_targets) is not None
+    assert dense == (kind in ("fixed", "bipartite"))
+    assert (len(calls) == 0) == dense  # the view ran exactly where the graph allows it
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    for g, r in zip(grads_x, ref_x):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-10)
+    assert grads_p.keys() == ref_p.keys()
+    for n in grads_p:
+        torch.testing.assert_close(grads_p[n], ref_p[n], rtol=1e-10, atol=1e-10, msg=n)
+
+
+def test_switch_off_runs_pyg_aggregation(monkeypatch):
+    x, edge_index = _graphs("fixed")
+    module = build_conv("pyg:GENConv", C, 2 * C).double()
+    calls = _count_inner_calls(module)
+    fast = module(x, edge_index)
+    assert not calls
+    monkeypatch.setattr(FixedDegreeAggregation, "fast_path", False)
+    torch.testing.assert_close(module(x, edge_index), fast, rtol=1e-10, atol=1e-10)
+    assert len(calls) == 1
+
+
+def test_reordered_edges_of_equal_count_use_pyg():
+    """GATConv(add_self_loops=True) on a kNN graph (self-loops included) removes the N loops
+    and appends N new ones: as many messages as k * N, no longer grouped by target."""
+    x, edge_index = _graphs("fixed")
+    torch.manual_seed(0)
+    module = build_conv("pyg:GATConv", C, 2 * C, add_self_loops=True).double()
+    plain = copy.deepcopy(module)
+    plain.conv.aggr_module = plain.conv.aggr_module.inner
+    calls = _count_inner_calls(module)
+    torch.testing.assert_close(module(x, edge_index), plain(x, edge_index))
+    assert len(calls) == 1
+
+
+def test_what_is_wrapped():
+    sage = build_conv("pyg:SAGEConv", C, aggr="max")
+    assert isinstance(sage.conv.aggr_module.inner, pyg_aggr.MaxAggregation)
+    # a learnt temperature stays PyG's (its parameter keeps its state_dict key)
+    gen = build_conv("pyg:GENConv", C, learn_t=True)
+    assert isinstance(gen.conv.aggr_module, pyg_aggr.SoftmaxAggregation)
+    assert "conv.aggr_module.t" in gen.state_dict()
+    # several aggregations at once: not a single reduction
+    multi = build_conv("pyg:SAGEConv", C, aggr=["mean", "max"])
+    assert not isinstance(multi.conv.aggr_module, FixedDegreeAggregation)
+    # the wrapper holds no state of its own: the state_dict is that of PyG's module
+    gen = build_conv("pyg:GENConv", C)
+    plain = copy.deepcopy(gen)
+    plain.conv.aggr_module = plain.conv.aggr_module.inner
+    assert list(gen.state_dict()) == list(plain.state_dict())
