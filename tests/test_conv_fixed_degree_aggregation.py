@@ -1,5 +1,6 @@
-"""The pyg: adapters' dense fixed-degree aggregation against PyG's own (float64, same module
-unwrapped), forward and gradients, on fixed-degree, variable-degree and unsorted graphs."""
+"""The pyg: adapters' fast paths (dense fixed-degree aggregation, EdgeConv's per-node first
+layer) against PyG's own evaluation of the same module (float64, forward and gradients), on
+fixed-degree, bipartite, variable-degree and unsorted graphs."""
 from __future__ import annotations
 
 import copy
@@ -12,6 +13,7 @@ from torch_geometric.nn import aggr as pyg_aggr
 from vig_pyg.conv import PYG_PREFIX, build_conv
 from vig_pyg.conv.fixed_degree_aggregation import FixedDegreeAggregation
 from vig_pyg.conv.pyg_adapter import RECIPES
+from vig_pyg.conv.split_edge_conv import SplitEdgeConv
 from vig_pyg.graph import fixed_degree, knn_edges
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -45,6 +47,24 @@ def _count_inner_calls(module):
     return calls
 
 
+def _plain(module):
+    """The same module evaluated by PyG's code: its own aggregation (unwrapped) and, for
+    ``SplitEdgeConv``, ``EdgeConv.forward``."""
+    plain = copy.deepcopy(module)
+    plain.conv.aggr_module = plain.conv.aggr_module.inner
+    if isinstance(plain.conv, SplitEdgeConv):
+        plain.conv.fast_path = False
+    return plain
+
+
+def _first_layer_rows(module):
+    """Rows seen by the first layer of an EdgeConv's MLP, per call as a module (the split
+    path uses its weight directly)."""
+    rows = []
+    module.conv.nn[0].register_forward_hook(lambda m, args, out: rows.append(args[0].size(0)))
+    return rows
+
+
 def _out_and_grads(module, x, edge_index):
     xs = [t.detach().clone().requires_grad_(True) for t in (x if isinstance(x, tuple) else [x])]
     out = module(tuple(xs) if len(xs) == 2 else xs[0], edge_index)
@@ -63,9 +83,10 @@ def test_fixed_degree_aggregation_matches_pyg(name, kind):
     kwargs = {"heads": 2} if name in ("GATConv", "GATv2Conv", "TransformerConv") else {}
     module = build_conv(PYG_PREFIX + name, C, 2 * C, **kwargs).double()
     assert isinstance(module.conv.aggr_module, FixedDegreeAggregation)
-    plain = copy.deepcopy(module)  # PyG's plain module: its own aggregation, unwrapped
-    plain.conv.aggr_module = plain.conv.aggr_module.inner
+    plain = _plain(module)
     calls = _count_inner_calls(module)
+    rows = _first_layer_rows(module) if name == "EdgeConv" else None
+    plain_rows = _first_layer_rows(plain) if name == "EdgeConv" else None
 
     out, grads_x, grads_p = _out_and_grads(module, x, edge_index)
     ref, ref_x, ref_p = _out_and_grads(plain, x, edge_index)
@@ -74,6 +95,8 @@ def test_fixed_degree_aggregation_matches_pyg(name, kind):
     dense = fixed_degree(edge_index, num_targets) is not None
     assert dense == (kind in ("fixed", "bipartite"))
     assert (len(calls) == 0) == dense  # the view ran exactly where the graph allows it
+    if rows is not None:  # EdgeConv's first layer: its weight used per node, never per edge
+        assert rows == [] and plain_rows == [edge_index.size(1)]
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
     for g, r in zip(grads_x, ref_x):
         torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-10)
@@ -99,8 +122,7 @@ def test_reordered_edges_of_equal_count_use_pyg():
     x, edge_index = _graphs("fixed")
     torch.manual_seed(0)
     module = build_conv("pyg:GATConv", C, 2 * C, add_self_loops=True).double()
-    plain = copy.deepcopy(module)
-    plain.conv.aggr_module = plain.conv.aggr_module.inner
+    plain = _plain(module)
     calls = _count_inner_calls(module)
     torch.testing.assert_close(module(x, edge_index), plain(x, edge_index))
     assert len(calls) == 1
@@ -121,3 +143,19 @@ def test_what_is_wrapped():
     plain = copy.deepcopy(gen)
     plain.conv.aggr_module = plain.conv.aggr_module.inner
     assert list(gen.state_dict()) == list(plain.state_dict())
+
+
+def test_split_edge_conv_keeps_pyg_edgeconv():
+    from torch_geometric.nn.conv import EdgeConv
+
+    module = build_conv("pyg:EdgeConv", C, 2 * C)
+    assert isinstance(module.conv, EdgeConv)
+    reference = EdgeConv(copy.deepcopy(module.conv.nn), aggr="max")
+    assert list(module.conv.state_dict()) == list(reference.state_dict())
+    # an MLP that does not start with Linear(2 C, .): PyG's forward, unchanged
+    other = SplitEdgeConv(torch.nn.Sequential(torch.nn.Identity(), torch.nn.Linear(2 * C, C)))
+    pyg = EdgeConv(other.nn)  # (its constructor resets the shared MLP: build it first)
+    x, edge_index = _graphs("fixed")
+    x = x.float()
+    torch.testing.assert_close(other(x, edge_index), pyg(x, edge_index))
+

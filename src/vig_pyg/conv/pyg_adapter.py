@@ -46,6 +46,7 @@ from torch import Tensor, nn
 
 from ..layers.activation import make_activation
 from .fixed_degree_aggregation import wrap_aggregation
+from .split_edge_conv import SplitEdgeConv
 from .registry import register_conv, register_prefix
 
 PYG_PREFIX = "pyg:"
@@ -142,7 +143,7 @@ def _gin(i, o, bias, act, kw):
 
 def _edge(i, o, bias, act, kw):
     kw.setdefault("aggr", "max")
-    return pyg_conv.EdgeConv(_mlp(2 * i, o, act, bias), **kw)
+    return SplitEdgeConv(_mlp(2 * i, o, act, bias), **kw)
 
 
 #: name -> (builder(in, out, bias, act, kwargs) -> conv, accepts (x_src, x_dst))
