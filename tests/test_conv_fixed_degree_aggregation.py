@@ -159,3 +159,17 @@ def test_split_edge_conv_keeps_pyg_edgeconv():
     x = x.float()
     torch.testing.assert_close(other(x, edge_index), pyg(x, edge_index))
 
+
+
+def test_generic_pyg_paths_switches_every_speed_up_off_and_back():
+    from vig_pyg.conv.pyg_adapter import generic_pyg_paths
+
+    x, edge_index = _graphs("fixed")
+    module = build_conv("pyg:EdgeConv", C, 2 * C).double()
+    calls, rows = _count_inner_calls(module), _first_layer_rows(module)
+    with generic_pyg_paths():
+        module(x, edge_index)
+    assert len(calls) == 1 and rows == [edge_index.size(1)]  # PyG's aggregation and MLP
+    module(x, edge_index)
+    assert len(calls) == 1 and rows == [edge_index.size(1)]  # restored: neither ran again
+    assert FixedDegreeAggregation.fast_path and SplitEdgeConv.fast_path

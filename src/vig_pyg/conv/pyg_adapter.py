@@ -30,28 +30,52 @@ ignored (PyG convolutions are dense). Any other class of :mod:`torch_geometric.n
 with an ``(in_channels, out_channels)`` constructor works as ``"pyg:<ClassName>"`` too,
 unregistered.
 
-Speed: on the Grapher's fixed-degree graphs (``k`` edges per target, grouped by target in
-order) the convolution's aggregation (sum, mean, max, min, softmax with a fixed temperature)
-reduces a dense ``[N, k, ...]`` view of the messages instead of PyG's scatter
-(:mod:`vig_pyg.conv.fixed_degree_aggregation`); every other graph, and
-``FixedDegreeAggregation.fast_path = False``, runs PyG's own aggregation. The messages
-themselves (attention, its softmax, MLPs) are PyG's code on both paths.
+Speed (same parameters and results as PyG's evaluation, up to rounding):
+
+- on the Grapher's fixed-degree graphs (``k`` edges per target, grouped by target in order)
+  the convolution's aggregation (sum, mean, max, min, softmax with a fixed temperature)
+  reduces a dense ``[N, k, ...]`` view of the messages instead of PyG's scatter
+  (:mod:`vig_pyg.conv.fixed_degree_aggregation`); other graphs run PyG's aggregation;
+- ``pyg:EdgeConv`` is a :class:`~vig_pyg.conv.split_edge_conv.SplitEdgeConv`, an ``EdgeConv``
+  that applies the first ``Linear`` of its MLP per node instead of per edge (any graph).
+
+The messages otherwise (attention, its softmax, MLPs) are PyG's code. Inside
+``with generic_pyg_paths():`` (or with ``FixedDegreeAggregation.fast_path`` /
+``SplitEdgeConv.fast_path`` set to ``False``) every adapter runs PyG's own path.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple, Union
+from contextlib import contextmanager
+from typing import Callable, Iterator, Optional, Tuple, Union
 
 import torch_geometric.nn.conv as pyg_conv
 from torch import Tensor, nn
 
 from ..layers.activation import make_activation
-from .fixed_degree_aggregation import wrap_aggregation
-from .split_edge_conv import SplitEdgeConv
+from .fixed_degree_aggregation import FixedDegreeAggregation, wrap_aggregation
 from .registry import register_conv, register_prefix
+from .split_edge_conv import SplitEdgeConv
 
 PYG_PREFIX = "pyg:"
 
-__all__ = ["PYG_PREFIX", "PyGConv", "pyg_conv_factory"]
+__all__ = ["PYG_PREFIX", "PyGConv", "pyg_conv_factory", "generic_pyg_paths"]
+
+#: The classes whose ``fast_path`` switches the adapters' speed-ups.
+FAST_PATHS = (FixedDegreeAggregation, SplitEdgeConv)
+
+
+@contextmanager
+def generic_pyg_paths() -> Iterator[None]:
+    """Run every ``pyg:`` adapter through PyG's own code inside the block (benchmarks,
+    checks): the class-level ``fast_path`` of :data:`FAST_PATHS` off, restored after."""
+    saved = [cls.__dict__.get("fast_path") for cls in FAST_PATHS]
+    try:
+        for cls in FAST_PATHS:
+            cls.fast_path = False
+        yield
+    finally:
+        for cls, value in zip(FAST_PATHS, saved):
+            cls.fast_path = value
 
 
 class PyGConv(nn.Module):
