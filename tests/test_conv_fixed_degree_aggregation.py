@@ -173,3 +173,33 @@ def test_generic_pyg_paths_switches_every_speed_up_off_and_back():
     module(x, edge_index)
     assert len(calls) == 1 and rows == [edge_index.size(1)]  # restored: neither ran again
     assert FixedDegreeAggregation.fast_path and SplitEdgeConv.fast_path
+
+
+def test_split_edge_conv_macs_and_the_release_count():
+    """n nodes, k neighbours, C -> O = 2C, MLP Linear(2C, O) -> act -> Linear(O, O). PyG's
+    EdgeConv: n k (2C) O + n k O O. Split: the first layer per node, (W_a - W_b) x_i and
+    W_b x_j: 2 n C O, then n k O O. count_macs reports PyG's as the total."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from vig_pyg.conv.pyg_adapter import generic_pyg_paths
+    from vig_pyg.models import create_model
+    from vig_pyg.models.info import count_macs
+
+    x, edge_index = _graphs("fixed")
+    n, k, o = x.size(0), edge_index.size(1) // x.size(0), 2 * C
+    module = build_conv("pyg:EdgeConv", C, o).double().eval()
+
+    def macs():
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            module(x, edge_index)
+        return counter.get_total_flops() // 2
+
+    assert macs() == 2 * n * C * o + n * k * o * o
+    with generic_pyg_paths():
+        assert macs() == n * k * 2 * C * o + n * k * o * o
+    model = create_model("vig_ti", conv="pyg:EdgeConv", channels=16, depth=2, stem_stride=8,
+                         k=4, img_size=64, num_classes=10)
+    counted = count_macs(model, 64)
+    with generic_pyg_paths():
+        generic = count_macs(model, 64)
+    assert counted["total"] == generic["total"] == generic["executed"] > counted["executed"]
