@@ -20,7 +20,7 @@ name                        conv built for ``in -> out``                        
 ``pyg:GINConv``             ``GINConv(Linear(in, out) -> act -> Linear(out, out),``      yes
                             ``train_eps=True)``
 ``pyg:EdgeConv``            ``EdgeConv(Linear(2 in, out) -> act -> Linear(out, out),``   yes
-                            ``aggr="max")``
+                            ``aggr="max")`` (as ``SplitEdgeConv``, see below)
 ==========================  ===========================================================  =========
 
 ``heads`` defaults to 1 and must divide ``out``. Self-loops are not added by default: a kNN
@@ -32,15 +32,16 @@ unregistered.
 
 Speed (same parameters and results as PyG's evaluation, up to rounding):
 
-- on the Grapher's fixed-degree graphs (``k`` edges per target, grouped by target in order)
-  the convolution's aggregation (sum, mean, max, min, softmax with a fixed temperature)
-  reduces a dense ``[N, k, ...]`` view of the messages instead of PyG's scatter
-  (:mod:`vig_pyg.conv.fixed_degree_aggregation`); other graphs run PyG's aggregation;
+- the convolution's aggregation (sum, mean, max, min, softmax with a fixed temperature) is
+  a :class:`~vig_pyg.conv.fast_aggregation.FastAggregation`: sums by ``index_add_`` instead
+  of PyG's scatter, and on the Grapher's fixed-degree graphs (``k`` edges per target,
+  grouped by target in order) max / min / softmax over a dense ``[N, k, ...]`` view of the
+  messages (:mod:`vig_pyg.conv.fast_aggregation`);
 - ``pyg:EdgeConv`` is a :class:`~vig_pyg.conv.split_edge_conv.SplitEdgeConv`, an ``EdgeConv``
   that applies the first ``Linear`` of its MLP per node instead of per edge (any graph).
 
 The messages otherwise (attention, its softmax, MLPs) are PyG's code. Inside
-``with generic_pyg_paths():`` (or with ``FixedDegreeAggregation.fast_path`` /
+``with generic_pyg_paths():`` (or with ``FastAggregation.fast_path`` /
 ``SplitEdgeConv.fast_path`` set to ``False``) every adapter runs PyG's own path.
 """
 from __future__ import annotations
@@ -52,7 +53,7 @@ import torch_geometric.nn.conv as pyg_conv
 from torch import Tensor, nn
 
 from ..layers.activation import make_activation
-from .fixed_degree_aggregation import FixedDegreeAggregation, wrap_aggregation
+from .fast_aggregation import FastAggregation, wrap_aggregation
 from .registry import register_conv, register_prefix
 from .split_edge_conv import SplitEdgeConv
 
@@ -61,7 +62,7 @@ PYG_PREFIX = "pyg:"
 __all__ = ["PYG_PREFIX", "PyGConv", "pyg_conv_factory", "generic_pyg_paths"]
 
 #: The classes whose ``fast_path`` switches the adapters' speed-ups.
-FAST_PATHS = (FixedDegreeAggregation, SplitEdgeConv)
+FAST_PATHS = (FastAggregation, SplitEdgeConv)
 
 
 @contextmanager
@@ -89,7 +90,7 @@ class PyGConv(nn.Module):
             raises a :class:`ValueError` (``None``: unknown, passed through).
 
     ``conv.aggr_module`` is wrapped in a
-    :class:`~vig_pyg.conv.fixed_degree_aggregation.FixedDegreeAggregation` where it can be
+    :class:`~vig_pyg.conv.fast_aggregation.FastAggregation` where it can be
     (same parameters and results; faster on fixed-degree graphs).
     """
 
