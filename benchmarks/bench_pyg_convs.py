@@ -7,8 +7,13 @@ best of ``--iters`` steps is reported (median beside it) with its ratio to ``mr`
 * training step: train mode, forward + cross-entropy + backward + SGD step;
 * forward: eval mode, ``torch.no_grad()``.
 
+``--compare-generic`` also times each adapter through PyG's own path (the adapters' speed-ups
+off, :func:`vig_pyg.conv.pyg_adapter.generic_pyg_paths`; same model and weights), alternating
+with the rest, and prints ``fast / generic`` per adapter: before/after in one run.
+
     python benchmarks/bench_pyg_convs.py                         # batch 16, 224 px
     python benchmarks/bench_pyg_convs.py --batch 8 --threads 1 --clock cpu   # busy machine
+    python benchmarks/bench_pyg_convs.py --compare-generic --iters 2 --batch 8
 """
 from __future__ import annotations
 
@@ -17,6 +22,8 @@ import time
 
 from bench_graphs import make_step  # same step definitions as the graph-builder benchmark
 from timing import print_ratios, time_alternately
+
+GENERIC = " (generic)"
 
 CONVS = ["mr", "pyg:GATv2Conv", "pyg:TransformerConv", "pyg:GENConv", "pyg:GINConv",
          "pyg:EdgeConv"]
@@ -36,6 +43,8 @@ def main(argv=None) -> int:
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall")
+    p.add_argument("--compare-generic", action="store_true",
+                   help="also time each adapter with PyG's own path (speed-ups off)")
     args = p.parse_args(argv)
     timer = time.perf_counter if args.clock == "wall" else time.process_time
     if args.threads:
@@ -48,10 +57,35 @@ def main(argv=None) -> int:
           f"{torch.get_num_threads()} thread(s), {args.clock} clock")
     for mode in args.modes:
         torch.manual_seed(0)
-        steps = {c: make_step(create_model(args.model, conv=c), mode, x, y) for c in convs}
+        steps = {}
+        for c in convs:
+            model = create_model(args.model, conv=c)
+            steps[c] = make_step(model, mode, x, y)
+            if args.compare_generic and c != "mr":
+                steps[c + GENERIC] = _generic(make_step(model, mode, x, y))
         times = time_alternately(steps, args.iters, timer)
         print_ratios(times, "mr", args.batch, mode, "conv")
+        if args.compare_generic:
+            _print_speedups(times)
     return 0
+
+
+def _generic(step):
+    """``step`` with every pyg: adapter on PyG's own path."""
+    from vig_pyg.conv.pyg_adapter import generic_pyg_paths
+
+    def run():
+        with generic_pyg_paths():
+            step()
+    return run
+
+
+def _print_speedups(times: dict) -> None:
+    print(f"\n{'adapter':<26} {'fast ms':>9} {'generic ms':>11} {'fast / generic':>15}")
+    for name, t in times.items():
+        if name + GENERIC in times:
+            fast, generic = min(t), min(times[name + GENERIC])
+            print(f"{name:<26} {fast * 1e3:9.1f} {generic * 1e3:11.1f} {fast / generic:15.2f}")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ name                        conv built for ``in -> out``                        
 ``pyg:GINConv``             ``GINConv(Linear(in, out) -> act -> Linear(out, out),``      yes
                             ``train_eps=True)``
 ``pyg:EdgeConv``            ``EdgeConv(Linear(2 in, out) -> act -> Linear(out, out),``   yes
-                            ``aggr="max")``
+                            ``aggr="max")`` (as ``SplitEdgeConv``, see below)
 ==========================  ===========================================================  =========
 
 ``heads`` defaults to 1 and must divide ``out``. Self-loops are not added by default: a kNN
@@ -29,20 +29,54 @@ constructor; ``act`` is the activation after the BatchNorm; ``groups`` is accept
 ignored (PyG convolutions are dense). Any other class of :mod:`torch_geometric.nn.conv`
 with an ``(in_channels, out_channels)`` constructor works as ``"pyg:<ClassName>"`` too,
 unregistered.
+
+Speed (same parameters and results as PyG's evaluation, up to rounding):
+
+- the convolution's aggregation (sum, mean, max, min, softmax with a fixed temperature) is
+  a :class:`~vig_pyg.conv.fast_aggregation.FastAggregation`: sums by ``index_add_`` instead
+  of PyG's scatter, and on the Grapher's fixed-degree graphs (``k`` edges per target,
+  grouped by target in order) max / min / softmax over a dense ``[N, k, ...]`` view of the
+  messages (:mod:`vig_pyg.conv.fast_aggregation`);
+- ``pyg:EdgeConv`` is a :class:`~vig_pyg.conv.split_edge_conv.SplitEdgeConv`, an ``EdgeConv``
+  that applies the first ``Linear`` of its MLP per node instead of per edge (any graph).
+
+The messages otherwise (attention, its softmax, MLPs) are PyG's code. Inside
+``with generic_pyg_paths():`` (or with ``FastAggregation.fast_path`` /
+``SplitEdgeConv.fast_path`` set to ``False``) every adapter runs PyG's own path.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple, Union
+from contextlib import contextmanager
+from typing import Callable, Iterator, Optional, Tuple, Union
 
 import torch_geometric.nn.conv as pyg_conv
 from torch import Tensor, nn
 
 from ..layers.activation import make_activation
+from .fast_aggregation import FastAggregation, wrap_aggregation
 from .registry import register_conv, register_prefix
+from .split_edge_conv import SplitEdgeConv
 
 PYG_PREFIX = "pyg:"
 
-__all__ = ["PYG_PREFIX", "PyGConv", "pyg_conv_factory"]
+__all__ = ["PYG_PREFIX", "PyGConv", "pyg_conv_factory", "generic_pyg_paths"]
+
+#: The classes whose ``fast_path`` switches the adapters' speed-ups.
+FAST_PATHS = (FastAggregation, SplitEdgeConv)
+
+
+@contextmanager
+def generic_pyg_paths() -> Iterator[None]:
+    """Run every ``pyg:`` adapter through PyG's own code inside the block (benchmarks,
+    checks): the class-level ``fast_path`` of :data:`FAST_PATHS` off, restored after."""
+    saved = [cls.__dict__.get("fast_path") for cls in FAST_PATHS]
+    try:
+        for cls in FAST_PATHS:
+            cls.fast_path = False
+        yield
+    finally:
+        for cls, value in zip(FAST_PATHS, saved):
+            cls.fast_path = value
 
 
 class PyGConv(nn.Module):
@@ -54,6 +88,10 @@ class PyGConv(nn.Module):
         act: activation after the BatchNorm (default GELU).
         bipartite: whether ``conv`` accepts a pair ``(x_src, x_dst)``; if ``False`` a pair
             raises a :class:`ValueError` (``None``: unknown, passed through).
+
+    ``conv.aggr_module`` is wrapped in a
+    :class:`~vig_pyg.conv.fast_aggregation.FastAggregation` where it can be
+    (same parameters and results; faster on fixed-degree graphs).
     """
 
     def __init__(self, conv: nn.Module, out_channels: int,
@@ -61,6 +99,7 @@ class PyGConv(nn.Module):
                  bipartite: Optional[bool] = True):
         super().__init__()
         self.conv = conv
+        wrap_aggregation(conv)
         self.norm = nn.BatchNorm1d(out_channels)
         self.act = make_activation(act)
         self.out_channels = out_channels
@@ -129,7 +168,7 @@ def _gin(i, o, bias, act, kw):
 
 def _edge(i, o, bias, act, kw):
     kw.setdefault("aggr", "max")
-    return pyg_conv.EdgeConv(_mlp(2 * i, o, act, bias), **kw)
+    return SplitEdgeConv(_mlp(2 * i, o, act, bias), **kw)
 
 
 #: name -> (builder(in, out, bias, act, kwargs) -> conv, accepts (x_src, x_dst))

@@ -29,19 +29,23 @@ def count_params(model: nn.Module) -> tuple[int, int]:
 
 def count_macs(model: nn.Module, img_size=224) -> dict:
     """``{"total": MACs as the release counts them, "knn": MACs of the kNN distance matmuls,
-    "executed": MACs of the default evaluation}`` for one image."""
+    "executed": MACs of the default evaluation}`` for one image. The total is that of the
+    literal evaluation (``fast_path`` off; PyG's own path for ``pyg:`` adapters)."""
     from ..conv.base import GrapherConv
+    from ..conv.pyg_adapter import PyGConv, generic_pyg_paths
 
     convs = [m for m in model.modules() if isinstance(m, GrapherConv)]
     saved = [m.fast_path for m in convs]
     try:
         for m in convs:
             m.fast_path = False
-        release = _count_macs(model, img_size)
+        with generic_pyg_paths():
+            release = _count_macs(model, img_size)
     finally:
         for m, fast in zip(convs, saved):
             m.fast_path = fast
-    executed = _count_macs(model, img_size) if any(saved) else release
+    adapters = any(isinstance(m, PyGConv) for m in model.modules())
+    executed = _count_macs(model, img_size) if any(saved) or adapters else release
     return {**release, "executed": executed["total"]}
 
 
