@@ -15,6 +15,23 @@ needs_cc = pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None,
                               reason="no C compiler: the native selection falls back to topk")
 
 
+@pytest.fixture
+def native_calls(monkeypatch):
+    """Counts the calls that reach the compiled selection (``calls[0]``)."""
+    lib = select._load()
+    if lib is None:
+        pytest.skip("the native selection could not be built here")
+    calls = [0]
+
+    class Spy:
+        def vig_select_smallest(self, *args):
+            calls[0] += 1
+            return lib.vig_select_smallest(*args)
+
+    monkeypatch.setattr(select, "_lib", Spy())
+    return calls
+
+
 def _reference(dist: torch.Tensor, kd: int) -> torch.Tensor:
     """The rule: ascending, NaN after every number (as +inf), ties in index order."""
     key = torch.where(dist.isnan(), torch.inf, dist.double())
@@ -22,13 +39,13 @@ def _reference(dist: torch.Tensor, kd: int) -> torch.Tensor:
 
 
 @needs_cc
-@pytest.mark.parametrize("rows,m,kd", [(7, 5, 1), (7, 5, 5), (300, 196, 9), (3000, 196, 27),
-                                       (1500, 784, 18), (40, 49, 48)])
-def test_native_selection_is_the_stable_sort(rows, m, kd):
-    assert select.native_available()
+@pytest.mark.parametrize("rows,m,kd", [(7, 6, 1), (7, 13, 2), (300, 196, 9), (3000, 196, 27),
+                                       (1500, 784, 18), (40, 400, 64)])
+def test_native_selection_is_the_stable_sort(native_calls, rows, m, kd):
     g = torch.Generator().manual_seed(rows + m + kd)
     dist = torch.randn(rows, m, generator=g)
     got = smallest_k(dist, kd)
+    assert native_calls[0] >= 1
     assert got.dtype == torch.long and got.shape == (rows, kd)
     assert torch.equal(got, _reference(dist, kd))
     # on distinct values torch.topk (the fallback) gives the same indices in the same order
@@ -36,22 +53,23 @@ def test_native_selection_is_the_stable_sort(rows, m, kd):
 
 
 @needs_cc
-def test_native_selection_ties_nan_and_inf():
+def test_native_selection_ties_nan_and_inf(native_calls):
     g = torch.Generator().manual_seed(0)
-    dist = torch.randint(0, 4, (600, 40), generator=g).float()  # many ties
+    dist = torch.randint(0, 4, (600, 240), generator=g).float()  # many ties
     dist[3, 5] = float("nan")
-    dist[4] = float("nan")                                       # a row of NaN
+    dist[4] = float("nan")                                        # a row of NaN
     dist[5, ::2] = float("inf")
     dist[6] = -float("inf")
     for kd in (1, 10, 40):
         assert torch.equal(smallest_k(dist, kd), _reference(dist, kd)), kd
+    assert native_calls[0] >= 3
 
 
 @needs_cc
-def test_batched_shape_and_threads_agree():
+def test_batched_shape_and_threads_agree(native_calls):
     """``[G, N, M]`` input (the kNN's chunks), split over threads or not."""
     g = torch.Generator().manual_seed(1)
-    dist = torch.randn(4, 1100, 60, generator=g)
+    dist = torch.randn(4, 1100, 80, generator=g)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
@@ -62,6 +80,17 @@ def test_batched_shape_and_threads_agree():
         torch.set_num_threads(threads)
     assert two.shape == (4, 1100, 12)
     assert torch.equal(two, one) and torch.equal(two, _reference(dist, 12))
+    assert native_calls[0] == 3  # two threads, then one
+
+
+def test_short_rows_take_topk(native_calls):
+    """Fewer than six candidates per selected neighbour: torch.topk, same indices."""
+    g = torch.Generator().manual_seed(4)
+    dist = torch.randn(300, 196, generator=g)
+    assert torch.equal(smallest_k(dist, 54), _reference(dist, 54))
+    assert native_calls[0] == 0
+    smallest_k(dist, 32)
+    assert native_calls[0] == 1
 
 
 def test_fallback_where_native_does_not_apply(monkeypatch):
@@ -82,18 +111,19 @@ def test_failed_build_warns_once_and_falls_back(monkeypatch, tmp_path):
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     dist = torch.randn(20, 16)
     with pytest.warns(RuntimeWarning, match="could not be built.*torch.topk"):
-        got = smallest_k(dist, 4)
-    assert torch.equal(got, _reference(dist, 4))
+        got = smallest_k(dist, 2)
+    assert torch.equal(got, _reference(dist, 2))
     assert select._lib is False and not any(tmp_path.glob("*.so"))
 
 
 @needs_cc
-@pytest.mark.parametrize("reduce_ratio,dilation", [(1, 2), (2, 1)])
-def test_knn_edges_native_equals_topk(monkeypatch, reduce_ratio, dilation):
+@pytest.mark.parametrize("k,reduce_ratio,dilation", [(9, 1, 2), (4, 2, 1)])
+def test_knn_edges_native_equals_topk(native_calls, monkeypatch, k, reduce_ratio, dilation):
     g = torch.Generator().manual_seed(3)
     x = torch.randn(3, 16, 12, 12, generator=g)
     rel = torch.randn(144, 144 // reduce_ratio ** 2, generator=g) * 0.1
     kwargs = dict(dilation=dilation, reduce_ratio=reduce_ratio, relative_pos=rel)
-    native = knn_edges(x, 9, **kwargs)
+    native = knn_edges(x, k, **kwargs)
+    assert native_calls[0] == 1
     monkeypatch.setattr(select, "native", False)
-    assert torch.equal(native, knn_edges(x, 9, **kwargs))
+    assert torch.equal(native, knn_edges(x, k, **kwargs))

@@ -19,7 +19,9 @@ The first two passes run at memory speed; the third touches only the candidates.
 is the exact ``kd`` smallest in ascending order, ties in index order (what
 ``torch.sort(stable=True)`` gives; ``torch.topk`` leaves the order of ties unspecified) and
 NaN after every number (as ``torch.topk`` with ``largest=False`` places it). On the 2-core
-CPU this is 2-3x faster than ``torch.topk`` (``benchmarks/bench_knn.py --select``).
+CPU this is 2-4x faster than ``torch.topk`` where the row holds at least six candidates per
+selected one (``benchmarks/bench_knn.py --select``); shorter rows keep ``torch.topk``, as
+the first pass then prunes too little.
 
 The C file is compiled on first use with the system's C compiler (``$CC``, else ``cc``)
 into ``$VIG_PYG_CACHE`` (default ``~/.cache/vig_pyg``), named by a hash of its source, the
@@ -27,7 +29,8 @@ compiler, the flags and the processor (``-march=native``: nodes of a cluster sha
 directory each get their own build), written atomically so concurrent processes can race safely, and loaded with
 :mod:`ctypes`. Where that is impossible (no compiler; not float32 on the CPU; while
 ``torch.compile``/``torch.export``/ONNX trace) :func:`smallest_k` uses ``torch.topk``
-instead, with the same set of indices (one warning when the build fails). Set
+instead, with the same set of indices (one warning when the build fails); so do rows
+shorter than six times ``kd``. Set
 :data:`native` to ``False``, or ``VIG_PYG_NATIVE=0`` in the environment, to force
 ``torch.topk`` (tests and benchmarks compare the two).
 """
@@ -56,6 +59,12 @@ _SOURCE = Path(__file__).with_name("_select.c")
 _FLAGS = ("-O3", "-march=native", "-std=c99", "-shared", "-fPIC")
 #: The C file's fixed buffers hold this many (k*d is a few dozen in every ViG).
 _MAX_KD = 1024
+#: The bound of pass 1 prunes well only when the row is long against ``kd``: with fewer than
+#: this many candidates per kept neighbour (vig_ti's last blocks: k*d = 54 of 196) too many
+#: values pass it, the insertion pass grows as (candidates x kd), and ``torch.topk`` is
+#: faster (measured on the rows of vig_ti and pvig_ti: 1.6-4x faster from m / kd = 7 up,
+#: 0.6-0.9x at m / kd of 3.6-4.4).
+_MIN_RATIO = 6
 #: Below this many rows one thread does the whole matrix (a thread hand-off costs more).
 _ROWS_PER_THREAD = 512
 _lock = threading.Lock()
@@ -147,7 +156,7 @@ def smallest_k(dist: Tensor, kd: int) -> Tensor:
     m = dist.size(-1)
     if not 0 < kd <= m:
         raise ValueError(f"kd must be in [1, {m}] (the candidates per row), got {kd}")
-    lib = _load() if _applies(dist) and kd <= _MAX_KD else None
+    lib = _load() if _applies(dist) and kd <= _MAX_KD and m >= _MIN_RATIO * kd else None
     if lib is None:
         return dist.topk(kd, dim=-1, largest=False, sorted=True).indices
     flat = dist.reshape(-1, m).contiguous()
