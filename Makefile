@@ -41,7 +41,8 @@ detect-demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_knn.py
 	$(PY) benchmarks/bench_conv.py
-	$(PY) benchmarks/bench_models.py
+	$(PY) benchmarks/bench_models.py --convs mr edge sage gin
+	$(PY) benchmarks/bench_models.py --breakdown --modes infer --convs mr edge sage gin
 	$(PY) benchmarks/bench_graphs.py
 	$(PY) benchmarks/bench_pyg_convs.py
 	$(PY) benchmarks/bench_detection.py

@@ -6,21 +6,21 @@ broadcast to the messages' shape, whose backward is a ``gather`` as wide; the in
 of :class:`~torch_geometric.nn.aggr.SoftmaxAggregation` takes seven such passes).
 :class:`FastAggregation` wraps it and computes instead
 
-- sum: ``index_add_`` (its backward an ``index_select``); mean: that sum over the degree
-  (at least 1), on any graph;
 - on fixed-degree graphs (:func:`~vig_pyg.graph.fixed_degree`: ``k`` messages per target,
   grouped by target in order, so target ``i`` owns rows ``i k .. i k + k - 1``) a dense view
   ``m.view(N, k, ...)``: max / min :math:`\max_r m_{ir}` / :math:`\min_r m_{ir}` when a
   gradient is needed, and softmax (fixed temperature ``t``)
   :math:`\sum_r \operatorname{softmax}_r(t\, m_{ir})\, m_{ir}` per channel;
 - everything else with the wrapped PyG aggregation, unchanged: variable-degree or unsorted
-  graphs for max / min / softmax, max / min without gradient (PyG's scatter-max is the
+  graphs, max / min without gradient (PyG's scatter-max is the
   faster forward), while tracing (``torch.compile``, export: the index's values cannot be
   checked) or under deterministic algorithms, and ``FastAggregation.fast_path = False``.
 
 Measured (1 thread, 1568 targets x 9 messages x 384 channels, forward / forward+backward ms):
-sum 0.9 / 2.5 (``index_add_``) against 1.1 / 10.0 (PyG), and 1.9 / 3.4 for ``view.sum``;
-max 1.4 / 16 (view) against 0.9 / 42; softmax 11 / 21 (view) against 18 / 53. PyG's
+max 1.4 / 16 (view) against 0.9 / 42; softmax 11 / 21 (view) against 18 / 53. Sums and
+means are not wrapped: ``index_add_`` measured no faster than PyG's scatter there (forward
++ backward 3.6 against 2.9 ms, 2-D or with a heads dimension), and the GATv2 and Transformer
+training steps, whose aggregation is a sum, ran 8-10% slower with it. PyG's
 ``EdgeIndex(..., sort_order="col")``, which hands CSR pointers to the aggregations and the
 attention softmax (``segment_csr``), was no faster here (0.9-1.2x the scatter time per
 conv, training step), so it is not used.
@@ -38,8 +38,7 @@ from ..graph import fixed_degree
 __all__ = ["FastAggregation", "wrap_aggregation"]
 
 #: Aggregations it evaluates (exact types: subclasses may change the formula).
-_REDUCE = {pyg_aggr.SumAggregation: "sum", pyg_aggr.MeanAggregation: "mean",
-           pyg_aggr.MaxAggregation: "max", pyg_aggr.MinAggregation: "min",
+_REDUCE = {pyg_aggr.MaxAggregation: "max", pyg_aggr.MinAggregation: "min",
            pyg_aggr.SoftmaxAggregation: "softmax"}
 
 
@@ -47,8 +46,7 @@ class FastAggregation(pyg_aggr.Aggregation):
     """``inner`` (a PyG aggregation without parameters) evaluated as above.
 
     Args:
-        inner: the aggregation it replaces (one of sum, mean, max, min, softmax with a
-            fixed temperature).
+        inner: the aggregation it replaces (max, min, or softmax with a fixed temperature).
     """
 
     #: Use the faster evaluations where they apply.
@@ -66,8 +64,6 @@ class FastAggregation(pyg_aggr.Aggregation):
                 dim_size: Optional[int] = None, dim: int = -2) -> Tensor:
         d = dim % x.dim()
         if self._applies(x, index, dim_size, d):
-            if self.reduction in ("sum", "mean"):
-                return self._index_add(x, index, dim_size, d)
             k = fixed_degree(index.expand(2, -1), dim_size)  # row 1 of a [2, E] view: index
             grad = torch.is_grad_enabled() and x.requires_grad
             if k is not None and (self.reduction == "softmax" or grad):
@@ -84,14 +80,6 @@ class FastAggregation(pyg_aggr.Aggregation):
         return (self.fast_path and index is not None and dim_size is not None
                 and index.dim() == 1 and index.numel() == x.size(d) and not _tracing()
                 and not torch.are_deterministic_algorithms_enabled())
-
-    def _index_add(self, x: Tensor, index: Tensor, dim_size: int, d: int) -> Tensor:
-        """Sum (or mean) of the messages per target, any graph."""
-        out = x.new_zeros(*x.shape[:d], dim_size, *x.shape[d + 1:]).index_add_(d, index, x)
-        if self.reduction == "sum":
-            return out
-        count = x.new_zeros(dim_size).index_add_(0, index, x.new_ones(index.numel()))
-        return out / count.clamp(min=1).view(-1, *[1] * (x.dim() - d - 1))
 
     def _softmax(self, view: Tensor, axis: int) -> Tensor:
         """PyG's ``SoftmaxAggregation`` (``learn=False``) on the view: weights

@@ -32,11 +32,11 @@ unregistered.
 
 Speed (same parameters and results as PyG's evaluation, up to rounding):
 
-- the convolution's aggregation (sum, mean, max, min, softmax with a fixed temperature) is
-  a :class:`~vig_pyg.conv.fast_aggregation.FastAggregation`: sums by ``index_add_`` instead
-  of PyG's scatter, and on the Grapher's fixed-degree graphs (``k`` edges per target,
-  grouped by target in order) max / min / softmax over a dense ``[N, k, ...]`` view of the
-  messages (:mod:`vig_pyg.conv.fast_aggregation`);
+- a max, min or softmax (fixed temperature) aggregation is a
+  :class:`~vig_pyg.conv.fast_aggregation.FastAggregation`: on the Grapher's fixed-degree
+  graphs (``k`` edges per target, grouped by target in order) it reduces a dense
+  ``[N, k, ...]`` view of the messages (:mod:`vig_pyg.conv.fast_aggregation`); sums and
+  means stay PyG's scatter, which measured as fast;
 - ``pyg:EdgeConv`` is a :class:`~vig_pyg.conv.split_edge_conv.SplitEdgeConv`, an ``EdgeConv``
   that applies the first ``Linear`` of its MLP per node instead of per edge (any graph).
 
