@@ -19,7 +19,7 @@ The first two passes run at memory speed; the third touches only the candidates.
 is the exact ``kd`` smallest in ascending order, ties in index order (what
 ``torch.sort(stable=True)`` gives; ``torch.topk`` leaves the order of ties unspecified) and
 NaN after every number (as ``torch.topk`` with ``largest=False`` places it). On the 2-core
-CPU this is 2-4x faster than ``torch.topk`` where the row holds at least six candidates per
+CPU this is 1.4-2.4x faster than ``torch.topk`` where the row holds at least six candidates per
 selected one (``benchmarks/bench_knn.py --select``); shorter rows keep ``torch.topk``, as
 the first pass then prunes too little.
 
@@ -62,8 +62,8 @@ _MAX_KD = 1024
 #: The bound of pass 1 prunes well only when the row is long against ``kd``: with fewer than
 #: this many candidates per kept neighbour (vig_ti's last blocks: k*d = 54 of 196) too many
 #: values pass it, the insertion pass grows as (candidates x kd), and ``torch.topk`` is
-#: faster (measured on the rows of vig_ti and pvig_ti: 1.6-4x faster from m / kd = 7 up,
-#: 0.6-0.9x at m / kd of 3.6-4.4).
+#: faster (measured on the rows of vig_ti and pvig_ti: 1.6-4x faster at m / kd >= 10,
+#: 0.9-1.6x at 7-8, 0.6-0.9x at 3.6-4.4).
 _MIN_RATIO = 6
 #: Below this many rows one thread does the whole matrix (a thread hand-off costs more).
 _ROWS_PER_THREAD = 512
