@@ -140,7 +140,7 @@ class Grapher(nn.Module):
             src = keys.permute(0, 2, 3, 1).reshape(-1, c)
             out = self.graph_conv((src, graph.x), graph.edge_index)
         out = graph.to_feature_map(out)
-        if isinstance(self.fc2, ConvBN) and not (
-                self.training and not isinstance(self.drop_path, nn.Identity)):
-            return self.fc2(out, residual=shortcut)  # drop path is the identity here
-        return self.drop_path(self.fc2(out)) + shortcut
+        dropping = self.training and not isinstance(self.drop_path, nn.Identity)
+        if dropping or not isinstance(self.fc2, ConvBN):
+            return self.drop_path(self.fc2(out)) + shortcut
+        return self.fc2(out, residual=shortcut)  # drop path is the identity: the sum rides along
