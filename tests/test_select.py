@@ -101,6 +101,8 @@ def test_fallback_where_native_does_not_apply(monkeypatch):
     assert torch.equal(smallest_k(wide, 1050), _reference(wide, 1050))
     monkeypatch.setattr(select, "native", False)
     assert torch.equal(smallest_k(dist, 7), _reference(dist, 7))
+    for empty in (torch.randn(0, 60), torch.randn(2, 0, 60)):  # no queries: no rows
+        assert smallest_k(empty, 5).shape == (*empty.shape[:-1], 5)
     with pytest.raises(ValueError, match=r"kd must be in \[1, 30\]"):
         smallest_k(dist, 31)
 

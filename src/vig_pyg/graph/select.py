@@ -157,7 +157,7 @@ def smallest_k(dist: Tensor, kd: int) -> Tensor:
     if not 0 < kd <= m:
         raise ValueError(f"kd must be in [1, {m}] (the candidates per row), got {kd}")
     lib = _load() if _applies(dist) and kd <= _MAX_KD and m >= _MIN_RATIO * kd else None
-    if lib is None:
+    if lib is None or dist.numel() == 0:
         return dist.topk(kd, dim=-1, largest=False, sorted=True).indices
     flat = dist.reshape(-1, m).contiguous()
     rows = flat.size(0)
