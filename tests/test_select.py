@@ -93,6 +93,13 @@ def test_short_rows_take_topk(native_calls):
     assert native_calls[0] == 1
 
 
+def test_no_rows_give_empty_indices(native_calls):
+    for empty in (torch.randn(0, 60), torch.randn(2, 0, 60)):  # no queries
+        got = smallest_k(empty, 5)
+        assert got.shape == (*empty.shape[:-1], 5) and got.dtype == torch.long
+    assert native_calls[0] == 0
+
+
 def test_fallback_where_native_does_not_apply(monkeypatch):
     g = torch.Generator().manual_seed(2)
     dist = torch.randn(50, 30, generator=g)
@@ -101,8 +108,6 @@ def test_fallback_where_native_does_not_apply(monkeypatch):
     assert torch.equal(smallest_k(wide, 1050), _reference(wide, 1050))
     monkeypatch.setattr(select, "native", False)
     assert torch.equal(smallest_k(dist, 7), _reference(dist, 7))
-    for empty in (torch.randn(0, 60), torch.randn(2, 0, 60)):  # no queries: no rows
-        assert smallest_k(empty, 5).shape == (*empty.shape[:-1], 5)
     with pytest.raises(ValueError, match=r"kd must be in \[1, 30\]"):
         smallest_k(dist, 31)
 
