@@ -62,8 +62,8 @@ _MAX_KD = 1024
 #: The bound of pass 1 prunes well only when the row is long against ``kd``: with fewer than
 #: this many candidates per kept neighbour (vig_ti's last blocks: k*d = 54 of 196) too many
 #: values pass it, the insertion pass grows as (candidates x kd), and ``torch.topk`` is
-#: faster (measured on the rows of vig_ti and pvig_ti: 1.6-4x faster at m / kd >= 10,
-#: 0.9-1.6x at 7-8, 0.6-0.9x at 3.6-4.4).
+#: faster (``benchmarks/bench_knn.py --select``, whose last row forces the compiled
+#: selection on vig_ti's k*d = 54 of 196).
 _MIN_RATIO = 6
 #: Below this many rows one thread does the whole matrix (a thread hand-off costs more).
 _ROWS_PER_THREAD = 512
