@@ -2,54 +2,43 @@
 
 Switches: ``vig_pyg.layers.fused`` (conv + BatchNorm + activation or residual in one oneDNN
 call, inference only) and ``vig_pyg.graph.select.native`` (the compiled kNN selection
-instead of ``torch.topk``). Variants: both on (the default), fused off, both off. Inference
-is an eval-mode forward under ``torch.no_grad()``; training (``--modes train``) a forward +
-backward, where only the selection applies.
+instead of ``torch.topk``). Variants: both on (the default), fused off, both off. The steps are
+``bench_graphs.make_step``'s: ``forward`` an eval-mode forward under ``torch.no_grad()``,
+``train`` forward + cross-entropy + backward + SGD step (where only the selection applies).
 
     python benchmarks/bench_fast_paths.py                       # vig_ti and pvig_ti, batch 16
-    python benchmarks/bench_fast_paths.py --models pvig_ti --modes infer train --iters 3
+    python benchmarks/bench_fast_paths.py --models pvig_ti --modes forward train --iters 3
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import time
 
 import torch
-import torch.nn.functional as F
 
+from bench_graphs import make_step  # the same steps as the other model benchmarks
 from timing import print_ratios, time_alternately
 from vig_pyg.graph import select
 from vig_pyg.layers import fused
 from vig_pyg.models import create_model
 
 
-@contextlib.contextmanager
-def switches(fused_on: bool, native_on: bool):
-    before = fused.enabled, select.native
-    fused.enabled, select.native = fused_on, native_on
-    try:
-        yield
-    finally:
-        fused.enabled, select.native = before
-
-
-def make_step(model, x, y, mode: str, fused_on: bool, native_on: bool):
-    def infer():
-        with switches(fused_on, native_on), torch.no_grad():
-            model(x)
-
-    def train():
-        with switches(fused_on, native_on):
-            model.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), y).backward()
-    return infer if mode == "infer" else train
+def switched(step, fused_on: bool, native_on: bool):
+    """``step`` run with the two switches set as given (and restored after)."""
+    def run():
+        before = fused.enabled, select.native
+        fused.enabled, select.native = fused_on, native_on
+        try:
+            step()
+        finally:
+            fused.enabled, select.native = before
+    return run
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", nargs="+", default=["vig_ti", "pvig_ti"])
-    p.add_argument("--modes", nargs="+", default=["infer"], choices=["infer", "train"])
+    p.add_argument("--modes", nargs="+", default=["forward"], choices=["forward", "train"])
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--iters", type=int, default=4)
     args = p.parse_args(argv)
@@ -61,10 +50,10 @@ def main(argv=None) -> int:
         x = torch.randn(args.batch, 3, 224, 224)
         y = torch.randint(0, 1000, (args.batch,))
         for mode in args.modes:
-            model.train(mode == "train")
-            steps = {"fast paths on": make_step(model, x, y, mode, True, True),
-                     "fused off": make_step(model, x, y, mode, False, True),
-                     "fused + selection off": make_step(model, x, y, mode, False, False)}
+            step = make_step(model, mode, x, y)
+            steps = {"fast paths on": switched(step, True, True),
+                     "fused off": switched(step, False, True),
+                     "fused + selection off": switched(step, False, False)}
             times = time_alternately(steps, args.iters, time.perf_counter)
             print_ratios(times, "fast paths on", args.batch, f"{name} {mode}", "variant")
     return 0

@@ -17,9 +17,8 @@ the best of ``--iters`` steps is reported (median beside it) with its ratio to `
 from __future__ import annotations
 
 import argparse
-import time
 
-from timing import print_ratios, time_alternately  # benchmarks/timing.py
+from timing import add_step_arguments, print_ratios, step_setup, time_alternately
 
 GRAPHS = ["knn", "static_knn", "axial", "axial_threshold", "axial_threshold/propagate",
           "window_knn", "spatial_knn", "random"]
@@ -66,29 +65,14 @@ def main(argv=None) -> int:
     from vig_pyg.models import create_model
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="vig_ti")
     p.add_argument("--graphs", nargs="+", default=GRAPHS)
     p.add_argument("--modes", nargs="+", default=["forward", "train"])
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--img", type=int, default=224)
-    p.add_argument("--iters", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
-                   help="wall: elapsed time; cpu: process CPU time, which other work on a "
-                        "busy machine disturbs far less (use with --threads 1)")
+    add_step_arguments(p)
     args = p.parse_args(argv)
-    timer = time.perf_counter if args.clock == "wall" else time.process_time
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    timer, x, y = step_setup(args)
     graphs = ["knn"] + [g for g in args.graphs if g != "knn"]
     torch.manual_seed(0)
     state = create_model(args.model).state_dict()
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(args.batch, 3, args.img, args.img, generator=g)
-    y = torch.randint(0, 1000, (args.batch,), generator=g)
-    print(f"{args.model}, batch {args.batch}, {args.img} px, float32 on the CPU, "
-          f"{torch.get_num_threads()} thread(s), {args.clock} clock")
     for mode in args.modes:
         steps = {}
         for name in graphs:

@@ -18,10 +18,9 @@ with the rest, and prints ``fast / generic`` per adapter: before/after in one ru
 from __future__ import annotations
 
 import argparse
-import time
 
 from bench_graphs import make_step  # same step definitions as the graph-builder benchmark
-from timing import print_ratios, time_alternately
+from timing import add_step_arguments, print_ratios, step_setup, time_alternately
 
 GENERIC = " (generic)"
 
@@ -35,26 +34,14 @@ def main(argv=None) -> int:
     from vig_pyg.models import create_model
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="vig_ti")
     p.add_argument("--convs", nargs="+", default=CONVS)
     p.add_argument("--modes", nargs="+", default=["train", "forward"])
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--img", type=int, default=224)
-    p.add_argument("--iters", type=int, default=3)
-    p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--clock", choices=["wall", "cpu"], default="wall")
+    add_step_arguments(p)
     p.add_argument("--compare-generic", action="store_true",
                    help="also time each adapter with PyG's own path (speed-ups off)")
     args = p.parse_args(argv)
-    timer = time.perf_counter if args.clock == "wall" else time.process_time
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    timer, x, y = step_setup(args)
     convs = ["mr"] + [c for c in args.convs if c != "mr"]
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(args.batch, 3, args.img, args.img, generator=g)
-    y = torch.randint(0, 1000, (args.batch,), generator=g)
-    print(f"{args.model}, batch {args.batch}, {args.img} px, float32 on the CPU, "
-          f"{torch.get_num_threads()} thread(s), {args.clock} clock")
     for mode in args.modes:
         torch.manual_seed(0)
         steps = {}
@@ -63,7 +50,7 @@ def main(argv=None) -> int:
             steps[c] = make_step(model, mode, x, y)
             if args.compare_generic and c != "mr":
                 steps[c + GENERIC] = _generic(make_step(model, mode, x, y))
-        times = time_alternately(steps, args.iters, timer)
+        times = time_alternately(steps, args.iters, timer, args.warmup)
         print_ratios(times, "mr", args.batch, mode, "conv")
         if args.compare_generic:
             _print_speedups(times)

@@ -29,3 +29,32 @@ def print_ratios(times: dict, base: str, batch: int, title: str, label: str) -> 
         best = min(t)
         print(f"{name:<26} {best * 1e3:9.1f} {statistics.median(t) * 1e3:9.1f} "
               f"{best / ref:6.2f} {batch / best:7.1f}")
+
+
+def add_step_arguments(p) -> None:
+    """The options shared by the benchmarks that time whole-model steps."""
+    p.add_argument("--model", default="vig_ti")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--img", type=int, default=224)
+    p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="wall: elapsed time; cpu: process CPU time, which other work on a "
+                        "busy machine disturbs far less (use with --threads 1)")
+
+
+def step_setup(args):
+    """``(timer, images, labels)`` for those options (threads set, header printed)."""
+    import time
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(args.batch, 3, args.img, args.img, generator=g)
+    y = torch.randint(0, 1000, (args.batch,), generator=g)
+    print(f"{args.model}, batch {args.batch}, {args.img} px, float32 on the CPU, "
+          f"{torch.get_num_threads()} thread(s), {args.clock} clock")
+    return (time.perf_counter if args.clock == "wall" else time.process_time), x, y

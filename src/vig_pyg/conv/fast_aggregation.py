@@ -18,9 +18,10 @@ of :class:`~torch_geometric.nn.aggr.SoftmaxAggregation` takes seven such passes)
 
 Measured (1 thread, 1568 targets x 9 messages x 384 channels, forward / forward+backward ms):
 max 1.4 / 16 (view) against 0.9 / 42; softmax 11 / 21 (view) against 18 / 53. Sums and
-means are not wrapped: ``index_add_`` measured no faster than PyG's scatter there (forward
-+ backward 3.6 against 2.9 ms, 2-D or with a heads dimension), and the GATv2 and Transformer
-training steps, whose aggregation is a sum, ran 8-10% slower with it. PyG's
+means are not wrapped: in a one-off measurement at that size ``index_add_`` was no faster
+than PyG's scatter (forward + backward 3.6 against 2.9 ms, 2-D or with a heads dimension),
+and ``benchmarks/bench_pyg_convs.py --compare-generic`` showed no gain for the convolutions
+that sum (GATv2, Transformer, GIN). PyG's
 ``EdgeIndex(..., sort_order="col")``, which hands CSR pointers to the aggregations and the
 attention softmax (``segment_csr``), was no faster here (0.9-1.2x the scatter time per
 conv, training step), so it is not used.

@@ -13,9 +13,8 @@ or the residual sum then rides along inside that convolution as a oneDNN post-op
 (``torch.ops.mkldnn._convolution_pointwise``, the kernel Inductor's CPU fusion emits): the
 output map is written once instead of being read and written again by a separate GELU or
 add, and one operator replaces three (fewer hand-offs between threads). In eager float32
-inference the model's forward is about 5% faster on a quiet machine and much more on a
-busy one (``benchmarks/bench_fast_paths.py``); the value is the same up to float32
-rounding.
+inference the model's forward is 4-8% faster on a quiet machine
+(``benchmarks/bench_fast_paths.py``); the value is the same up to float32 rounding.
 
 The fused call runs only where it is exact and safe: float32 on the CPU, oneDNN present,
 no gradient needed, no autocast, not while ``torch.compile``/``torch.export``/the ONNX
