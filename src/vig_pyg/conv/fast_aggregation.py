@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from torch_geometric.nn import aggr as pyg_aggr
 
 from ..graph import fixed_degree
+from ..tracing import tracing
 
 __all__ = ["FastAggregation", "wrap_aggregation"]
 
@@ -79,7 +80,10 @@ class FastAggregation(pyg_aggr.Aggregation):
     def _applies(self, x: Tensor, index: Optional[Tensor], dim_size: Optional[int],
                  d: int) -> bool:
         return (self.fast_path and index is not None and dim_size is not None
-                and index.dim() == 1 and index.numel() == x.size(d) and not _tracing()
+                and index.dim() == 1 and index.numel() == x.size(d)
+                # a trace cannot compare the index's values (fixed_degree would trust the
+                # edge count, wrong for a conv that reorders edges): PyG's aggregation then
+                and not tracing()
                 and not torch.are_deterministic_algorithms_enabled())
 
     def _softmax(self, view: Tensor, axis: int) -> Tensor:
@@ -92,12 +96,6 @@ class FastAggregation(pyg_aggr.Aggregation):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.inner})"
-
-
-def _tracing() -> bool:
-    # A trace cannot compare the index's values (fixed_degree would trust the edge count,
-    # wrong for a conv that reorders edges): traced models keep PyG's aggregation.
-    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting()
 
 
 def _wrappable(module: nn.Module) -> bool:

@@ -29,6 +29,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from ..tracing import tracing
+
 __all__ = ["gather_max", "gather_sum", "neighbour_max", "map_target_chunks", "chunk_targets",
            "tracing", "CHUNK_BYTES_PER_THREAD", "MAX_CHUNKS"]
 
@@ -57,13 +59,6 @@ def map_target_chunks(fn, n: int, width: int, bytes_per_target: int, like: Tenso
     for s in range(0, n, step):
         fn(s, min(n, s + step), out[s:min(n, s + step)])
     return out
-
-
-def tracing() -> bool:
-    """True while ``torch.compile``/``torch.export`` (Dynamo) or a TorchScript trace
-    (the classic ONNX exporter) records the model."""
-    return (torch.compiler.is_compiling() or torch.jit.is_tracing()
-            or torch.jit.is_scripting())
 
 
 def _rank_dtype(k: int) -> torch.dtype:

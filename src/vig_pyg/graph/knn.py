@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..tracing import tracing
 from .relative_position import relative_position_features, relative_position_table
 from .select import smallest_k
 
@@ -23,17 +24,9 @@ BACKENDS = ("auto", "dense", "cluster")
 MAX_CHUNK_ELEMENTS = 2 ** 24
 
 
-def _tracing() -> bool:
-    """While ``torch.compile``/``torch.export`` or a TorchScript trace (the classic ONNX
-    exporter) records the model: tensor values cannot steer Python there (no checks that
-    read values, no caches keyed by shapes that may be symbolic, no chunk loops)."""
-    return (torch.compiler.is_compiling() or torch.jit.is_tracing()
-            or torch.jit.is_scripting())
-
-
 def _target_index(num_targets: int, k: int, device: torch.device) -> Tensor:
     """``[0]*k + [1]*k + ...``: the target row of a fixed-degree graph."""
-    if _tracing():
+    if tracing():
         return torch.arange(num_targets, device=device).view(-1, 1).expand(-1, k).reshape(-1)
     return _cached_target_index(num_targets, k, device)
 
@@ -55,7 +48,7 @@ def fixed_degree(edge_index: Tensor, num_targets: int) -> int | None:
     if num_targets == 0 or num_edges == 0 or num_edges % num_targets:
         return None
     k = num_edges // num_targets
-    if _tracing():
+    if tracing():
         return k
     if torch.equal(edge_index[1], _target_index(num_targets, k, edge_index.device)):
         return k
@@ -79,7 +72,7 @@ def _check_finite(x: Tensor, name: str) -> None:
     tracing, and under float16/bfloat16 autocast, where an overflow is routine and
     :class:`torch.amp.GradScaler` skips the step (the top-k of a NaN distance still
     returns valid indices, and the NaN reaches the loss)."""
-    if _tracing() or x.dtype in (torch.float16, torch.bfloat16) or \
+    if tracing() or x.dtype in (torch.float16, torch.bfloat16) or \
             torch.is_autocast_enabled(x.device.type):
         return
     if not bool(torch.isfinite(x).all()):
@@ -241,7 +234,7 @@ def _knn_grid(queries: Tensor, keys: Tensor, k: int, dilation: int, relative_pos
         kd = k * dilation
         # |q_i|^2 is the same for every candidate of query i, so it cannot change the order
         y_sq = (y * y).sum(-1).unsqueeze(1)  # [G, 1, M]
-        if _tracing():  # one block: the batch size may be symbolic
+        if tracing():  # one block: the batch size may be symbolic
             idx = _nearest(q, y, y_sq, relative_pos, kd)
         else:
             idx = torch.empty(g, n, kd, dtype=torch.long, device=q.device)

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Batch
 
-from .knn import _tracing
+from ..tracing import tracing
 
 
 @lru_cache(maxsize=64)
@@ -43,7 +43,7 @@ class PatchGraph(Batch):
                 f"{tuple(fmap.shape)}; for node features [N, C] build a Batch directly")
         b, c, h, w = fmap.shape
         x = fmap.permute(0, 2, 3, 1).reshape(b * h * w, c)
-        if _tracing():  # Dynamo cannot trace a PyG Batch (its attribute storage)
+        if tracing():  # Dynamo cannot trace a PyG Batch (its attribute storage)
             return _TracedPatchGraph(x, (h, w), b)
         batch, pos, ptr = _grid_index(b, h, w, fmap.device)
         graph = cls(x=x, pos=pos, batch=batch, ptr=ptr, grid_size=(h, w))

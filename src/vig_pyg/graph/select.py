@@ -19,18 +19,18 @@ The first two passes run at memory speed; the third touches only the candidates.
 is the exact ``kd`` smallest in ascending order, ties in index order (what
 ``torch.sort(stable=True)`` gives; ``torch.topk`` leaves the order of ties unspecified) and
 NaN after every number (as ``torch.topk`` with ``largest=False`` places it). On the 2-core
-CPU this is 1.4-2.4x faster than ``torch.topk`` where the row holds at least six candidates per
-selected one (``benchmarks/bench_knn.py --select``); shorter rows keep ``torch.topk``, as
-the first pass then prunes too little.
+CPU this is 1.4-2.4x faster than ``torch.topk`` where the row holds at least six
+candidates per selected one (``benchmarks/bench_knn.py --select``); shorter rows keep
+``torch.topk``, as the first pass then prunes too little.
 
 The C file is compiled on first use with the system's C compiler (``$CC``, else ``cc``)
 into ``$VIG_PYG_CACHE`` (default ``~/.cache/vig_pyg``), named by a hash of its source, the
 compiler, the flags and the processor (``-march=native``: nodes of a cluster sharing a home
-directory each get their own build), written atomically so concurrent processes can race safely, and loaded with
-:mod:`ctypes`. Where that is impossible (no compiler; not float32 on the CPU; while
-``torch.compile``/``torch.export``/ONNX trace) :func:`smallest_k` uses ``torch.topk``
-instead, with the same set of indices (one warning when the build fails); so do rows
-shorter than six times ``kd``. Set
+directory each get their own build), written atomically so that concurrent processes can
+race safely, and loaded with :mod:`ctypes`. Where that is impossible (no compiler; not
+float32 on the CPU; while ``torch.compile``/``torch.export``/ONNX trace or a dispatch mode
+records) :func:`smallest_k` uses ``torch.topk`` instead, with the same set of indices (one
+warning when the build fails); so do rows shorter than six times ``kd``. Set
 :data:`native` to ``False``, or ``VIG_PYG_NATIVE=0`` in the environment, to force
 ``torch.topk`` (tests and benchmarks compare the two).
 """
@@ -49,6 +49,8 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from ..tracing import recording
 
 __all__ = ["smallest_k", "native", "native_available"]
 
@@ -140,14 +142,9 @@ def native_available() -> bool:
     return _load() is not None
 
 
-def _tracing() -> bool:
-    return (torch.compiler.is_compiling() or torch.jit.is_tracing()
-            or torch.jit.is_scripting() or torch._C._len_torch_dispatch_stack() > 0)
-
-
 def _applies(dist: Tensor) -> bool:
     return (native and dist.device.type == "cpu" and dist.dtype == torch.float32
-            and not _tracing())
+            and not recording())
 
 
 def smallest_k(dist: Tensor, kd: int) -> Tensor:

@@ -1,4 +1,5 @@
-"""Building blocks below the graph convolutions and the models (no vig_pyg imports): both
+"""Building blocks below the graph convolutions and the models (of vig_pyg they import only
+the leaf modules ``errors`` and ``tracing``): both
 ``vig_pyg.conv`` and ``vig_pyg.models`` take their activations from here."""
 from .activation import RELEASE_ACTIVATIONS, make_activation
 

@@ -19,7 +19,8 @@ inference the model's forward is 4-8% faster on a quiet machine
 The fused call runs only where it is exact and safe: float32 on the CPU, oneDNN present,
 no gradient needed, no autocast, not while ``torch.compile``/``torch.export``/the ONNX
 exporter traces (they see plain ops and fuse on their own) nor under a dispatch mode such
-as :class:`~torch.utils.flop_counter.FlopCounterMode` (which counts the plain ops), and an activation oneDNN has
+as :class:`~torch.utils.flop_counter.FlopCounterMode`, which counts the plain ops
+(:func:`vig_pyg.tracing.recording`), and an activation oneDNN has
 (:data:`ONEDNN_ACTIVATIONS`; ``PReLU`` and other modules take the plain path). Set
 :data:`enabled` to ``False`` (or use :func:`disabled`) to force the plain path (tests,
 benchmarks).
@@ -32,6 +33,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..tracing import recording
 
 __all__ = ["conv_bn_act", "fold_batch_norm", "onednn_activation", "disabled", "enabled",
            "ONEDNN_ACTIVATIONS"]
@@ -83,16 +86,9 @@ def fold_batch_norm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor
     return conv.weight * scale.view(-1, 1, 1, 1), bias
 
 
-def _tracing() -> bool:
-    """Tracing, or under a dispatch mode (``FlopCounterMode`` counts the plain ops, and
-    fake or meta tensors have no oneDNN kernel)."""
-    return (torch.compiler.is_compiling() or torch.jit.is_tracing()
-            or torch.jit.is_scripting() or torch._C._len_torch_dispatch_stack() > 0)
-
-
 def _fusable(x: Tensor, weight: Tensor, residual: Optional[Tensor]) -> bool:
     """Whether oneDNN's fused call applies (see the module docstring)."""
-    if not enabled or x.device.type != "cpu" or x.dim() != 4 or _tracing():
+    if not enabled or x.device.type != "cpu" or x.dim() != 4 or recording():
         return False
     if x.dtype != torch.float32 or weight.dtype != torch.float32:
         return False
