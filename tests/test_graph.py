@@ -208,6 +208,44 @@ def test_dense_chunking_gives_identical_edges(max_elements):
     assert torch.equal(full, chunked)
 
 
+def test_reused_distance_buffer_across_modes_sizes_and_threads():
+    """The dense backend's per-thread distance buffer: created in inference mode and reused
+    outside it (and back), grown for a larger call, one per thread; edges always those of
+    the brute-force float64 rule."""
+    import threading
+
+    from vig_pyg.graph import knn
+
+    torch.manual_seed(12)
+    small, large = torch.randn(2, 5, 6, 6), torch.randn(3, 5, 9, 9)
+    expect = {}
+    for name, fmap in (("small", small), ("large", large)):
+        nodes, batch = map_nodes(fmap)
+        expect[name] = brute_knn(nodes, nodes, batch, batch, 4, 2)
+    knn._buffers.__dict__.pop("dist", None)
+    with torch.inference_mode():
+        assert torch.equal(knn_edges(small, 4, dilation=2, backend="dense"), expect["small"])
+    assert not knn._buffers.dist.is_inference()
+    with torch.no_grad():
+        assert torch.equal(knn_edges(large, 4, dilation=2, backend="dense"), expect["large"])
+    assert knn._buffers.dist.numel() == 3 * 81 * 81
+    with torch.inference_mode():
+        assert torch.equal(knn_edges(small, 4, dilation=2, backend="dense"), expect["small"])
+    results = {}
+
+    def build(name, fmap):
+        results[name] = [knn_edges(fmap, 4, dilation=2, backend="dense") for _ in range(20)]
+
+    threads = [threading.Thread(target=build, args=item)
+               for item in (("small", small), ("large", large))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for name in ("small", "large"):
+        assert all(torch.equal(ei, expect[name]) for ei in results[name])
+
+
 def test_dense_equals_cluster_edge_for_edge_float32():
     torch.manual_seed(10)
     fmap = torch.randn(4, 32, 14, 14)

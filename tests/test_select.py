@@ -40,7 +40,8 @@ def _reference(dist: torch.Tensor, kd: int) -> torch.Tensor:
 
 @needs_cc
 @pytest.mark.parametrize("rows,m,kd", [(7, 6, 1), (7, 13, 2), (300, 196, 9), (3000, 196, 27),
-                                       (1500, 784, 18), (40, 400, 64)])
+                                       (1500, 784, 18), (40, 400, 64), (300, 196, 39),
+                                       (20, 500, 100)])
 def test_native_selection_is_the_stable_sort(native_calls, rows, m, kd):
     g = torch.Generator().manual_seed(rows + m + kd)
     dist = torch.randn(rows, m, generator=g)
@@ -84,13 +85,33 @@ def test_batched_shape_and_threads_agree(native_calls):
 
 
 def test_short_rows_take_topk(native_calls):
-    """Fewer than six candidates per selected neighbour: torch.topk, same indices."""
+    """Fewer than five candidates per selected neighbour: torch.topk, same indices."""
     g = torch.Generator().manual_seed(4)
     dist = torch.randn(300, 196, generator=g)
-    assert torch.equal(smallest_k(dist, 54), _reference(dist, 54))
+    assert torch.equal(smallest_k(dist, 40), _reference(dist, 40))
     assert native_calls[0] == 0
-    smallest_k(dist, 32)
+    smallest_k(dist, 39)
     assert native_calls[0] == 1
+
+
+@needs_cc
+def test_portable_build_is_the_stable_sort(monkeypatch):
+    """The loops without AVX-512 (``-DVIG_PORTABLE``; the build on most other processors)
+    give the same indices as the rule, ties, NaN and the many-groups bound included."""
+    try:
+        lib = select._open(select._build(("-DVIG_PORTABLE",)))
+    except (OSError, select.subprocess.SubprocessError) as exc:
+        pytest.skip(f"the portable build failed here: {exc}")
+    monkeypatch.setattr(select, "_lib", lib)
+    monkeypatch.setattr(select, "_MIN_RATIO", 1)  # short rows too
+    g = torch.Generator().manual_seed(5)
+    for rows, m, kd in [(300, 196, 9), (300, 196, 54), (50, 49, 36), (20, 300, 100),
+                        (7, 6, 1)]:
+        dist = torch.randn(rows, m, generator=g)
+        dist[0, :3] = float("nan")
+        assert torch.equal(smallest_k(dist, kd), _reference(dist, kd)), (rows, m, kd)
+    ties = torch.randint(0, 4, (200, 240), generator=g).float()
+    assert torch.equal(smallest_k(ties, 40), _reference(ties, 40))
 
 
 def test_no_rows_give_empty_indices(native_calls):

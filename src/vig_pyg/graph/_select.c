@@ -2,65 +2,145 @@
    vig_pyg/graph/select.py explains the method, builds this file and falls back to
    torch.topk where it cannot. Plain C99, no Python or torch headers: it compiles in
    well under a second and is called through ctypes (which releases the GIL, so the
-   rows are split over threads on the Python side). */
+   rows are split over threads on the Python side). With AVX-512 (and not
+   VIG_PORTABLE) passes 1 and 2 use 16-wide vectors; the portable loops give the same
+   result, and the tests build and check both. */
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
+
+#if defined(__AVX512F__) && !defined(VIG_PORTABLE)
+#include <immintrin.h>
+#define VIG_AVX512 1
+#endif
+
+#define LANES 16       /* the group count is a multiple of this */
+#define MAX_GROUPS 64  /* above this, u is the largest group minimum (no counting) */
 
 static inline float key_of(float v) { return v != v ? INFINITY : v; }  /* NaN sorts last */
 
-/* idx[0:kd] = indices of the kd smallest of d[0:m], ascending, ties in index order.
-   cv, ci: scratch for m values and m indices. */
-static void select_row(const float* d, int64_t m, int64_t kd, int64_t* idx,
-                       float* cv, int32_t* ci) {
-  /* pass 1: kd groups j = g (mod kd), so the group minima are an elementwise minimum of
-     consecutive kd-wide slices (vectorised); u = the largest group minimum: kd distinct
-     values are <= u, so the kd smallest all are */
-  float lo[1024];
-  for (int64_t g = 0; g < kd; ++g) lo[g] = key_of(d[g]);
-  int64_t j0 = kd;
-  for (; j0 + kd <= m; j0 += kd)
-    for (int64_t g = 0; g < kd; ++g) {
+/* 8-wide vectors in GCC/Clang's portable notation (any target; AVX2 or wider on x86) */
+typedef float vf8 __attribute__((vector_size(32)));
+typedef int32_t vi8 __attribute__((vector_size(32)));
+
+/* #{s < n: a[s] < v} + #{s < t: a[s] == v}: the place of a value v found at position t in
+   the stable ascending order of a[0:n]. a must hold +inf from n up to a multiple of 8
+   (those never count: not below v, and not before t). */
+static int32_t place_of(const float* a, int64_t n, float v, int64_t t) {
+  const vf8 vv = {v, v, v, v, v, v, v, v};
+  vi8 pos = {0, 1, 2, 3, 4, 5, 6, 7}, acc = {0, 0, 0, 0, 0, 0, 0, 0};
+  const vi8 eight = {8, 8, 8, 8, 8, 8, 8, 8};
+  const int32_t t32 = (int32_t)t;
+  const vi8 tt = {t32, t32, t32, t32, t32, t32, t32, t32};
+  for (int64_t s = 0; s < n; s += 8) {
+    vf8 x;
+    memcpy(&x, a + s, sizeof x);
+    acc -= (x < vv) | ((x == vv) & (pos < tt));  /* a true compare is -1 */
+    pos += eight;
+  }
+  int32_t total = 0;
+  for (int i = 0; i < 8; ++i) total += acc[i];
+  return total;
+}
+
+/* u such that the kd smallest of d[0:m] are all <= u. Column j belongs to group j mod G
+   (G = kd rounded up to LANES), so the group minima are an elementwise minimum of
+   consecutive G-wide slices. The kd smallest group minima are kd distinct values, so
+   the kd-th smallest minimum is a bound (tighter than the largest when G > kd). */
+static float bound(const float* d, int64_t m, int64_t kd) {
+  int64_t G = (kd + LANES - 1) / LANES * LANES;
+  float lo[1024 + LANES];
+#ifdef VIG_AVX512
+  const __m512 inf = _mm512_set1_ps(INFINITY);
+  for (int64_t g = 0; g < G; g += LANES) {
+    __m512 acc = inf;
+    for (int64_t j = g; j < m; j += G) {
+      __mmask16 in = j + LANES <= m ? 0xFFFF : (__mmask16)((1u << (m - j)) - 1);
+      __m512 v = _mm512_mask_loadu_ps(inf, in, d + j);
+      /* NaN -> inf: min(acc, NaN) would return NaN's partner anyway, but be explicit */
+      v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), v, inf);
+      acc = _mm512_min_ps(acc, v);
+    }
+    _mm512_storeu_ps(lo + g, acc);
+  }
+#else
+  for (int64_t g = 0; g < G; ++g) lo[g] = INFINITY;
+  for (int64_t j0 = 0; j0 < m; j0 += G) {
+    int64_t w = m - j0 < G ? m - j0 : G;
+    for (int64_t g = 0; g < w; ++g) {
       float v = key_of(d[j0 + g]);
       lo[g] = v < lo[g] ? v : lo[g];
     }
-  for (int64_t g = 0; j0 + g < m; ++g) {
-    float v = key_of(d[j0 + g]);
-    lo[g] = v < lo[g] ? v : lo[g];
   }
+#endif
+  if (G > MAX_GROUPS) {
+    float u = -INFINITY;
+    for (int64_t g = 0; g < G; ++g) u = lo[g] > u ? lo[g] : u;
+    return u;
+  }
+  /* the kd-th smallest minimum is the largest one with fewer than kd minima below it
+     (counting vectorises; a sort of the minima branches too much). G is a multiple of
+     LANES, so lo needs no padding. */
   float u = -INFINITY;
-  for (int64_t g = 0; g < kd; ++g) u = lo[g] > u ? lo[g] : u;
-  /* pass 2: the candidates (values <= u), in index order, written branch-free */
+  for (int64_t g = 0; g < G; ++g) {
+    float v = lo[g];
+    u = place_of(lo, G, v, 0) < kd && v > u ? v : u;
+  }
+  return u;
+}
+
+/* the values <= u (NaN as inf) and their indices, in index order; returns the count.
+   cv, ci need room for m + LANES entries (the vector path stores whole vectors). */
+static int64_t gather(const float* d, int64_t m, float u, float* cv, int32_t* ci) {
   int64_t c = 0;
-  for (int64_t j = 0; j < m; ++j) {
+#ifdef VIG_AVX512
+  const __m512 inf = _mm512_set1_ps(INFINITY);
+  const __m512 uu = _mm512_set1_ps(u);
+  __m512i idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i step = _mm512_set1_epi32(LANES);
+  for (int64_t j = 0; j < m; j += LANES) {
+    __mmask16 in = j + LANES <= m ? 0xFFFF : (__mmask16)((1u << (m - j)) - 1);
+    __m512 v = _mm512_maskz_loadu_ps(in, d + j);
+    v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), v, inf);
+    __mmask16 keep = _mm512_mask_cmp_ps_mask(in, v, uu, _CMP_LE_OQ);
+    /* compress in registers, then a plain store: compressing straight to memory is
+       microcoded (slow) on some processors */
+    _mm512_storeu_ps(cv + c, _mm512_maskz_compress_ps(keep, v));
+    _mm512_storeu_si512((void*)(ci + c), _mm512_maskz_compress_epi32(keep, idx));
+    c += __builtin_popcount((unsigned)keep);
+    idx = _mm512_add_epi32(idx, step);
+  }
+#else
+  for (int64_t j = 0; j < m; ++j) {  /* branch-free: always write, advance if kept */
     float v = key_of(d[j]);
     cv[c] = v;
     ci[c] = (int32_t)j;
     c += v <= u;
   }
-  /* pass 3: insertion into the sorted prefix cv[0:n] (n <= t, so nothing unread is
-     overwritten); a value goes after equal ones, so ties keep index order */
-  int64_t n = 0;
+#endif
+  return c;
+}
+
+/* idx[0:kd] = indices of the kd smallest of d[0:m], ascending, ties in index order. */
+static void select_row(const float* d, int64_t m, int64_t kd, int64_t* idx,
+                       float* cv, int32_t* ci) {
+  int64_t c = gather(d, m, bound(d, m, kd), cv, ci);
+  /* each candidate's place in the stable order counts the smaller candidates and the
+     equal ones before it (the candidates are in index order). The places are a
+     permutation of 0..c-1, so idx[0:kd] is written exactly once each. The c x c compares
+     vectorise and beat an insertion sort's mispredicted branches. */
+  for (int i = 0; i < 8; ++i) cv[c + i] = INFINITY;  /* place_of's padding */
   for (int64_t t = 0; t < c; ++t) {
-    float v = cv[t];
-    int32_t vi = ci[t];
-    if (n == kd && !(v < cv[kd - 1])) continue;
-    int64_t p = n < kd ? n : kd - 1;
-    while (p > 0 && cv[p - 1] > v) {
-      cv[p] = cv[p - 1];
-      ci[p] = ci[p - 1];
-      --p;
-    }
-    cv[p] = v;
-    ci[p] = vi;
-    if (n < kd) ++n;
+    int32_t place = place_of(cv, c, cv[t], t);
+    if (place < kd) idx[place] = ci[t];
   }
-  for (int64_t t = 0; t < kd; ++t) idx[t] = ci[t];
 }
 
 /* rows [0, rows) of a row-major [rows, m] float32 matrix; 1 <= kd <= min(m, 1024).
-   scratch: 2 * m words. */
+   scratch: 2 * (m + 16) words. */
 void vig_select_smallest(const float* dist, int64_t rows, int64_t m, int64_t kd,
                          int64_t* idx, float* scratch) {
-  for (int64_t r = 0; r < rows; ++r)
-    select_row(dist + r * m, m, kd, idx + r * kd, scratch, (int32_t*)(scratch + m));
+  float* cv = scratch;
+  int32_t* ci = (int32_t*)(scratch + m + LANES);
+  for (int64_t r = 0; r < rows; ++r) select_row(dist + r * m, m, kd, idx + r * kd, cv, ci);
 }

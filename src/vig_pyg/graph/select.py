@@ -7,21 +7,26 @@ dense kNN backend.
 is most of the kNN's time. :func:`smallest_k` does the same selection in three passes over
 the row (``_select.c``):
 
-1. split the row into ``kd`` groups (column ``j`` in group ``j mod kd``, so the group minima
-   are a vectorised elementwise minimum of ``kd``-wide slices) and take ``u``, the largest
-   group minimum: ``kd`` distinct entries are ``<= u``, so every one of the ``kd`` smallest
-   is too;
-2. gather the entries ``<= u`` (usually two to four times ``kd`` of them) with a
-   branch-free loop;
-3. insertion-sort those candidates into a list of the ``kd`` smallest.
+1. split the row into ``G`` groups, ``G`` = ``kd`` rounded up to a multiple of 16 (column
+   ``j`` in group ``j mod G``, so the group minima are an elementwise minimum of ``G``-wide
+   slices, 16-wide vectors) and take ``u``, the ``kd``-th smallest group minimum: ``kd``
+   distinct entries are ``<= u``, so every one of the ``kd`` smallest is too (above 64
+   groups ``u`` is simply the largest minimum);
+2. gather the entries ``<= u`` (about 1.3-1.6 times ``kd`` of them on ViG's rows), in index
+   order, with a vector compress (AVX-512) or a branch-free loop;
+3. give each candidate its place in the stable order by counting the candidates smaller
+   than it and the equal ones before it, and write the ``kd`` places below ``kd``.
 
-The first two passes run at memory speed; the third touches only the candidates. The result
-is the exact ``kd`` smallest in ascending order, ties in index order (what
-``torch.sort(stable=True)`` gives; ``torch.topk`` leaves the order of ties unspecified) and
-NaN after every number (as ``torch.topk`` with ``largest=False`` places it). On the 2-core
-CPU this is 1.4-2.4x faster than ``torch.topk`` where the row holds at least six
-candidates per selected one (``benchmarks/bench_knn.py --select``); shorter rows keep
-``torch.topk``, as the first pass then prunes too little.
+Passes 1 and 2 read the row once at memory speed; passes 1 and 3 count with vector compares
+(``c x c`` of them for ``c`` candidates) instead of sorting, since a sort's branches
+mispredict on random distances. The result is the exact ``kd`` smallest in ascending order,
+ties in index order (what ``torch.sort(stable=True)`` gives; ``torch.topk`` leaves the
+order of ties unspecified) and NaN after every number (as ``torch.topk`` with
+``largest=False`` places it). On the 2-core CPU this is 1.3-3.8x faster than
+``torch.topk`` where a row holds at least five candidates per selected one
+(``benchmarks/bench_knn.py --select``); shorter rows keep ``torch.topk``, which is as fast
+there. Without AVX-512 (or with ``-DVIG_PORTABLE``) the
+same passes run as portable loops; the tests check both builds.
 
 The C file is compiled on first use with the system's C compiler (``$CC``, else ``cc``)
 into ``$VIG_PYG_CACHE`` (default ``~/.cache/vig_pyg``), named by a hash of its source, the
@@ -30,7 +35,8 @@ directory each get their own build), written atomically so that concurrent proce
 race safely, and loaded with :mod:`ctypes`. Where that is impossible (no compiler; not
 float32 on the CPU; while ``torch.compile``/``torch.export``/ONNX trace or a dispatch mode
 records) :func:`smallest_k` uses ``torch.topk`` instead, with the same set of indices (one
-warning when the build fails); so do rows shorter than six times ``kd``. Set
+warning when the build fails); so do rows shorter than five times ``kd`` and ``kd`` above
+1024 (the C file's buffers). Set
 :data:`native` to ``False``, or ``VIG_PYG_NATIVE=0`` in the environment, to force
 ``torch.topk`` (tests and benchmarks compare the two).
 """
@@ -61,12 +67,13 @@ _SOURCE = Path(__file__).with_name("_select.c")
 _FLAGS = ("-O3", "-march=native", "-std=c99", "-shared", "-fPIC")
 #: The C file's fixed buffers hold this many (k*d is a few dozen in every ViG).
 _MAX_KD = 1024
-#: The bound of pass 1 prunes well only when the row is long against ``kd``: with fewer than
-#: this many candidates per kept neighbour (vig_ti's last blocks: k*d = 54 of 196) too many
-#: values pass it, the insertion pass grows as (candidates x kd), and ``torch.topk`` is
-#: faster (``benchmarks/bench_knn.py --select``, whose last row forces the compiled
-#: selection on vig_ti's k*d = 54 of 196).
-_MIN_RATIO = 6
+#: With fewer than this many candidates per kept neighbour (vig_ti's last blocks: k*d =
+#: 45-54 of 196; pvig_ti's last stage: 36 of 49) the bound of pass 1 prunes little and
+#: ``torch.topk`` is about as fast or faster (``benchmarks/bench_knn.py --select``, whose
+#: starred rows force the compiled selection there).
+_MIN_RATIO = 5
+#: ``LANES`` in the C file: its vector loops store whole 16-wide vectors.
+_LANES = 16
 #: Below this many rows one thread does the whole matrix (a thread hand-off costs more).
 _ROWS_PER_THREAD = 512
 _lock = threading.Lock()
@@ -89,12 +96,14 @@ def _cpu() -> str:
         return platform.machine() + platform.processor()
 
 
-def _build() -> Path:
+def _build(defines: tuple[str, ...] = ()) -> Path:
     """Compiles ``_select.c`` once per source, compiler, flags and processor; returns the
-    shared library."""
+    shared library. ``defines`` (e.g. ``("-DVIG_PORTABLE",)``, the loops without AVX-512
+    that the tests check too) are added to the flags."""
     source = _SOURCE.read_bytes()
     cc = os.environ.get("CC", "cc")
-    tag = hashlib.sha256(source + " ".join((cc,) + _FLAGS).encode()
+    flags = _FLAGS + tuple(defines)
+    tag = hashlib.sha256(source + " ".join((cc,) + flags).encode()
                          + _cpu().encode()).hexdigest()[:16]
     target = _cache_dir() / f"select-{tag}.so"
     if target.exists():
@@ -103,13 +112,22 @@ def _build() -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        subprocess.run([cc, *_FLAGS, str(_SOURCE), "-o", tmp], check=True,
+        subprocess.run([cc, *flags, str(_SOURCE), "-o", tmp], check=True,
                        capture_output=True, text=True, timeout=120)
         os.replace(tmp, target)  # atomic: another process may be building the same file
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return target
+
+
+def _open(path: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path))
+    fn = lib.vig_select_smallest
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+                   ctypes.c_void_p, ctypes.c_void_p]
+    fn.restype = None
+    return lib
 
 
 def _load():
@@ -119,12 +137,7 @@ def _load():
         with _lock:
             if _lib is None:
                 try:
-                    lib = ctypes.CDLL(str(_build()))
-                    fn = lib.vig_select_smallest
-                    fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
-                                   ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
-                    fn.restype = None
-                    _lib = lib
+                    _lib = _open(_build())
                 except (OSError, subprocess.SubprocessError) as exc:
                     lines = str(getattr(exc, "stderr", None) or exc).strip().splitlines()
                     warnings.warn(
@@ -160,7 +173,8 @@ def smallest_k(dist: Tensor, kd: int) -> Tensor:
     rows = flat.size(0)
     out = torch.empty(rows, kd, dtype=torch.long)
     threads = max(1, min(torch.get_num_threads(), rows // _ROWS_PER_THREAD))
-    scratch = torch.empty(threads, 2 * m)  # per thread: m values + m int32 indices
+    # per thread: m values and m int32 indices, each with a vector's slack (_select.c)
+    scratch = torch.empty(threads, 2 * (m + _LANES))
     step = -(-rows // threads)
     calls = [(flat.data_ptr() + s * m * 4, min(step, rows - s), m, kd,
               out.data_ptr() + s * kd * 8, scratch[i].data_ptr())
