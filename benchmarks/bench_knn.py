@@ -68,24 +68,12 @@ SHAPES = [  # name, feature map, k, dilation, reduce ratio (vig_ti, pvig_ti stag
     ("16 x 196 nodes x 192 ch, k=9 d=2 (k*d=18)", (16, 192, 14, 14), 9, 2, 1),
     ("16 x 56x56 nodes x 48 ch, r=4 keys, k=9", (16, 48, 56, 56), 9, 1, 4),
     ("16 x 28x28 nodes x 96 ch, r=2 keys, k*d=18", (16, 96, 28, 28), 9, 2, 2),
-    # vig_ti's last blocks and pvig_ti's last stage: rows shorter than select's 5 x k*d,
-    # so smallest_k (and the builder) use topk; the "native" column forces the compiled
-    # selection to show why
-    ("16 x 196 nodes x 192 ch, k=15 d=3 (k*d=45)*", (16, 192, 14, 14), 15, 3, 1),
-    ("16 x 196 nodes x 192 ch, k=18 d=3 (k*d=54)*", (16, 192, 14, 14), 18, 3, 1),
-    ("16 x 49 nodes x 384 ch, k=18 d=2 (k*d=36)*", (16, 384, 7, 7), 18, 2, 1),
+    # vig_ti's last blocks and pvig_ti's last stage: rows shorter than 5 x k*d, where
+    # select's histogram pass replaces the group-minima bound
+    ("16 x 196 nodes x 192 ch, k=15 d=3 (k*d=45)", (16, 192, 14, 14), 15, 3, 1),
+    ("16 x 196 nodes x 192 ch, k=18 d=3 (k*d=54)", (16, 192, 14, 14), 18, 3, 1),
+    ("16 x 49 nodes x 384 ch, k=18 d=2 (k*d=36)", (16, 384, 7, 7), 18, 2, 1),
 ]
-
-
-def _forced(fn):
-    """``fn`` with the compiled selection taken on rows of any length."""
-    def run():
-        before, select._MIN_RATIO = select._MIN_RATIO, 1
-        try:
-            return fn()
-        finally:
-            select._MIN_RATIO = before
-    return run
 
 
 def _native(on: bool, fn):
@@ -113,7 +101,7 @@ def compare_selection(repeats):
         kd = k * d
         t = time_alternately({
             "topk": lambda: dist.topk(kd, dim=-1, largest=False, sorted=True),
-            "native": _forced(lambda: select.smallest_k(dist, kd)),
+            "native": lambda: select.smallest_k(dist, kd),
             "knn topk": _native(False, lambda: knn_edges(x, k, dilation=d, reduce_ratio=r)),
             "knn native": _native(True, lambda: knn_edges(x, k, dilation=d, reduce_ratio=r)),
         }, repeats, time.perf_counter)
@@ -121,7 +109,6 @@ def compare_selection(repeats):
         print(f"{name:<44} {b['topk']:8.2f} {b['native']:8.2f} {b['topk'] / b['native']:5.2f}x"
               f"   {b['knn topk']:8.2f} {b['knn native']:10.2f} "
               f"{b['knn topk'] / b['knn native']:5.2f}x")
-    print("* rows shorter than 5 x k*d: the builder keeps topk there (both knn columns)")
 
 
 def main():

@@ -84,14 +84,22 @@ def test_batched_shape_and_threads_agree(native_calls):
     assert native_calls[0] == 3  # two threads, then one
 
 
-def test_short_rows_take_topk(native_calls):
-    """Fewer than five candidates per selected neighbour: torch.topk, same indices."""
+@needs_cc
+def test_short_rows_histogram_pass(native_calls):
+    """Fewer than five candidates per kept neighbour (the histogram pass): random rows, and
+    rows it must gather whole (constant, holding an infinity or NaN, a range too narrow
+    for its buckets), each against the rule."""
     g = torch.Generator().manual_seed(4)
-    dist = torch.randn(300, 196, generator=g)
-    assert torch.equal(smallest_k(dist, 40), _reference(dist, 40))
-    assert native_calls[0] == 0
-    smallest_k(dist, 39)
-    assert native_calls[0] == 1
+    dist = torch.randn(400, 196, generator=g)
+    dist[1] = 3.0                                       # constant
+    dist[2, 7] = float("inf")
+    dist[3, 11] = -float("inf")
+    dist[4, ::5] = float("nan")
+    dist[5] = torch.arange(196) * 1e-45                 # a range of denormals
+    dist[6] = torch.randint(0, 3, (196,), generator=g).float()  # three values, many ties
+    for kd in (40, 54, 196):
+        assert torch.equal(smallest_k(dist, kd), _reference(dist, kd)), kd
+    assert native_calls[0] == 3
 
 
 @needs_cc
@@ -103,12 +111,12 @@ def test_portable_build_is_the_stable_sort(monkeypatch):
     except (OSError, select.subprocess.SubprocessError) as exc:
         pytest.skip(f"the portable build failed here: {exc}")
     monkeypatch.setattr(select, "_lib", lib)
-    monkeypatch.setattr(select, "_MIN_RATIO", 1)  # short rows too
     g = torch.Generator().manual_seed(5)
     for rows, m, kd in [(300, 196, 9), (300, 196, 54), (50, 49, 36), (20, 300, 100),
                         (7, 6, 1)]:
         dist = torch.randn(rows, m, generator=g)
         dist[0, :3] = float("nan")
+        dist[1, 5] = float("inf")
         assert torch.equal(smallest_k(dist, kd), _reference(dist, kd)), (rows, m, kd)
     ties = torch.randint(0, 4, (200, 240), generator=g).float()
     assert torch.equal(smallest_k(ties, 40), _reference(ties, 40))

@@ -16,16 +16,33 @@
 
 #define LANES 16       /* the group count is a multiple of this */
 #define MAX_GROUPS 64  /* above this, u is the largest group minimum (no counting) */
+#define SHORT_RATIO 5  /* rows with fewer than 5 candidates per kept one: histogram pass */
+#define BUCKETS 64     /* of the histogram */
 
 static inline float key_of(float v) { return v != v ? INFINITY : v; }  /* NaN sorts last */
 
-/* 8-wide vectors in GCC/Clang's portable notation (any target; AVX2 or wider on x86) */
+/* #{s < n: a[s] < v} + #{s < t: a[s] == v}: the place of a value v found at position t in
+   the stable ascending order of a[0:n]. a must hold +inf from n up to a multiple of
+   LANES (those never count: not below v, and not before t). */
+#ifdef VIG_AVX512
+static int32_t place_of(const float* a, int64_t n, float v, int64_t t) {
+  const __m512 vv = _mm512_set1_ps(v);
+  int32_t total = 0;
+  for (int64_t s = 0; s < n; s += LANES) {
+    __m512 x = _mm512_loadu_ps(a + s);
+    int64_t b = t - s;  /* lanes [0, b) of this vector come before t */
+    __mmask16 before = b >= LANES ? 0xFFFF : b <= 0 ? 0 : (__mmask16)((1u << b) - 1);
+    __mmask16 n_lt = _mm512_cmp_ps_mask(x, vv, _CMP_LT_OQ);
+    __mmask16 n_eq = _mm512_mask_cmp_ps_mask(before, x, vv, _CMP_EQ_OQ);
+    total += __builtin_popcount((unsigned)(n_lt | n_eq));
+  }
+  return total;
+}
+#else
+/* 8-wide vectors in GCC/Clang's portable notation (any target; AVX2 on most x86) */
 typedef float vf8 __attribute__((vector_size(32)));
 typedef int32_t vi8 __attribute__((vector_size(32)));
 
-/* #{s < n: a[s] < v} + #{s < t: a[s] == v}: the place of a value v found at position t in
-   the stable ascending order of a[0:n]. a must hold +inf from n up to a multiple of 8
-   (those never count: not below v, and not before t). */
 static int32_t place_of(const float* a, int64_t n, float v, int64_t t) {
   const vf8 vv = {v, v, v, v, v, v, v, v};
   vi8 pos = {0, 1, 2, 3, 4, 5, 6, 7}, acc = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -42,6 +59,7 @@ static int32_t place_of(const float* a, int64_t n, float v, int64_t t) {
   for (int i = 0; i < 8; ++i) total += acc[i];
   return total;
 }
+#endif
 
 /* u such that the kd smallest of d[0:m] are all <= u. Column j belongs to group j mod G
    (G = kd rounded up to LANES), so the group minima are an elementwise minimum of
@@ -121,15 +139,56 @@ static int64_t gather(const float* d, int64_t m, float u, float* cv, int32_t* ci
   return c;
 }
 
+/* The short-row pass (m < SHORT_RATIO * kd), replacing passes 1 and 2: there the group
+   minima bound prunes little (54 of 196: most of the row passes it). Instead: a histogram
+   of the row over BUCKETS equal slices of [min, max], the first bucket b at which the
+   running count reaches kd, and a gather of every value whose bucket is <= b (the kd
+   smallest plus, on average, part of one bucket). The bucket of a value is a monotone
+   function of it computed the same way in both loops, so rounding cannot lose one: a
+   value in a later bucket has at least kd values strictly below it. Rows that are
+   constant or hold an infinity (or NaN) are gathered whole. */
+static inline int bucket_of(float v, float lo, float scale) {
+  int b = (int)((v - lo) * scale);
+  return b < BUCKETS ? b : BUCKETS;  /* v = max lands on BUCKETS */
+}
+
+static int64_t gather_short(const float* d, int64_t m, int64_t kd, float* cv, int32_t* ci) {
+  float lo = INFINITY, hi = -INFINITY;
+  for (int64_t j = 0; j < m; ++j) {
+    float v = key_of(d[j]);
+    lo = v < lo ? v : lo;
+    hi = v > hi ? v : hi;
+  }
+  float scale = (float)BUCKETS / (hi - lo);
+  int64_t c = 0;
+  if (!(hi > lo) || !(hi - lo < INFINITY) || !(scale < INFINITY)) {
+    /* constant, holding an infinity, or too narrow for BUCKETS slices */
+    for (int64_t j = 0; j < m; ++j) { cv[j] = key_of(d[j]); ci[j] = (int32_t)j; }
+    return m;
+  }
+  int32_t count[BUCKETS + 1] = {0};
+  for (int64_t j = 0; j < m; ++j) ++count[bucket_of(key_of(d[j]), lo, scale)];
+  int b = 0;
+  for (int32_t run = count[0]; run < kd; run += count[++b]) {}
+  for (int64_t j = 0; j < m; ++j) {  /* branch-free, as in gather */
+    float v = key_of(d[j]);
+    cv[c] = v;
+    ci[c] = (int32_t)j;
+    c += bucket_of(v, lo, scale) <= b;
+  }
+  return c;
+}
+
 /* idx[0:kd] = indices of the kd smallest of d[0:m], ascending, ties in index order. */
 static void select_row(const float* d, int64_t m, int64_t kd, int64_t* idx,
                        float* cv, int32_t* ci) {
-  int64_t c = gather(d, m, bound(d, m, kd), cv, ci);
+  int64_t c = m < SHORT_RATIO * kd ? gather_short(d, m, kd, cv, ci)
+                                    : gather(d, m, bound(d, m, kd), cv, ci);
   /* each candidate's place in the stable order counts the smaller candidates and the
      equal ones before it (the candidates are in index order). The places are a
      permutation of 0..c-1, so idx[0:kd] is written exactly once each. The c x c compares
      vectorise and beat an insertion sort's mispredicted branches. */
-  for (int i = 0; i < 8; ++i) cv[c + i] = INFINITY;  /* place_of's padding */
+  for (int i = 0; i < LANES; ++i) cv[c + i] = INFINITY;  /* place_of's padding */
   for (int64_t t = 0; t < c; ++t) {
     int32_t place = place_of(cv, c, cv[t], t);
     if (place < kd) idx[place] = ci[t];

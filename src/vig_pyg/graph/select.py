@@ -12,21 +12,26 @@ the row (``_select.c``):
    slices, 16-wide vectors) and take ``u``, the ``kd``-th smallest group minimum: ``kd``
    distinct entries are ``<= u``, so every one of the ``kd`` smallest is too (above 64
    groups ``u`` is simply the largest minimum);
-2. gather the entries ``<= u`` (about 1.3-1.6 times ``kd`` of them on ViG's rows), in index
+2. gather the entries ``<= u`` (about 1.3-2 times ``kd`` of them on ViG's rows), in index
    order, with a vector compress (AVX-512) or a branch-free loop;
 3. give each candidate its place in the stable order by counting the candidates smaller
    than it and the equal ones before it, and write the ``kd`` places below ``kd``.
 
-Passes 1 and 2 read the row once at memory speed; passes 1 and 3 count with vector compares
-(``c x c`` of them for ``c`` candidates) instead of sorting, since a sort's branches
-mispredict on random distances. The result is the exact ``kd`` smallest in ascending order,
-ties in index order (what ``torch.sort(stable=True)`` gives; ``torch.topk`` leaves the
-order of ties unspecified) and NaN after every number (as ``torch.topk`` with
-``largest=False`` places it). On the 2-core CPU this is 1.3-3.8x faster than
-``torch.topk`` where a row holds at least five candidates per selected one
-(``benchmarks/bench_knn.py --select``); shorter rows keep ``torch.topk``, which is as fast
-there. Without AVX-512 (or with ``-DVIG_PORTABLE``) the
-same passes run as portable loops; the tests check both builds.
+Rows with fewer than five entries per selected one (vig_ti's last blocks keep 45-54 of 196;
+pvig_ti's last stage 36 of 49) replace passes 1 and 2, as the group minima prune little
+there: a 64-bucket histogram over ``[min, max]`` of the row finds the first bucket at which
+the running count reaches ``kd``, and every entry up to that bucket is gathered (the same
+monotone bucket function in both loops, so rounding cannot drop one; rows that are constant
+or hold an infinity are gathered whole).
+
+Passes 1 and 2 read the row at memory speed; the places are counted with vector compares
+(``c x c`` of them for ``c`` candidates) instead of a sort, whose branches mispredict on
+random distances. The result is the exact ``kd`` smallest in ascending order, ties in index
+order (what ``torch.sort(stable=True)`` gives; ``torch.topk`` leaves the order of ties
+unspecified) and NaN after every number (as ``torch.topk`` with ``largest=False`` places
+it). ``benchmarks/bench_knn.py --select`` compares it with ``torch.topk`` on ViG's shapes.
+Without AVX-512 (or with ``-DVIG_PORTABLE``) the same passes run as portable loops; the
+tests check both builds.
 
 The C file is compiled on first use with the system's C compiler (``$CC``, else ``cc``)
 into ``$VIG_PYG_CACHE`` (default ``~/.cache/vig_pyg``), named by a hash of its source, the
@@ -35,8 +40,7 @@ directory each get their own build), written atomically so that concurrent proce
 race safely, and loaded with :mod:`ctypes`. Where that is impossible (no compiler; not
 float32 on the CPU; while ``torch.compile``/``torch.export``/ONNX trace or a dispatch mode
 records) :func:`smallest_k` uses ``torch.topk`` instead, with the same set of indices (one
-warning when the build fails); so do rows shorter than five times ``kd`` and ``kd`` above
-1024 (the C file's buffers). Set
+warning when the build fails); so does ``kd`` above 1024 (the C file's buffers). Set
 :data:`native` to ``False``, or ``VIG_PYG_NATIVE=0`` in the environment, to force
 ``torch.topk`` (tests and benchmarks compare the two).
 """
@@ -67,11 +71,6 @@ _SOURCE = Path(__file__).with_name("_select.c")
 _FLAGS = ("-O3", "-march=native", "-std=c99", "-shared", "-fPIC")
 #: The C file's fixed buffers hold this many (k*d is a few dozen in every ViG).
 _MAX_KD = 1024
-#: With fewer than this many candidates per kept neighbour (vig_ti's last blocks: k*d =
-#: 45-54 of 196; pvig_ti's last stage: 36 of 49) the bound of pass 1 prunes little and
-#: ``torch.topk`` is about as fast or faster (``benchmarks/bench_knn.py --select``, whose
-#: starred rows force the compiled selection there).
-_MIN_RATIO = 5
 #: ``LANES`` in the C file: its vector loops store whole 16-wide vectors.
 _LANES = 16
 #: Below this many rows one thread does the whole matrix (a thread hand-off costs more).
@@ -166,7 +165,7 @@ def smallest_k(dist: Tensor, kd: int) -> Tensor:
     m = dist.size(-1)
     if not 0 < kd <= m:
         raise ValueError(f"kd must be in [1, {m}] (the candidates per row), got {kd}")
-    lib = _load() if _applies(dist) and kd <= _MAX_KD and m >= _MIN_RATIO * kd else None
+    lib = _load() if _applies(dist) and kd <= _MAX_KD else None
     if lib is None or dist.numel() == 0:
         return dist.topk(kd, dim=-1, largest=False, sorted=True).indices
     flat = dist.reshape(-1, m).contiguous()
