@@ -8,6 +8,7 @@ either, alternating call by call.
 
     .venv/bin/python benchmarks/bench_knn.py [--repeats 7]
     .venv/bin/python benchmarks/bench_knn.py --select      # the selection comparison only
+    .venv/bin/python benchmarks/bench_knn.py --parts       # distance buffer and norms only
 """
 import argparse
 import statistics
@@ -111,16 +112,55 @@ def compare_selection(repeats):
               f"{b['knn topk'] / b['knn native']:5.2f}x")
 
 
+def compare_parts(repeats):
+    """The two steps around the selection that ``graph/knn.py`` evaluates differently from
+    the obvious code: the distance matmul into a fresh tensor or into the reused buffer,
+    and ``torch.linalg.vector_norm`` against a sum of squares, on node features taken from
+    a channels-last map (what the models pass; channels innermost) and from a
+    channels-first one (a plain ``[B, C, H, W]`` tensor)."""
+    from vig_pyg.graph import knn
+
+    print(f"\ndistance block and norms, best of {repeats} alternating calls (ms)")
+    print(f"{'shape':<44} {'new tensor':>10} {'reused':>8} {'ratio':>6}   norms, "
+          f"vector_norm / sum of squares: channels-last, channels-first")
+    for name, shape, _, _, r in SHAPES[:3]:
+        b, c, h, w = shape
+        fmap = torch.randn(shape)
+        first = fmap.permute(0, 2, 3, 1).reshape(b, h * w, c)  # channels-first memory
+        q = torch.nn.functional.normalize(first.contiguous(), dim=-1)
+        y = q[:, :: r * r].contiguous()
+        y_sq = (y * y).sum(-1).unsqueeze(1)
+        yt = y.transpose(1, 2)
+        buf = knn._workspace((b, h * w, y.size(1)), q)
+        t = time_alternately({
+            "new": lambda: torch.baddbmm(y_sq, q, yt, alpha=-2.0),
+            "reused": lambda: torch.baddbmm(y_sq, q, yt, alpha=-2.0, out=buf),
+            "vn last": lambda: torch.linalg.vector_norm(q, dim=-1, keepdim=True),
+            "sq last": lambda: knn._norms(q),
+            "vn first": lambda: torch.linalg.vector_norm(first, dim=-1, keepdim=True),
+            "sq first": lambda: knn._norms(first),
+        }, repeats, time.perf_counter)
+        m = {key: 1e3 * min(v) for key, v in t.items()}
+        print(f"{name:<44} {m['new']:10.2f} {m['reused']:8.2f} {m['new'] / m['reused']:5.2f}x"
+              f"   {m['vn last']:.2f} / {m['sq last']:.2f} ms, "
+              f"{m['vn first']:.2f} / {m['sq first']:.2f} ms")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--select", action="store_true", help="only the selection comparison")
+    parser.add_argument("--parts", action="store_true",
+                        help="only the distance buffer and norm comparisons")
     args = parser.parse_args()
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    if args.select:
-        compare_selection(args.repeats)
+    if args.select or args.parts:
+        if args.parts:
+            compare_parts(args.repeats)
+        if args.select:
+            compare_selection(args.repeats)
         return
     compare("16 x 196 nodes x 192 ch, k=9 d=2 (k*d=18)", torch.randn(16, 192, 14, 14), 9, 2,
             1, args.repeats)
@@ -134,6 +174,7 @@ def main():
         print(f"2 x 128x128 nodes x 48 ch, k=9: peak RSS growth chunked "
               f"({MAX_CHUNK_ELEMENTS} distances/chunk) {chunked:.0f} MiB, "
               f"unchunked {whole:.0f} MiB (full distance block 2 x 16384^2 x 4 B = 2048 MiB)")
+    compare_parts(args.repeats)
     compare_selection(args.repeats)
 
 

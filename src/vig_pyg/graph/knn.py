@@ -263,10 +263,11 @@ def _nearest(q: Tensor, y: Tensor, y_sq: Tensor, relative_pos: Tensor | None,
 
 
 def _norms(x: Tensor) -> Tensor:
-    """L2 norms along the last dim, ``[..., 1]``. ``torch.linalg.vector_norm`` takes 6-17x
-    longer on the CPU for ViG's shapes (0.56 vs 0.10 ms on vig_ti's [16, 196, 192], 4.5 vs
-    0.26 ms on pvig_ti's [16, 3136, 48]); both sum the same squares, so only rounding in the
-    last bit differs."""
+    """L2 norms along the last dim, ``[..., 1]``. On the CPU ``torch.linalg.vector_norm`` is
+    an order of magnitude slower when the channels are not the innermost dim (node features
+    of a plain ``[B, C, H, W]`` map), and a few hundredths of a millisecond faster when they
+    are (the models' channels-last maps): ``benchmarks/bench_knn.py --parts``. One rule for
+    both keeps the rounding independent of the layout."""
     return x.square().sum(-1, keepdim=True).sqrt_()
 
 
@@ -277,8 +278,8 @@ def _workspace(shape, like: Tensor) -> Tensor | None:
     """A per-thread float buffer for the distance block, reused call after call (CPU only).
 
     A fresh tensor of tens of MiB comes from the operating system page by page, and its page
-    faults cost more than the matmul that fills it: pvig_ti's stage-1 block (16 x 3136 x 196
-    float32, 39 MiB) took 16.4 ms in a new tensor and 6.6 ms in a reused one. The buffer
+    faults can cost more than the matmul that fills it: pvig_ti's stage-1 block (16 x 3136 x
+    196 float32, 39 MiB; ``benchmarks/bench_knn.py --parts``). The buffer
     holds at most ``max_chunk_elements`` values (64 MiB by default) per thread that builds
     graphs; CUDA's caching allocator already reuses memory, so it is not used there."""
     if like.device.type != "cpu":
