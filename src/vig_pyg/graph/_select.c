@@ -152,13 +152,34 @@ static inline int bucket_of(float v, float lo, float scale) {
   return b < BUCKETS ? b : BUCKETS;  /* v = max lands on BUCKETS */
 }
 
+#ifdef VIG_AVX512
+static inline __m512i buckets16(__m512 v, __m512 lo, __m512 scale) {
+  __m512i b = _mm512_cvttps_epi32(_mm512_mul_ps(_mm512_sub_ps(v, lo), scale));
+  return _mm512_min_epi32(b, _mm512_set1_epi32(BUCKETS));
+}
+#endif
+
 static int64_t gather_short(const float* d, int64_t m, int64_t kd, float* cv, int32_t* ci) {
   float lo = INFINITY, hi = -INFINITY;
+#ifdef VIG_AVX512
+  const __m512 inf = _mm512_set1_ps(INFINITY);
+  __m512 vlo = inf, vhi = _mm512_set1_ps(-INFINITY);
+  for (int64_t j = 0; j < m; j += LANES) {
+    __mmask16 in = j + LANES <= m ? 0xFFFF : (__mmask16)((1u << (m - j)) - 1);
+    __m512 v = _mm512_maskz_loadu_ps(in, d + j);
+    v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), v, inf);
+    vlo = _mm512_mask_min_ps(vlo, in, vlo, v);
+    vhi = _mm512_mask_max_ps(vhi, in, vhi, v);
+  }
+  lo = _mm512_reduce_min_ps(vlo);
+  hi = _mm512_reduce_max_ps(vhi);
+#else
   for (int64_t j = 0; j < m; ++j) {
     float v = key_of(d[j]);
     lo = v < lo ? v : lo;
     hi = v > hi ? v : hi;
   }
+#endif
   float scale = (float)BUCKETS / (hi - lo);
   int64_t c = 0;
   if (!(hi > lo) || !(hi - lo < INFINITY) || !(scale < INFINITY)) {
@@ -167,8 +188,30 @@ static int64_t gather_short(const float* d, int64_t m, int64_t kd, float* cv, in
     return m;
   }
   int32_t count[BUCKETS + 1] = {0};
-  for (int64_t j = 0; j < m; ++j) ++count[bucket_of(key_of(d[j]), lo, scale)];
   int b = 0;
+#ifdef VIG_AVX512
+  /* buckets in vectors, parked in ci (the gather below recomputes them from d) */
+  const __m512 vl = _mm512_set1_ps(lo), vs = _mm512_set1_ps(scale);
+  for (int64_t j = 0; j < m; j += LANES) {
+    __mmask16 in = j + LANES <= m ? 0xFFFF : (__mmask16)((1u << (m - j)) - 1);
+    __m512 v = _mm512_maskz_loadu_ps(in, d + j);  /* no NaN here: the row is finite */
+    _mm512_storeu_si512((void*)(ci + j), buckets16(v, vl, vs));
+  }
+  for (int64_t j = 0; j < m; ++j) ++count[ci[j]];
+  for (int32_t run = count[0]; run < kd; run += count[++b]) {}
+  const __m512i bb = _mm512_set1_epi32(b);
+  __m512i idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  for (int64_t j = 0; j < m; j += LANES) {
+    __mmask16 in = j + LANES <= m ? 0xFFFF : (__mmask16)((1u << (m - j)) - 1);
+    __m512 v = _mm512_maskz_loadu_ps(in, d + j);
+    __mmask16 keep = _mm512_mask_cmple_epi32_mask(in, buckets16(v, vl, vs), bb);
+    _mm512_storeu_ps(cv + c, _mm512_maskz_compress_ps(keep, v));
+    _mm512_storeu_si512((void*)(ci + c), _mm512_maskz_compress_epi32(keep, idx));
+    c += __builtin_popcount((unsigned)keep);
+    idx = _mm512_add_epi32(idx, _mm512_set1_epi32(LANES));
+  }
+#else
+  for (int64_t j = 0; j < m; ++j) ++count[bucket_of(key_of(d[j]), lo, scale)];
   for (int32_t run = count[0]; run < kd; run += count[++b]) {}
   for (int64_t j = 0; j < m; ++j) {  /* branch-free, as in gather */
     float v = key_of(d[j]);
@@ -176,6 +219,7 @@ static int64_t gather_short(const float* d, int64_t m, int64_t kd, float* cv, in
     ci[c] = (int32_t)j;
     c += bucket_of(v, lo, scale) <= b;
   }
+#endif
   return c;
 }
 
@@ -189,10 +233,40 @@ static void select_row(const float* d, int64_t m, int64_t kd, int64_t* idx,
      permutation of 0..c-1, so idx[0:kd] is written exactly once each. The c x c compares
      vectorise and beat an insertion sort's mispredicted branches. */
   for (int i = 0; i < LANES; ++i) cv[c + i] = INFINITY;  /* place_of's padding */
+#ifdef VIG_AVX512
+  /* 16 candidates t0..t0+15 at a time, one lane each, against every candidate s in turn:
+     s before the block counts where <= (it comes earlier), s after it where <, and s
+     inside it by the full rule. No horizontal sums, no per-step masks to build. */
+  const __m512i one = _mm512_set1_epi32(1);
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  for (int64_t t0 = 0; t0 < c; t0 += LANES) {
+    const __m512 v = _mm512_loadu_ps(cv + t0);
+    __m512i place = _mm512_setzero_si512();
+    for (int64_t s = 0; s < t0; ++s)
+      place = _mm512_mask_add_epi32(place, _mm512_cmp_ps_mask(_mm512_set1_ps(cv[s]), v,
+                                    _CMP_LE_OQ), place, one);
+    int64_t end = t0 + LANES < c ? t0 + LANES : c;
+    for (int64_t s = t0; s < end; ++s) {
+      __m512 x = _mm512_set1_ps(cv[s]);
+      __mmask16 later = _mm512_cmpgt_epi32_mask(lane, _mm512_set1_epi32((int32_t)(s - t0)));
+      __mmask16 hit = _mm512_cmp_ps_mask(x, v, _CMP_LT_OQ) |
+                      _mm512_mask_cmp_ps_mask(later, x, v, _CMP_EQ_OQ);
+      place = _mm512_mask_add_epi32(place, hit, place, one);
+    }
+    for (int64_t s = end; s < c; ++s)
+      place = _mm512_mask_add_epi32(place, _mm512_cmp_ps_mask(_mm512_set1_ps(cv[s]), v,
+                                    _CMP_LT_OQ), place, one);
+    int32_t p[LANES];
+    _mm512_storeu_si512((void*)p, place);
+    for (int64_t t = t0; t < end; ++t)
+      if (p[t - t0] < kd) idx[p[t - t0]] = ci[t];
+  }
+#else
   for (int64_t t = 0; t < c; ++t) {
     int32_t place = place_of(cv, c, cv[t], t);
     if (place < kd) idx[place] = ci[t];
   }
+#endif
 }
 
 /* rows [0, rows) of a row-major [rows, m] float32 matrix; 1 <= kd <= min(m, 1024).
