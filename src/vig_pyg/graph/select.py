@@ -15,7 +15,8 @@ the row (``_select.c``):
 2. gather the entries ``<= u`` (about 1.3-2 times ``kd`` of them on ViG's rows), in index
    order, with a vector compress (AVX-512) or a branch-free loop;
 3. give each candidate its place in the stable order by counting the candidates smaller
-   than it and the equal ones before it, and write the ``kd`` places below ``kd``.
+   than it and the equal ones before it (with AVX-512, 16 candidates at once, one per
+   lane, against each candidate in turn), and write the ``kd`` places below ``kd``.
 
 Rows with fewer than five entries per selected one (vig_ti's last blocks keep 45-54 of 196;
 pvig_ti's last stage 36 of 49) replace passes 1 and 2, as the group minima prune little
