@@ -3,7 +3,7 @@
    torch.topk where it cannot. Plain C99, no Python or torch headers: it compiles in
    well under a second and is called through ctypes (which releases the GIL, so the
    rows are split over threads on the Python side). With AVX-512 (and not
-   VIG_PORTABLE) passes 1 and 2 use 16-wide vectors; the portable loops give the same
+   VIG_PORTABLE) every pass uses 16-wide vectors; the portable loops give the same
    result, and the tests build and check both. */
 #include <math.h>
 #include <stdint.h>
@@ -223,16 +223,13 @@ static int64_t gather_short(const float* d, int64_t m, int64_t kd, float* cv, in
   return c;
 }
 
-/* idx[0:kd] = indices of the kd smallest of d[0:m], ascending, ties in index order. */
-static void select_row(const float* d, int64_t m, int64_t kd, int64_t* idx,
-                       float* cv, int32_t* ci) {
-  int64_t c = m < SHORT_RATIO * kd ? gather_short(d, m, kd, cv, ci)
-                                    : gather(d, m, bound(d, m, kd), cv, ci);
-  /* each candidate's place in the stable order counts the smaller candidates and the
-     equal ones before it (the candidates are in index order). The places are a
-     permutation of 0..c-1, so idx[0:kd] is written exactly once each. The c x c compares
-     vectorise and beat an insertion sort's mispredicted branches. */
-  for (int i = 0; i < LANES; ++i) cv[c + i] = INFINITY;  /* place_of's padding */
+/* idx[p] = ci[t] for every candidate t whose place p in the stable ascending order of
+   cv[0:c] is below kd. A place counts the smaller candidates and the equal ones before it
+   (the candidates are in index order); the places are a permutation of 0..c-1, so
+   idx[0:kd] is written exactly once each. The c x c compares vectorise and beat an
+   insertion sort's mispredicted branches. cv needs LANES slots of room after c. */
+static void place_all(float* cv, const int32_t* ci, int64_t c, int64_t kd, int64_t* idx) {
+  for (int i = 0; i < LANES; ++i) cv[c + i] = INFINITY;  /* padding: never counts */
 #ifdef VIG_AVX512
   /* 16 candidates t0..t0+15 at a time, one lane each, against every candidate s in turn:
      s before the block counts where <= (it comes earlier), s after it where <, and s
@@ -267,6 +264,14 @@ static void select_row(const float* d, int64_t m, int64_t kd, int64_t* idx,
     if (place < kd) idx[place] = ci[t];
   }
 #endif
+}
+
+/* idx[0:kd] = indices of the kd smallest of d[0:m], ascending, ties in index order. */
+static void select_row(const float* d, int64_t m, int64_t kd, int64_t* idx,
+                       float* cv, int32_t* ci) {
+  int64_t c = m < SHORT_RATIO * kd ? gather_short(d, m, kd, cv, ci)
+                                    : gather(d, m, bound(d, m, kd), cv, ci);
+  place_all(cv, ci, c, kd, idx);
 }
 
 /* rows [0, rows) of a row-major [rows, m] float32 matrix; 1 <= kd <= min(m, 1024).
