@@ -15,12 +15,8 @@ needs_cc = pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None,
                               reason="no C compiler: the native selection falls back to topk")
 
 
-@pytest.fixture
-def native_calls(monkeypatch):
-    """Counts the calls that reach the compiled selection (``calls[0]``)."""
-    lib = select._load()
-    if lib is None:
-        pytest.skip("the native selection could not be built here")
+def _spy(monkeypatch, lib) -> list:
+    """Installs ``lib`` as the compiled selection; ``calls[0]`` counts the calls reaching it."""
     calls = [0]
 
     class Spy:
@@ -30,6 +26,28 @@ def native_calls(monkeypatch):
 
     monkeypatch.setattr(select, "_lib", Spy())
     return calls
+
+
+@pytest.fixture
+def native_calls(monkeypatch):
+    """Counts the calls that reach the compiled selection (``calls[0]``)."""
+    lib = select._load()
+    if lib is None:
+        pytest.skip("the native selection could not be built here")
+    return _spy(monkeypatch, lib)
+
+
+def _hard_rows(g: torch.Generator) -> torch.Tensor:
+    """Random rows of 196, and rows the short-row pass must gather whole (constant, holding
+    an infinity or NaN, a range too narrow for its buckets) or with many ties."""
+    dist = torch.randn(400, 196, generator=g)
+    dist[1] = 3.0                                       # constant
+    dist[2, 7] = float("inf")
+    dist[3, 11] = -float("inf")
+    dist[4, ::5] = float("nan")
+    dist[5] = torch.arange(196) * 1e-45                 # a range of denormals
+    dist[6] = torch.randint(0, 3, (196,), generator=g).float()  # three values, many ties
+    return dist
 
 
 def _reference(dist: torch.Tensor, kd: int) -> torch.Tensor:
@@ -85,41 +103,37 @@ def test_batched_shape_and_threads_agree(native_calls):
 
 
 @needs_cc
-def test_short_rows_histogram_pass(native_calls):
-    """Fewer than five candidates per kept neighbour (the histogram pass): random rows, and
-    rows it must gather whole (constant, holding an infinity or NaN, a range too narrow
-    for its buckets), each against the rule."""
-    g = torch.Generator().manual_seed(4)
-    dist = torch.randn(400, 196, generator=g)
-    dist[1] = 3.0                                       # constant
-    dist[2, 7] = float("inf")
-    dist[3, 11] = -float("inf")
-    dist[4, ::5] = float("nan")
-    dist[5] = torch.arange(196) * 1e-45                 # a range of denormals
-    dist[6] = torch.randint(0, 3, (196,), generator=g).float()  # three values, many ties
-    for kd in (40, 54, 196):
+def test_hard_rows_both_passes(native_calls):
+    """The hard rows against the rule, through the group-minima bound (k*d = 9, 27) and the
+    histogram pass for rows with fewer than five candidates per kept one (40, 54, 196)."""
+    dist = _hard_rows(torch.Generator().manual_seed(4))
+    for kd in (9, 27, 40, 54, 196):
         assert torch.equal(smallest_k(dist, kd), _reference(dist, kd)), kd
-    assert native_calls[0] == 3
+    assert native_calls[0] == 5
 
 
 @needs_cc
 def test_portable_build_is_the_stable_sort(monkeypatch):
     """The loops without AVX-512 (``-DVIG_PORTABLE``; the build on most other processors)
-    give the same indices as the rule, ties, NaN and the many-groups bound included."""
+    give the same indices as the rule: both passes, the many-groups bound, ties, NaN and
+    the rows the short-row pass gathers whole."""
     try:
         lib = select._open(select._build(("-DVIG_PORTABLE",)))
     except (OSError, select.subprocess.SubprocessError) as exc:
         pytest.skip(f"the portable build failed here: {exc}")
-    monkeypatch.setattr(select, "_lib", lib)
+    calls = _spy(monkeypatch, lib)
     g = torch.Generator().manual_seed(5)
-    for rows, m, kd in [(300, 196, 9), (300, 196, 54), (50, 49, 36), (20, 300, 100),
-                        (7, 6, 1)]:
+    for rows, m, kd in [(300, 196, 9), (50, 49, 36), (20, 300, 100), (7, 6, 1)]:
         dist = torch.randn(rows, m, generator=g)
         dist[0, :3] = float("nan")
         dist[1, 5] = float("inf")
         assert torch.equal(smallest_k(dist, kd), _reference(dist, kd)), (rows, m, kd)
+    hard = _hard_rows(g)
+    for kd in (9, 27, 54):  # group-minima bound, then the histogram pass
+        assert torch.equal(smallest_k(hard, kd), _reference(hard, kd)), kd
     ties = torch.randint(0, 4, (200, 240), generator=g).float()
     assert torch.equal(smallest_k(ties, 40), _reference(ties, 40))
+    assert calls[0] == 8
 
 
 def test_no_rows_give_empty_indices(native_calls):
