@@ -15,14 +15,23 @@ needs_cc = pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None,
                               reason="no C compiler: the native selection falls back to topk")
 
 
-def _spy(monkeypatch, lib) -> list:
-    """Installs ``lib`` as the compiled selection; ``calls[0]`` counts the calls reaching it."""
+def _spy(monkeypatch, lib, openmp: bool | None = None) -> list:
+    """Installs ``lib`` as the compiled selection; ``calls[0]`` counts the calls reaching
+    either entry point. ``openmp=False`` hides the library's OpenMP build (so the rows go
+    to Python threads)."""
     calls = [0]
 
     class Spy:
         def vig_select_smallest(self, *args):
             calls[0] += 1
             return lib.vig_select_smallest(*args)
+
+        def vig_select_rows(self, *args):
+            calls[0] += 1
+            return lib.vig_select_rows(*args)
+
+        def vig_select_openmp(self):
+            return lib.vig_select_openmp() if openmp is None else int(openmp)
 
     monkeypatch.setattr(select, "_lib", Spy())
     return calls
@@ -85,8 +94,14 @@ def test_native_selection_ties_nan_and_inf(native_calls):
 
 
 @needs_cc
-def test_batched_shape_and_threads_agree(native_calls):
-    """``[G, N, M]`` input (the kNN's chunks), split over threads or not."""
+@pytest.mark.parametrize("openmp", [None, False])
+def test_batched_shape_and_threads_agree(monkeypatch, openmp):
+    """``[G, N, M]`` input (the kNN's chunks) on two threads (the library's OpenMP region
+    where it has one, else our Python threads) and on one."""
+    lib = select._load()
+    if lib is None:
+        pytest.skip("the native selection could not be built here")
+    calls = _spy(monkeypatch, lib, openmp)
     g = torch.Generator().manual_seed(1)
     dist = torch.randn(4, 1100, 80, generator=g)
     threads = torch.get_num_threads()
@@ -99,7 +114,24 @@ def test_batched_shape_and_threads_agree(native_calls):
         torch.set_num_threads(threads)
     assert two.shape == (4, 1100, 12)
     assert torch.equal(two, one) and torch.equal(two, _reference(dist, 12))
-    assert native_calls[0] == 3  # two threads, then one
+    # one call for the OpenMP region or two for two Python threads, then one
+    assert calls[0] == (2 if openmp is None and lib.vig_select_openmp() else 3)
+
+
+def test_openmp_build_joins_torchs_runtime():
+    """Built with OpenMP only where torch runs on a libgomp that is already loaded, and then
+    the process still holds one OpenMP runtime: the library's parallel region runs on
+    torch's worker threads, not on a second pool."""
+    lib = select._load()
+    if lib is None:
+        pytest.skip("the native selection could not be built here")
+    if not select._openmp_flags():
+        assert not lib.vig_select_openmp()
+        pytest.skip("torch's OpenMP runtime is not a loaded libgomp here: no OpenMP build")
+    assert lib.vig_select_openmp()
+    with open("/proc/self/maps") as fh:
+        runtimes = {line.split()[-1] for line in fh if "libgomp" in line}
+    assert len(runtimes) == 1, runtimes
 
 
 @needs_cc

@@ -282,3 +282,37 @@ void vig_select_smallest(const float* dist, int64_t rows, int64_t m, int64_t kd,
   int32_t* ci = (int32_t*)(scratch + m + LANES);
   for (int64_t r = 0; r < rows; ++r) select_row(dist + r * m, m, kd, idx + r * kd, cv, ci);
 }
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* 1 when this build runs its rows on OpenMP threads (vig_select_rows), else 0. */
+int vig_select_openmp(void) {
+#ifdef _OPENMP
+  return 1;
+#else
+  return 0;
+#endif
+}
+
+/* vig_select_smallest over `threads` OpenMP threads, each on its own block of rows and its
+   own scratch (threads * 2 * (m + 16) words). Built against the OpenMP runtime torch has
+   loaded, these are torch's own worker threads. */
+void vig_select_rows(const float* dist, int64_t rows, int64_t m, int64_t kd, int64_t* idx,
+                     float* scratch, int32_t threads) {
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads)
+  {
+    int64_t t = omp_get_thread_num(), n = omp_get_num_threads();
+    int64_t step = (rows + n - 1) / n, r0 = t * step;
+    int64_t r1 = r0 + step < rows ? r0 + step : rows;
+    if (r0 < r1)
+      vig_select_smallest(dist + r0 * m, r1 - r0, m, kd, idx + r0 * kd,
+                          scratch + t * 2 * (m + LANES));
+  }
+#else
+  (void)threads;
+  vig_select_smallest(dist, rows, m, kd, idx, scratch);
+#endif
+}

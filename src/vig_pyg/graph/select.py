@@ -96,13 +96,13 @@ def _cpu() -> str:
         return platform.machine() + platform.processor()
 
 
-def _build(defines: tuple[str, ...] = ()) -> Path:
+def _build(extra: tuple[str, ...] = ()) -> Path:
     """Compiles ``_select.c`` once per source, compiler, flags and processor; returns the
-    shared library. ``defines`` (e.g. ``("-DVIG_PORTABLE",)``, the loops without AVX-512
-    that the tests check too) are added to the flags."""
+    shared library. ``extra`` flags are added: ``-fopenmp`` (:func:`_openmp_flags`), or
+    ``-DVIG_PORTABLE`` (the loops without AVX-512, which the tests check too)."""
     source = _SOURCE.read_bytes()
     cc = os.environ.get("CC", "cc")
-    flags = _FLAGS + tuple(defines)
+    flags = _FLAGS + tuple(extra)
     tag = hashlib.sha256(source + " ".join((cc,) + flags).encode()
                          + _cpu().encode()).hexdigest()[:16]
     target = _cache_dir() / f"select-{tag}.so"
@@ -123,11 +123,36 @@ def _build(defines: tuple[str, ...] = ()) -> Path:
 
 def _open(path: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
-    fn = lib.vig_select_smallest
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
-                   ctypes.c_void_p, ctypes.c_void_p]
-    fn.restype = None
+    rows = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
+            ctypes.c_void_p]
+    lib.vig_select_smallest.argtypes = rows
+    lib.vig_select_smallest.restype = None
+    lib.vig_select_rows.argtypes = rows + [ctypes.c_int32]
+    lib.vig_select_rows.restype = None
+    lib.vig_select_openmp.argtypes = []
+    lib.vig_select_openmp.restype = ctypes.c_int
     return lib
+
+
+def _openmp_flags() -> tuple[str, ...]:
+    """``("-fopenmp",)`` where the build can join the OpenMP runtime torch already runs on,
+    else ``()``.
+
+    Inside a model, torch's OpenMP workers spin-wait after every operator on the cores that
+    threads of our own would need, so those gain almost nothing. Torch's Linux wheels carry
+    their own ``libgomp.so.1``; once it is loaded, the dynamic linker resolves our
+    library's ``libgomp.so.1`` to that same copy, and the selection's parallel region runs
+    on torch's worker threads. Where torch is not on OpenMP, or no libgomp is loaded (so a
+    second runtime with threads of its own would start), the build has no OpenMP and
+    :func:`smallest_k` splits the rows over Python threads instead."""
+    if not getattr(torch._C, "has_openmp", False):
+        return ()
+    try:
+        with open("/proc/self/maps") as fh:
+            loaded = "libgomp" in fh.read()
+    except OSError:
+        return ()
+    return ("-fopenmp",) if loaded else ()
 
 
 def _load():
@@ -137,7 +162,12 @@ def _load():
         with _lock:
             if _lib is None:
                 try:
-                    _lib = _open(_build())
+                    try:
+                        _lib = _open(_build(_openmp_flags()))
+                    except (OSError, subprocess.SubprocessError):
+                        if not _openmp_flags():
+                            raise
+                        _lib = _open(_build())  # a compiler without OpenMP support
                 except (OSError, subprocess.SubprocessError) as exc:
                     lines = str(getattr(exc, "stderr", None) or exc).strip().splitlines()
                     warnings.warn(
@@ -175,16 +205,27 @@ def smallest_k(dist: Tensor, kd: int) -> Tensor:
     threads = max(1, min(torch.get_num_threads(), rows // _ROWS_PER_THREAD))
     # per thread: m values and m int32 indices, each with a vector's slack (_select.c)
     scratch = torch.empty(threads, 2 * (m + _LANES))
-    step = -(-rows // threads)
+    whole = (flat.data_ptr(), rows, m, kd, out.data_ptr(), scratch.data_ptr())
+    if threads == 1:
+        lib.vig_select_smallest(*whole)
+        return out.view(*dist.shape[:-1], kd)
+    if lib.vig_select_openmp():  # on torch's own OpenMP threads (_openmp_flags)
+        lib.vig_select_rows(*whole, threads)
+        return out.view(*dist.shape[:-1], kd)
+    _on_python_threads(lib, flat, out, scratch, kd)
+    return out.view(*dist.shape[:-1], kd)
+
+
+def _on_python_threads(lib, flat: Tensor, out: Tensor, scratch: Tensor, kd: int) -> None:
+    """The rows split into one block per scratch row, each selected on a thread of our pool
+    (ctypes drops the GIL during the call, so the blocks run in parallel)."""
+    rows, m = flat.shape
+    step = -(-rows // scratch.size(0))
     calls = [(flat.data_ptr() + s * m * 4, min(step, rows - s), m, kd,
               out.data_ptr() + s * kd * 8, scratch[i].data_ptr())
              for i, s in enumerate(range(0, rows, step))]
-    if len(calls) == 1:
-        lib.vig_select_smallest(*calls[0])
-    else:  # ctypes drops the GIL during the call, so the threads run in parallel
-        for job in [_executor().submit(lib.vig_select_smallest, *c) for c in calls]:
-            job.result()
-    return out.view(*dist.shape[:-1], kd)
+    for job in [_executor().submit(lib.vig_select_smallest, *c) for c in calls]:
+        job.result()
 
 
 def _forget_pool() -> None:
