@@ -1,13 +1,17 @@
 /* Row-wise selection of the kd smallest values for the dense kNN backend of vig_pyg.
    vig_pyg/graph/select.py explains the method, builds this file and falls back to
    torch.topk where it cannot. Plain C99, no Python or torch headers: it compiles in
-   well under a second and is called through ctypes (which releases the GIL, so the
-   rows are split over threads on the Python side). With AVX-512 (and not
+   well under a second and is called through ctypes. Built with -fopenmp (where torch's
+   own libgomp is loaded) the rows are split over torch's OpenMP threads here, else over
+   Python threads (ctypes releases the GIL). With AVX-512 (and not
    VIG_PORTABLE) every pass uses 16-wide vectors; the portable loops give the same
    result, and the tests build and check both. */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #if defined(__AVX512F__) && !defined(VIG_PORTABLE)
 #include <immintrin.h>
@@ -282,10 +286,6 @@ void vig_select_smallest(const float* dist, int64_t rows, int64_t m, int64_t kd,
   int32_t* ci = (int32_t*)(scratch + m + LANES);
   for (int64_t r = 0; r < rows; ++r) select_row(dist + r * m, m, kd, idx + r * kd, cv, ci);
 }
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 /* 1 when this build runs its rows on OpenMP threads (vig_select_rows), else 0. */
 int vig_select_openmp(void) {

@@ -38,7 +38,9 @@ The C file is compiled on first use with the system's C compiler (``$CC``, else 
 into ``$VIG_PYG_CACHE`` (default ``~/.cache/vig_pyg``), named by a hash of its source, the
 compiler, the flags and the processor (``-march=native``: nodes of a cluster sharing a home
 directory each get their own build), written atomically so that concurrent processes can
-race safely, and loaded with :mod:`ctypes`. Where that is impossible (no compiler; not
+race safely, and loaded with :mod:`ctypes`. Its rows are split over torch's own OpenMP
+threads where the build can join torch's runtime (:func:`_openmp_flags`), else over Python
+threads. Where that is impossible (no compiler; not
 float32 on the CPU; while ``torch.compile``/``torch.export``/ONNX trace or a dispatch mode
 records) :func:`smallest_k` uses ``torch.topk`` instead, with the same set of indices (one
 warning when the build fails); so does ``kd`` above 1024 (the C file's buffers). Set
