@@ -129,9 +129,11 @@ def test_openmp_build_joins_torchs_runtime():
         assert not lib.vig_select_openmp()
         pytest.skip("torch's OpenMP runtime is not a loaded libgomp here: no OpenMP build")
     assert lib.vig_select_openmp()
+    # our library needs "libgomp.so.1": a second file of that name mapped would be a second
+    # runtime (other packages' copies, e.g. scikit-learn's, carry other names)
     with open("/proc/self/maps") as fh:
-        runtimes = {line.split()[-1] for line in fh if "libgomp" in line}
-    assert len(runtimes) == 1, runtimes
+        runtimes = {line.split()[-1] for line in fh if line.rstrip().endswith("/libgomp.so.1")}
+    assert runtimes == {select._torch_libgomp()}, runtimes
 
 
 @needs_cc

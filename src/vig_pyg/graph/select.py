@@ -149,12 +149,20 @@ def _openmp_flags() -> tuple[str, ...]:
     :func:`smallest_k` splits the rows over Python threads instead."""
     if not getattr(torch._C, "has_openmp", False):
         return ()
+    return ("-fopenmp",) if _torch_libgomp() else ()
+
+
+def _torch_libgomp() -> str | None:
+    """The path of the ``libgomp.so.1`` that torch loaded from its own directory, if any
+    (other packages' copies, e.g. scikit-learn's ``libgomp-<hash>.so``, carry other names
+    and are not what our ``libgomp.so.1`` would resolve to)."""
+    torch_lib = Path(torch.__file__).resolve().parent / "lib"
     try:
         with open("/proc/self/maps") as fh:
-            loaded = "libgomp" in fh.read()
+            paths = {line.split()[-1] for line in fh if line.rstrip().endswith("/libgomp.so.1")}
     except OSError:
-        return ()
-    return ("-fopenmp",) if loaded else ()
+        return None
+    return next((p for p in paths if Path(p).resolve().parent == torch_lib), None)
 
 
 def _load():
