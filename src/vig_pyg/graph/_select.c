@@ -25,21 +25,38 @@
 
 static inline float key_of(float v) { return v != v ? INFINITY : v; }  /* NaN sorts last */
 
-/* #{s < n: a[s] < v} + #{s < t: a[s] == v}: the place of a value v found at position t in
-   the stable ascending order of a[0:n]. a must hold +inf from n up to a multiple of
-   LANES (those never count: not below v, and not before t). */
 #ifdef VIG_AVX512
-static int32_t place_of(const float* a, int64_t n, float v, int64_t t) {
+/* lanes j..j+15 that lie inside a row of m */
+static inline __mmask16 tail_mask(int64_t j, int64_t m) {
+  return j + LANES <= m ? 0xFFFF : (__mmask16)((1u << (m - j)) - 1);
+}
+
+/* d[j..j+15] as keys (NaN -> inf), +inf in the lanes past the row's end */
+static inline __m512 load_keys(const float* d, int64_t j, int64_t m) {
+  const __m512 inf = _mm512_set1_ps(INFINITY);
+  __m512 v = _mm512_mask_loadu_ps(inf, tail_mask(j, m), d + j);
+  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), v, inf);
+}
+
+/* appends the kept lanes of v and their column indices at cv + c, ci + c; returns the new
+   count. Compress in registers, then a plain store: compressing straight to memory is
+   microcoded (slow) on some processors. */
+static inline int64_t append_kept(__mmask16 keep, __m512 v, int64_t j, float* cv,
+                                  int32_t* ci, int64_t c) {
+  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  __m512i idx = _mm512_add_epi32(lane, _mm512_set1_epi32((int32_t)j));
+  _mm512_storeu_ps(cv + c, _mm512_maskz_compress_ps(keep, v));
+  _mm512_storeu_si512((void*)(ci + c), _mm512_maskz_compress_epi32(keep, idx));
+  return c + __builtin_popcount((unsigned)keep);
+}
+
+/* #{s < n: a[s] < v}; a holds a multiple of LANES values */
+static int32_t count_below(const float* a, int64_t n, float v) {
   const __m512 vv = _mm512_set1_ps(v);
   int32_t total = 0;
-  for (int64_t s = 0; s < n; s += LANES) {
-    __m512 x = _mm512_loadu_ps(a + s);
-    int64_t b = t - s;  /* lanes [0, b) of this vector come before t */
-    __mmask16 before = b >= LANES ? 0xFFFF : b <= 0 ? 0 : (__mmask16)((1u << b) - 1);
-    __mmask16 n_lt = _mm512_cmp_ps_mask(x, vv, _CMP_LT_OQ);
-    __mmask16 n_eq = _mm512_mask_cmp_ps_mask(before, x, vv, _CMP_EQ_OQ);
-    total += __builtin_popcount((unsigned)(n_lt | n_eq));
-  }
+  for (int64_t s = 0; s < n; s += LANES)
+    total += __builtin_popcount((unsigned)_mm512_cmp_ps_mask(_mm512_loadu_ps(a + s), vv,
+                                                             _CMP_LT_OQ));
   return total;
 }
 #else
@@ -47,6 +64,9 @@ static int32_t place_of(const float* a, int64_t n, float v, int64_t t) {
 typedef float vf8 __attribute__((vector_size(32)));
 typedef int32_t vi8 __attribute__((vector_size(32)));
 
+/* #{s < n: a[s] < v} + #{s < t: a[s] == v}: the place of a value v found at position t in
+   the stable ascending order of a[0:n]. a must hold +inf from n up to a multiple of 8
+   (those never count: not below v, and not before t). */
 static int32_t place_of(const float* a, int64_t n, float v, int64_t t) {
   const vf8 vv = {v, v, v, v, v, v, v, v};
   vi8 pos = {0, 1, 2, 3, 4, 5, 6, 7}, acc = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -63,6 +83,8 @@ static int32_t place_of(const float* a, int64_t n, float v, int64_t t) {
   for (int i = 0; i < 8; ++i) total += acc[i];
   return total;
 }
+
+static int32_t count_below(const float* a, int64_t n, float v) { return place_of(a, n, v, 0); }
 #endif
 
 /* u such that the kd smallest of d[0:m] are all <= u. Column j belongs to group j mod G
@@ -73,16 +95,9 @@ static float bound(const float* d, int64_t m, int64_t kd) {
   int64_t G = (kd + LANES - 1) / LANES * LANES;
   float lo[1024 + LANES];
 #ifdef VIG_AVX512
-  const __m512 inf = _mm512_set1_ps(INFINITY);
   for (int64_t g = 0; g < G; g += LANES) {
-    __m512 acc = inf;
-    for (int64_t j = g; j < m; j += G) {
-      __mmask16 in = j + LANES <= m ? 0xFFFF : (__mmask16)((1u << (m - j)) - 1);
-      __m512 v = _mm512_mask_loadu_ps(inf, in, d + j);
-      /* NaN -> inf: min(acc, NaN) would return NaN's partner anyway, but be explicit */
-      v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), v, inf);
-      acc = _mm512_min_ps(acc, v);
-    }
+    __m512 acc = _mm512_set1_ps(INFINITY);
+    for (int64_t j = g; j < m; j += G) acc = _mm512_min_ps(acc, load_keys(d, j, m));
     _mm512_storeu_ps(lo + g, acc);
   }
 #else
@@ -106,7 +121,7 @@ static float bound(const float* d, int64_t m, int64_t kd) {
   float u = -INFINITY;
   for (int64_t g = 0; g < G; ++g) {
     float v = lo[g];
-    u = place_of(lo, G, v, 0) < kd && v > u ? v : u;
+    u = count_below(lo, G, v) < kd && v > u ? v : u;
   }
   return u;
 }
@@ -116,21 +131,11 @@ static float bound(const float* d, int64_t m, int64_t kd) {
 static int64_t gather(const float* d, int64_t m, float u, float* cv, int32_t* ci) {
   int64_t c = 0;
 #ifdef VIG_AVX512
-  const __m512 inf = _mm512_set1_ps(INFINITY);
   const __m512 uu = _mm512_set1_ps(u);
-  __m512i idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  const __m512i step = _mm512_set1_epi32(LANES);
   for (int64_t j = 0; j < m; j += LANES) {
-    __mmask16 in = j + LANES <= m ? 0xFFFF : (__mmask16)((1u << (m - j)) - 1);
-    __m512 v = _mm512_maskz_loadu_ps(in, d + j);
-    v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), v, inf);
-    __mmask16 keep = _mm512_mask_cmp_ps_mask(in, v, uu, _CMP_LE_OQ);
-    /* compress in registers, then a plain store: compressing straight to memory is
-       microcoded (slow) on some processors */
-    _mm512_storeu_ps(cv + c, _mm512_maskz_compress_ps(keep, v));
-    _mm512_storeu_si512((void*)(ci + c), _mm512_maskz_compress_epi32(keep, idx));
-    c += __builtin_popcount((unsigned)keep);
-    idx = _mm512_add_epi32(idx, step);
+    __m512 v = load_keys(d, j, m);
+    c = append_kept(_mm512_mask_cmp_ps_mask(tail_mask(j, m), v, uu, _CMP_LE_OQ), v, j, cv,
+                    ci, c);
   }
 #else
   for (int64_t j = 0; j < m; ++j) {  /* branch-free: always write, advance if kept */
@@ -166,12 +171,10 @@ static inline __m512i buckets16(__m512 v, __m512 lo, __m512 scale) {
 static int64_t gather_short(const float* d, int64_t m, int64_t kd, float* cv, int32_t* ci) {
   float lo = INFINITY, hi = -INFINITY;
 #ifdef VIG_AVX512
-  const __m512 inf = _mm512_set1_ps(INFINITY);
-  __m512 vlo = inf, vhi = _mm512_set1_ps(-INFINITY);
+  __m512 vlo = _mm512_set1_ps(INFINITY), vhi = _mm512_set1_ps(-INFINITY);
   for (int64_t j = 0; j < m; j += LANES) {
-    __mmask16 in = j + LANES <= m ? 0xFFFF : (__mmask16)((1u << (m - j)) - 1);
-    __m512 v = _mm512_maskz_loadu_ps(in, d + j);
-    v = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), v, inf);
+    __mmask16 in = tail_mask(j, m);
+    __m512 v = load_keys(d, j, m);
     vlo = _mm512_mask_min_ps(vlo, in, vlo, v);
     vhi = _mm512_mask_max_ps(vhi, in, vhi, v);
   }
@@ -196,23 +199,15 @@ static int64_t gather_short(const float* d, int64_t m, int64_t kd, float* cv, in
 #ifdef VIG_AVX512
   /* buckets in vectors, parked in ci (the gather below recomputes them from d) */
   const __m512 vl = _mm512_set1_ps(lo), vs = _mm512_set1_ps(scale);
-  for (int64_t j = 0; j < m; j += LANES) {
-    __mmask16 in = j + LANES <= m ? 0xFFFF : (__mmask16)((1u << (m - j)) - 1);
-    __m512 v = _mm512_maskz_loadu_ps(in, d + j);  /* no NaN here: the row is finite */
-    _mm512_storeu_si512((void*)(ci + j), buckets16(v, vl, vs));
-  }
+  for (int64_t j = 0; j < m; j += LANES)  /* the row is finite here; lanes past m unread */
+    _mm512_storeu_si512((void*)(ci + j), buckets16(load_keys(d, j, m), vl, vs));
   for (int64_t j = 0; j < m; ++j) ++count[ci[j]];
   for (int32_t run = count[0]; run < kd; run += count[++b]) {}
   const __m512i bb = _mm512_set1_epi32(b);
-  __m512i idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   for (int64_t j = 0; j < m; j += LANES) {
-    __mmask16 in = j + LANES <= m ? 0xFFFF : (__mmask16)((1u << (m - j)) - 1);
-    __m512 v = _mm512_maskz_loadu_ps(in, d + j);
-    __mmask16 keep = _mm512_mask_cmple_epi32_mask(in, buckets16(v, vl, vs), bb);
-    _mm512_storeu_ps(cv + c, _mm512_maskz_compress_ps(keep, v));
-    _mm512_storeu_si512((void*)(ci + c), _mm512_maskz_compress_epi32(keep, idx));
-    c += __builtin_popcount((unsigned)keep);
-    idx = _mm512_add_epi32(idx, _mm512_set1_epi32(LANES));
+    __m512 v = load_keys(d, j, m);
+    c = append_kept(_mm512_mask_cmple_epi32_mask(tail_mask(j, m), buckets16(v, vl, vs), bb),
+                    v, j, cv, ci, c);
   }
 #else
   for (int64_t j = 0; j < m; ++j) ++count[bucket_of(key_of(d[j]), lo, scale)];
