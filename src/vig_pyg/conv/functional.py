@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from ..graph.select import library_for
 from ..tracing import tracing
 
 __all__ = ["gather_max", "gather_sum", "neighbour_max", "map_target_chunks", "chunk_targets",
@@ -73,11 +74,14 @@ def _as_rank(hit: Tensor) -> Tensor:
 
 def _gather_reduce(x_src: Tensor, index: Tensor, k: int, reduce: str, need_rank: bool):
     """``(out [N, C], rank [N, C] or None)``: ``reduce`` ("max"/"sum") over the ``k``
-    gathered rows of every target, chunk by chunk."""
+    gathered rows of every target, compiled (:func:`_native_gather_reduce`) or chunk by
+    chunk."""
     n, c = index.numel() // k, x_src.size(1)
     out = x_src.new_empty(n, c)
     rank = x_src.new_empty(n, c, dtype=_rank_dtype(k)) if need_rank else None
     if n == 0:
+        return out, rank
+    if _native_gather_reduce(x_src, index, k, reduce, out, rank):
         return out, rank
     step = chunk_targets(n, k * c * x_src.element_size(), x_src.device)
     buf = x_src.new_empty(step * k, c)
@@ -97,6 +101,31 @@ def _gather_reduce(x_src: Tensor, index: Tensor, k: int, reduce: str, need_rank:
             hit = torch.ge(block, out[s:e].unsqueeze(1), out=hits[:m * k].view(m, k, c))
             torch.amax(_as_rank(hit).mul_(ranks), 1, out=rank[s:e])
     return out, rank
+
+
+def _native_gather_reduce(x_src: Tensor, index: Tensor, k: int, reduce: str, out: Tensor,
+                          rank: Tensor | None) -> bool:
+    """Fills ``out`` (and ``rank``) with the compiled reduction (``graph/_gather.c``: each
+    source row read once and reduced in place, no ``[chunk, k, C]`` block; about a quarter
+    of the chunked path's time on vig_ti's shapes, ``benchmarks/bench_conv.py --gather``)
+    and returns ``True``, or ``False`` where it does not apply: not float32 on the CPU, the
+    switch off (``vig_pyg.graph.select.native``), ranks wider than a byte. Indices out of
+    range get the error ``index_select`` would give, not a read past the rows."""
+    lib = library_for(x_src)
+    if lib is None or index.dtype != torch.int64 or (rank is not None
+                                                     and rank.dtype != torch.uint8):
+        return False
+    if x_src.size(0) == 0:
+        return False  # index_select names the problem
+    lo, hi = torch.aminmax(index)
+    if int(lo) < 0 or int(hi) >= x_src.size(0):
+        raise IndexError(f"edge_index holds source node {int(lo) if int(lo) < 0 else int(hi)}"
+                         f", outside the {x_src.size(0)} source nodes")
+    x_src = x_src.contiguous()
+    lib.vig_gather_reduce(x_src.data_ptr(), index.data_ptr(), out.size(0), k, out.size(1),
+                          int(reduce == "max"), out.data_ptr(),
+                          None if rank is None else rank.data_ptr(), torch.get_num_threads())
+    return True
 
 
 class _GatherMax(torch.autograd.Function):

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ..tracing import tracing
 from .relative_position import relative_position_features, relative_position_table
-from .select import smallest_k
+from .select import library_for, smallest_k
 
 BACKENDS = ("auto", "dense", "cluster")
 
@@ -71,18 +71,25 @@ def _check_batch(batch: Tensor | None, num_nodes: int, name: str) -> Tensor | No
     return batch.long()
 
 
-def _check_finite(x: Tensor, name: str) -> None:
-    """Raise on NaN/Inf, except where a value cannot or should not stop the step: while
-    tracing, and under float16/bfloat16 autocast, where an overflow is routine and
+def _refuses_non_finite(x: Tensor) -> bool:
+    """Whether NaN/Inf in ``x`` stop the graph: not while tracing, nor under
+    float16/bfloat16 autocast, where an overflow is routine and
     :class:`torch.amp.GradScaler` skips the step (the top-k of a NaN distance still
     returns valid indices, and the NaN reaches the loss)."""
-    if tracing() or x.dtype in (torch.float16, torch.bfloat16) or \
-            torch.is_autocast_enabled(x.device.type):
-        return
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(
-            f"{name} contain NaN or Inf values: nearest neighbours are undefined for them "
-            f"(check the input images and the learning rate; the graph is not built)")
+    return not (tracing() or x.dtype in (torch.float16, torch.bfloat16)
+                or torch.is_autocast_enabled(x.device.type))
+
+
+def _not_finite(name: str) -> ValueError:
+    return ValueError(
+        f"{name} contain NaN or Inf values: nearest neighbours are undefined for them "
+        f"(check the input images and the learning rate; the graph is not built)")
+
+
+def _check_finite(x: Tensor, name: str) -> None:
+    """Raise on NaN/Inf where :func:`_refuses_non_finite`."""
+    if _refuses_non_finite(x) and not bool(torch.isfinite(x).all()):
+        raise _not_finite(name)
 
 
 def _counts(batch: Tensor | None, num_nodes: int, num_graphs: int, device) -> Tensor:
@@ -224,20 +231,11 @@ def _knn_grid(queries: Tensor, keys: Tensor, k: int, dilation: int, relative_pos
         return _cluster_grid(queries, keys, k, dilation, relative_pos, stochastic, epsilon,
                              training, grid, self_keys)
     with torch.no_grad():
-        # normalise along with the finiteness check: a NaN/Inf anywhere in a row shows in
-        # its norm, so only the [G, N] norms need checking
-        q_norm = _norms(queries)
-        _check_finite(q_norm, "node features")
-        q = queries / q_norm.clamp_min(1e-12)
-        if self_keys:
-            y = q
-        else:
-            y_norm = _norms(keys)
-            _check_finite(y_norm, "key features")
-            y = keys / y_norm.clamp_min(1e-12)
-        kd = k * dilation
+        q, q_sq = _normalize(queries, "node features")
+        y, y_sq = (q, q_sq) if self_keys else _normalize(keys, "key features")
         # |q_i|^2 is the same for every candidate of query i, so it cannot change the order
-        y_sq = (y * y).sum(-1).unsqueeze(1)  # [G, 1, M]
+        y_sq = y_sq.unsqueeze(1)  # [G, 1, M]
+        kd = k * dilation
         if tracing():  # one block: the batch size may be symbolic
             idx = _nearest(q, y, y_sq, relative_pos, kd)
         else:
@@ -263,6 +261,31 @@ def _nearest(q: Tensor, y: Tensor, y_sq: Tensor, relative_pos: Tensor | None,
     if relative_pos is not None:
         dist += relative_pos
     return smallest_k(dist, kd)  # torch.topk's selection, 3-6x faster on CPU (select.py)
+
+
+def _normalize(x: Tensor, name: str) -> tuple[Tensor, Tensor]:
+    """``(x / |x|, |x / |x||^2)`` along the last dim (norms clamped at 1e-12), refusing
+    NaN/Inf as :func:`_check_finite` does: a NaN or an infinity anywhere in a row shows in
+    its norm, so only the norms need checking.
+
+    Float32 on the CPU takes one compiled pass (``_normalize.c``): it reads ``x`` once and
+    writes the rows once, where the torch ops below take five passes, each into a fresh
+    tensor; in vig_ti's forward that is about 5.7 against 1 ms
+    (``benchmarks/bench_knn.py --parts``)."""
+    lib = library_for(x)
+    if lib is None or x.numel() == 0:
+        norm = _norms(x)
+        _check_finite(norm, name)
+        y = x / norm.clamp_min(1e-12)
+        return y, (y * y).sum(-1)
+    x = x.contiguous()
+    y, sq = torch.empty_like(x), x.new_empty(x.shape[:-1])
+    c = x.size(-1)
+    finite = lib.vig_normalize_rows(x.data_ptr(), x.numel() // c, c, y.data_ptr(),
+                                    sq.data_ptr(), torch.get_num_threads())
+    if not finite and _refuses_non_finite(x):
+        raise _not_finite(name)
+    return y, sq
 
 
 def _norms(x: Tensor) -> Tensor:

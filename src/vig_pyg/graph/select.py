@@ -70,7 +70,10 @@ __all__ = ["smallest_k", "native", "native_available"]
 #: Use the compiled selection where it applies (``VIG_PYG_NATIVE=0`` turns it off).
 native: bool = os.environ.get("VIG_PYG_NATIVE", "1") != "0"
 
-_SOURCE = Path(__file__).with_name("_select.c")
+#: Built into one library: the selection, the kNN's row normalisation (knn.py) and the
+#: neighbour reductions of fixed-degree graphs (conv/functional.py).
+_SOURCES = tuple(Path(__file__).with_name(name)
+                 for name in ("_select.c", "_normalize.c", "_gather.c"))
 _FLAGS = ("-O3", "-march=native", "-std=c99", "-shared", "-fPIC")
 #: The C file's fixed buffers hold this many (k*d is a few dozen in every ViG).
 _MAX_KD = 1024
@@ -99,10 +102,10 @@ def _cpu() -> str:
 
 
 def _build(extra: tuple[str, ...] = ()) -> Path:
-    """Compiles ``_select.c`` once per source, compiler, flags and processor; returns the
+    """Compiles :data:`_SOURCES` once per source, compiler, flags and processor; returns the
     shared library. ``extra`` flags are added: ``-fopenmp`` (:func:`_openmp_flags`), or
     ``-DVIG_PORTABLE`` (the loops without AVX-512, which the tests check too)."""
-    source = _SOURCE.read_bytes()
+    source = b"".join(path.read_bytes() for path in _SOURCES)
     cc = os.environ.get("CC", "cc")
     flags = _FLAGS + tuple(extra)
     tag = hashlib.sha256(source + " ".join((cc,) + flags).encode()
@@ -114,7 +117,7 @@ def _build(extra: tuple[str, ...] = ()) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
     try:
-        subprocess.run([cc, *flags, str(_SOURCE), "-o", tmp], check=True,
+        subprocess.run([cc, *flags, *map(str, _SOURCES), "-o", tmp], check=True,
                        capture_output=True, text=True, timeout=120)
         os.replace(tmp, target)  # atomic: another process may be building the same file
     finally:
@@ -133,6 +136,13 @@ def _open(path: Path) -> ctypes.CDLL:
     lib.vig_select_rows.restype = None
     lib.vig_select_openmp.argtypes = []
     lib.vig_select_openmp.restype = ctypes.c_int
+    lib.vig_normalize_rows.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+                                       ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32]
+    lib.vig_normalize_rows.restype = ctypes.c_int
+    lib.vig_gather_reduce.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                                      ctypes.c_int64, ctypes.c_int64, ctypes.c_int32,
+                                      ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32]
+    lib.vig_gather_reduce.restype = None
     return lib
 
 
@@ -198,6 +208,13 @@ def native_available() -> bool:
 def _applies(dist: Tensor) -> bool:
     return (native and dist.device.type == "cpu" and dist.dtype == torch.float32
             and not recording())
+
+
+def library_for(t: Tensor):
+    """The compiled library where its kernels apply to ``t`` (float32 on the CPU, :data:`native`
+    on, nothing tracing or recording), else ``None``; :func:`knn._normalize` and
+    :mod:`vig_pyg.conv.functional` use it too."""
+    return _load() if _applies(t) else None
 
 
 def smallest_k(dist: Tensor, kd: int) -> Tensor:

@@ -1,0 +1,54 @@
+/* Neighbour reductions over a fixed-degree graph, for vig_pyg/conv/functional.py (which
+   says when they are used). Compiled into one library with _select.c by
+   vig_pyg/graph/select.py. Plain C99.
+
+   Row i of the output reduces the k source rows idx[i*k], ..., idx[i*k + k-1] of x
+   (row-major [*, c] float32) channel by channel:
+     sum: out[i] = x[idx[i*k]] + ... + x[idx[i*k + k-1]], added in that order;
+     max: out[i] = the largest, NaN if any is NaN (as torch.amax), and, where rank is not
+          NULL, rank[i] = the last r < k whose row holds that value (a tie goes to the
+          highest rank, as functional.py's backward expects).
+   torch gathers the k rows into a [targets, k, c] block and reduces it in a second pass;
+   here each source row is read once from the cache and added or compared in place, a
+   quarter of the time on vig_ti's shapes (benchmarks/bench_conv.py --gather). */
+#include <stdint.h>
+#include <string.h>
+
+static void sum_row(const float* x, const int64_t* id, int64_t k, int64_t c, float* o) {
+  memcpy(o, x + id[0] * c, (size_t)c * sizeof(float));
+  for (int64_t r = 1; r < k; ++r) {
+    const float* v = x + id[r] * c;
+    for (int64_t j = 0; j < c; ++j) o[j] += v[j];
+  }
+}
+
+static void max_row(const float* x, const int64_t* id, int64_t k, int64_t c, float* o,
+                    uint8_t* rank) {
+  memcpy(o, x + id[0] * c, (size_t)c * sizeof(float));
+  if (rank) memset(rank, 0, (size_t)c);
+  for (int64_t r = 1; r < k; ++r) {
+    const float* v = x + id[r] * c;
+    for (int64_t j = 0; j < c; ++j) {
+      float a = o[j], b = v[j];
+      int take = (b > a) | (b != b);  /* a larger value, or a NaN, takes over */
+      o[j] = take ? b : a;            /* an earlier NaN stays: b > NaN is false */
+      if (rank) rank[j] = (take | (b == a)) ? (uint8_t)r : rank[j];
+    }
+  }
+}
+
+/* reduce: 0 sum, 1 max; rank: NULL, or [n, c] bytes (max only, k <= 256). */
+void vig_gather_reduce(const float* x, const int64_t* idx, int64_t n, int64_t k, int64_t c,
+                       int32_t reduce, float* out, uint8_t* rank, int32_t threads) {
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+#else
+  (void)threads;
+#endif
+  for (int64_t i = 0; i < n; ++i) {
+    if (reduce)
+      max_row(x, idx + i * k, k, c, out + i * c, rank ? rank + i * c : 0);
+    else
+      sum_row(x, idx + i * k, k, c, out + i * c);
+  }
+}

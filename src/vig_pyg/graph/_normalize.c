@@ -1,0 +1,53 @@
+/* Row normalisation for the dense kNN backend of vig_pyg (graph/knn.py, _normalize, says
+   why). Compiled into one library with _select.c by vig_pyg/graph/select.py. Plain C99.
+
+   For each row x of a row-major [rows, c] float32 matrix:
+     q  = x / max(|x|, 1e-12)      (the L2-normalised row, written to out)
+     sq = |q|^2                    (its squared norm, the |y_j|^2 of the distance)
+   in one read of x and one write of q, where torch needs a square, a sum, a square root,
+   a division and a second square and sum, each a pass with a fresh tensor. Sums of squares
+   run in 16 float lanes (a vector register, so the compiler vectorises them) that are
+   added in double: |x| carries no more rounding than torch's float32 sum, and an entry
+   whose square overflows float32 does not turn a finite row into an infinite norm. */
+#include <math.h>
+#include <stdint.h>
+
+#define LANES 16
+
+static double sum_squares(const float* v, int64_t c) {
+  float acc[LANES] = {0};
+  int64_t j = 0;
+  for (; j + LANES <= c; j += LANES)
+    for (int l = 0; l < LANES; ++l) acc[l] += v[j + l] * v[j + l];
+  double s = 0;
+  for (int l = 0; l < LANES; ++l) s += acc[l];
+  for (; j < c; ++j) s += (double)v[j] * v[j];
+  return s;
+}
+
+/* out = v / norm, and the sum of its squares (a NaN norm, kept by the clamp above as
+   torch's clamp_min keeps it, makes the row NaN). */
+static double scaled_sum_squares(const float* v, int64_t c, float norm, float* out) {
+  for (int64_t j = 0; j < c; ++j) out[j] = v[j] / norm;
+  return sum_squares(out, c);
+}
+
+/* Returns 1 when every row's norm is finite in float32 (no NaN or infinity in x, no norm
+   beyond the float range), else 0; such rows are written all the same. */
+int vig_normalize_rows(const float* x, int64_t rows, int64_t c, float* out, float* sq,
+                       int32_t threads) {
+  int finite = 1;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(threads) reduction(&&: finite) \
+    if (threads > 1)
+#else
+  (void)threads;
+#endif
+  for (int64_t r = 0; r < rows; ++r) {
+    float norm = (float)sqrt(sum_squares(x + r * c, c));
+    finite = finite && isfinite(norm);  /* NaN or an infinity in the row, or overflow */
+    sq[r] = (float)scaled_sum_squares(x + r * c, c, norm < 1e-12f ? 1e-12f : norm,
+                                      out + r * c);
+  }
+  return finite;
+}

@@ -1,0 +1,92 @@
+"""The kNN's compiled row normalisation (graph/_normalize.c) against float64 by hand."""
+import pytest
+import torch
+
+from vig_pyg.graph import knn as knn_mod, select
+
+
+def _reference(x: torch.Tensor):
+    """float64: x / max(|x|, 1e-12) and the squared norm of that, row by row."""
+    x = x.double()
+    norm = x.pow(2).sum(-1, keepdim=True).sqrt().clamp_min(1e-12)
+    y = x / norm
+    return y, y.pow(2).sum(-1)
+
+
+def _libs():
+    built = [("native", select._load())]
+    try:
+        built.append(("portable", select._open(select._build(("-DVIG_PORTABLE",)))))
+    except (OSError, select.subprocess.SubprocessError):
+        pass
+    return [(name, lib) for name, lib in built if lib is not None]
+
+
+@pytest.fixture(params=["native", "portable"])
+def lib(request, monkeypatch):
+    libs = dict(_libs())
+    if request.param not in libs:
+        pytest.skip(f"the {request.param} build is not available here")
+    monkeypatch.setattr(select, "_lib", libs[request.param])
+    return libs[request.param]
+
+
+@pytest.mark.parametrize("shape", [(4, 196, 192), (2, 33, 7), (1, 5, 16), (3, 49, 384)])
+def test_rows_and_squared_norms_match_float64(lib, shape):
+    g = torch.Generator().manual_seed(sum(shape))
+    x = torch.randn(*shape, generator=g) * torch.rand(*shape[:-1], 1, generator=g) * 50
+    x[0, 0] = 0.0  # a zero row: the clamp keeps it zero, as in torch's rule
+    y, sq = knn_mod._normalize(x, "node features")
+    ref_y, ref_sq = _reference(x)
+    assert y.dtype == sq.dtype == torch.float32 and sq.shape == shape[:-1]
+    # float32 division of a row by its (float32-rounded) norm: a few ulps of 1
+    assert torch.allclose(y.double(), ref_y, rtol=0, atol=4e-7)
+    assert torch.allclose(sq.double(), ref_sq, rtol=0, atol=4e-7)
+    assert float(sq[0, 0]) == 0.0 and bool((y[0, 0] == 0).all())
+
+
+def test_non_contiguous_rows_and_threads(lib, monkeypatch):
+    g = torch.Generator().manual_seed(1)
+    fmap = torch.randn(2, 64, 40, 40, generator=g)  # channels-first: rows are strided
+    rows = fmap.permute(0, 2, 3, 1).reshape(2, 1600, 64)
+    for threads in (1, 2):
+        monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+        y, sq = knn_mod._normalize(rows, "node features")
+        ref_y, ref_sq = _reference(rows)
+        assert torch.allclose(y.double(), ref_y, rtol=0, atol=4e-7)
+        assert torch.allclose(sq.double(), ref_sq, rtol=0, atol=4e-7)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf"), 3e38])
+def test_nan_inf_and_overflowing_norms_refused(lib, bad):
+    x = torch.randn(2, 50, 16)
+    x[1, 7, 3] = bad
+    if bad == 3e38:  # finite, but the row's norm is beyond float32: torch's rule refuses too
+        x[1, 7, 4] = bad
+    with pytest.raises(ValueError, match="node features contain NaN or Inf"):
+        knn_mod._normalize(x, "node features")
+
+
+def test_large_finite_entries_are_normalised(lib):
+    x = torch.zeros(1, 3, 4)
+    x[0, 0] = torch.tensor([3e30, 4e30, 0, 0])  # squares overflow float32, the norm does not
+    y, sq = knn_mod._normalize(x, "node features")
+    assert torch.allclose(y[0, 0], torch.tensor([0.6, 0.8, 0, 0]))
+    assert abs(float(sq[0, 0]) - 1.0) < 1e-6
+
+
+def test_autocast_skips_the_check_as_the_torch_path_does(lib):
+    x = torch.randn(1, 10, 8)
+    x[0, 2, 1] = float("nan")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, _ = knn_mod._normalize(x, "node features")  # GradScaler's job, not a crash
+    assert bool(y[0, 2].isnan().all()) and bool(y[0, 3].isfinite().all())
+
+
+def test_torch_path_where_native_is_off(monkeypatch):
+    monkeypatch.setattr(select, "native", False)
+    x = torch.randn(2, 30, 12)
+    y, sq = knn_mod._normalize(x, "node features")
+    ref_y, ref_sq = _reference(x)
+    assert torch.allclose(y.double(), ref_y, rtol=0, atol=4e-7)
+    assert torch.allclose(sq.double(), ref_sq, rtol=0, atol=4e-7)
