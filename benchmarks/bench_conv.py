@@ -11,6 +11,7 @@ alternating repeat by repeat (so machine noise hits both alike); the table gives
 
     .venv/bin/python benchmarks/bench_conv.py [--repeats 7] [--convs mr edge] [--ks 9 18]
         [--threads 1] [--stat min]
+    .venv/bin/python benchmarks/bench_conv.py --gather   # neighbour sum/max: compiled vs torch
 """
 from __future__ import annotations
 
@@ -64,6 +65,36 @@ def bench(conv: str, k: int, batch: int, side: int, channels: int, repeats: int,
     return rows
 
 
+def compare_gathers(ks, batch: int, side: int, channels: int, repeats: int) -> None:
+    """The neighbour sum and max of ``vig_pyg.conv.functional``: compiled
+    (``graph/_gather.c``) against the chunked torch path (``vig_pyg.graph.select.native``
+    off), alternating call by call on a kNN graph of the shape above."""
+    from timing import time_alternately
+    from vig_pyg.conv import functional
+    from vig_pyg.graph import select
+
+    def switched(on, fn):
+        def run():
+            before, select.native = select.native, on
+            try:
+                fn()
+            finally:
+                select.native = before
+        return run
+
+    print(f"\nneighbour gathers, best of {repeats} alternating calls (ms)")
+    print(f"{'reduce':<7}{'k':>4} {'torch':>8} {'compiled':>9} {'ratio':>7}")
+    x = torch.randn(batch, channels, side, side).to(memory_format=torch.channels_last)
+    rows = x.permute(0, 2, 3, 1).reshape(-1, channels)
+    for k in ks:
+        index = knn_edges(x, k)[0].contiguous()
+        for name, fn in (("sum", functional.gather_sum), ("max", functional.gather_max)):
+            t = time_alternately({on: switched(on, lambda: fn(rows, index, k))
+                                  for on in (False, True)}, repeats, time.perf_counter)
+            plain, fast = 1e3 * min(t[False]), 1e3 * min(t[True])
+            print(f"{name:<7}{k:>4} {plain:8.3f} {fast:9.3f} {plain / fast:6.2f}x", flush=True)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--convs", nargs="+", default=["mr", "edge", "sage", "gin"])
@@ -74,9 +105,14 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--stat", choices=["median", "min"], default="median")
+    parser.add_argument("--gather", action="store_true",
+                        help="only the neighbour sum/max: compiled against torch")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.gather:
+        return compare_gathers(args.ks, args.batch, args.side, args.channels,
+                               max(args.repeats, 20))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"{args.batch} images x {args.side ** 2} nodes x {args.channels} -> "
           f"{2 * args.channels} channels; {args.stat} of {args.repeats} (ms)")

@@ -8,7 +8,7 @@ either, alternating call by call.
 
     .venv/bin/python benchmarks/bench_knn.py [--repeats 7]
     .venv/bin/python benchmarks/bench_knn.py --select      # the selection comparison only
-    .venv/bin/python benchmarks/bench_knn.py --parts       # distance buffer and norms only
+    .venv/bin/python benchmarks/bench_knn.py --parts       # distance buffer, norms, normalisation
 """
 import argparse
 import statistics
@@ -113,16 +113,19 @@ def compare_selection(repeats):
 
 
 def compare_parts(repeats):
-    """The two steps around the selection that ``graph/knn.py`` evaluates differently from
+    """The steps around the selection that ``graph/knn.py`` evaluates differently from
     the obvious code: the distance matmul into a fresh tensor or into the reused buffer,
-    and ``torch.linalg.vector_norm`` against a sum of squares, on node features taken from
+    ``torch.linalg.vector_norm`` against a sum of squares, and the normalisation by torch
+    ops against the compiled pass (``knn._normalize``), on node features taken from
     a channels-last map (what the models pass; channels innermost) and from a
     channels-first one (a plain ``[B, C, H, W]`` tensor)."""
     from vig_pyg.graph import knn
 
-    print(f"\ndistance block and norms, best of {repeats} alternating calls (ms)")
+    print(f"\ndistance block, norms and normalisation, best of {repeats} alternating calls "
+          f"(ms)")
     print(f"{'shape':<44} {'new tensor':>10} {'reused':>8} {'ratio':>6}   norms, "
-          f"vector_norm / sum of squares: channels-last, channels-first")
+          f"vector_norm / sum of squares: channels-last, channels-first;   normalisation "
+          f"(rows and |y|^2), torch ops / compiled")
     for name, shape, _, _, r in SHAPES[:3]:
         b, c, h, w = shape
         fmap = torch.randn(shape)
@@ -139,11 +142,14 @@ def compare_parts(repeats):
             "sq last": lambda: knn._norms(q),
             "vn first": lambda: torch.linalg.vector_norm(first, dim=-1, keepdim=True),
             "sq first": lambda: knn._norms(first),
+            "torch norm": _native(False, lambda: knn._normalize(q, "rows")),
+            "native norm": _native(True, lambda: knn._normalize(q, "rows")),
         }, repeats, time.perf_counter)
         m = {key: 1e3 * min(v) for key, v in t.items()}
         print(f"{name:<44} {m['new']:10.2f} {m['reused']:8.2f} {m['new'] / m['reused']:5.2f}x"
               f"   {m['vn last']:.2f} / {m['sq last']:.2f} ms, "
-              f"{m['vn first']:.2f} / {m['sq first']:.2f} ms")
+              f"{m['vn first']:.2f} / {m['sq first']:.2f} ms;   "
+              f"{m['torch norm']:.2f} / {m['native norm']:.2f} ms")
 
 
 def main():

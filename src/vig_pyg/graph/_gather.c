@@ -22,17 +22,30 @@ static void sum_row(const float* x, const int64_t* id, int64_t k, int64_t c, flo
   }
 }
 
-static void max_row(const float* x, const int64_t* id, int64_t k, int64_t c, float* o,
-                    uint8_t* rank) {
+/* The max of row i; the loops over j compile to masked vector selects (no branches). */
+static void max_row(const float* x, const int64_t* id, int64_t k, int64_t c, float* o) {
   memcpy(o, x + id[0] * c, (size_t)c * sizeof(float));
-  if (rank) memset(rank, 0, (size_t)c);
   for (int64_t r = 1; r < k; ++r) {
     const float* v = x + id[r] * c;
     for (int64_t j = 0; j < c; ++j) {
       float a = o[j], b = v[j];
-      int take = (b > a) | (b != b);  /* a larger value, or a NaN, takes over */
-      o[j] = take ? b : a;            /* an earlier NaN stays: b > NaN is false */
-      if (rank) rank[j] = (take | (b == a)) ? (uint8_t)r : rank[j];
+      o[j] = (b > a || b != b) ? b : a;  /* a larger value or a NaN takes over; an earlier
+                                            NaN stays, since b > NaN is false */
+    }
+  }
+}
+
+static void max_rank_row(const float* x, const int64_t* id, int64_t k, int64_t c, float* o,
+                         uint8_t* rank) {
+  memcpy(o, x + id[0] * c, (size_t)c * sizeof(float));
+  memset(rank, 0, (size_t)c);
+  for (int64_t r = 1; r < k; ++r) {
+    const float* v = x + id[r] * c;
+    for (int64_t j = 0; j < c; ++j) {
+      float a = o[j], b = v[j];
+      int take = b > a || b != b;
+      o[j] = take ? b : a;
+      rank[j] = (take || b == a) ? (uint8_t)r : rank[j];
     }
   }
 }
@@ -46,8 +59,10 @@ void vig_gather_reduce(const float* x, const int64_t* idx, int64_t n, int64_t k,
   (void)threads;
 #endif
   for (int64_t i = 0; i < n; ++i) {
-    if (reduce)
-      max_row(x, idx + i * k, k, c, out + i * c, rank ? rank + i * c : 0);
+    if (reduce && rank)
+      max_rank_row(x, idx + i * k, k, c, out + i * c, rank + i * c);
+    else if (reduce)
+      max_row(x, idx + i * k, k, c, out + i * c);
     else
       sum_row(x, idx + i * k, k, c, out + i * c);
   }
