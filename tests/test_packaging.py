@@ -31,3 +31,21 @@ def test_torch_pin_avoids_the_local_cpu_wheel():
     # pip prefers the machine's local 2.13.0+cpu wheel for torch==2.13.0, on which the
     # registry's torchvision cannot load its ops library (DEVELOPERS.md)
     assert read_pins()["torch"] != "2.13.0"
+
+
+def test_every_compiled_source_ships_with_the_package():
+    """The C files vig_pyg compiles on first use must be package data, or an installed
+    (non-editable) copy falls back to torch.topk without them."""
+    import configparser
+    import fnmatch
+
+    from vig_pyg.graph import select
+
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    patterns = cfg["options.package_data"]["vig_pyg"].split()
+    package = ROOT / "src" / "vig_pyg"
+    for source in select._SOURCES:
+        relative = source.relative_to(package).as_posix()
+        assert any(fnmatch.fnmatch(relative, p) for p in patterns), relative
+        assert source.exists(), source

@@ -128,6 +128,23 @@ def _native_gather_reduce(x_src: Tensor, index: Tensor, k: int, reduce: str, out
     return True
 
 
+def _native_backward(grad: Tensor, index: Tensor, k: int, rank: Tensor | None,
+                     num_src: int) -> Tensor | None:
+    """The source rows' gradient by the compiled scatter (``graph/_gather.c``: threads
+    split the channels, so no [N, C] index tensor and no atomics), or ``None`` where it
+    does not apply. The indices were valid in the forward."""
+    lib = library_for(grad)
+    if lib is None or index.dtype != torch.int64 or (rank is not None
+                                                     and rank.dtype != torch.uint8):
+        return None
+    grad = grad.contiguous()
+    grad_src = grad.new_zeros(num_src, grad.size(1))
+    lib.vig_gather_reduce_backward(grad.data_ptr(), index.data_ptr(), grad.size(0), k,
+                                   grad.size(1), None if rank is None else rank.data_ptr(),
+                                   grad_src.data_ptr(), torch.get_num_threads())
+    return grad_src
+
+
 class _GatherMax(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_src: Tensor, index: Tensor, k: int) -> Tensor:
@@ -142,6 +159,9 @@ class _GatherMax(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         index, rank = ctx.saved_tensors
         n, c = rank.shape
+        native = _native_backward(grad, index, index.numel() // n, rank, ctx.num_src)
+        if native is not None:
+            return native, None, None
         source = index.view(n, -1).gather(1, rank.long()).long()  # [N, C] winning rows
         grad_src = grad.new_zeros(ctx.num_src, c).scatter_add_(0, source, grad)
         return grad_src, None, None
@@ -158,6 +178,9 @@ class _GatherSum(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: Tensor):
         index, = ctx.saved_tensors
+        native = _native_backward(grad, index, ctx.k, None, ctx.num_src)
+        if native is not None:
+            return native, None, None
         targets = index.view(-1, ctx.k)
         grad_src = grad.new_zeros(ctx.num_src, grad.size(1))
         for r in range(ctx.k):  # k scatters of [N, C]: no [N, k, C] tensor

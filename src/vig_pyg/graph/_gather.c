@@ -13,6 +13,9 @@
    quarter of the time on vig_ti's shapes (benchmarks/bench_conv.py --gather). */
 #include <stdint.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 static void sum_row(const float* x, const int64_t* id, int64_t k, int64_t c, float* o) {
   memcpy(o, x + id[0] * c, (size_t)c * sizeof(float));
@@ -65,5 +68,38 @@ void vig_gather_reduce(const float* x, const int64_t* idx, int64_t n, int64_t k,
       max_row(x, idx + i * k, k, c, out + i * c);
     else
       sum_row(x, idx + i * k, k, c, out + i * c);
+  }
+}
+
+/* The gradient of vig_gather_reduce: grad_src (zeroed, [*, c]) += the output gradient
+   grad ([n, c]) of every target at each of its k source rows (sum), or at the one source
+   row rank chose (max: rank [n, c] bytes). Threads split the channels, not the targets,
+   so no two threads ever add into the same value and no atomics are needed. */
+void vig_gather_reduce_backward(const float* grad, const int64_t* idx, int64_t n, int64_t k,
+                                int64_t c, const uint8_t* rank, float* grad_src,
+                                int32_t threads) {
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads) if (threads > 1)
+  {
+    int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+#else
+  (void)threads;
+  {
+    int64_t t = 0, nt = 1;
+#endif
+    int64_t step = (c + nt - 1) / nt, j0 = t * step, j1 = j0 + step < c ? j0 + step : c;
+    for (int64_t i = 0; i < n; ++i) {
+      const float* g = grad + i * c;
+      const int64_t* id = idx + i * k;
+      if (rank) {
+        const uint8_t* rk = rank + i * c;
+        for (int64_t j = j0; j < j1; ++j) grad_src[id[rk[j]] * c + j] += g[j];
+      } else {
+        for (int64_t r = 0; r < k; ++r) {
+          float* o = grad_src + id[r] * c;
+          for (int64_t j = j0; j < j1; ++j) o[j] += g[j];
+        }
+      }
+    }
   }
 }

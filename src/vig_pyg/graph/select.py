@@ -143,6 +143,10 @@ def _open(path: Path) -> ctypes.CDLL:
                                       ctypes.c_int64, ctypes.c_int64, ctypes.c_int32,
                                       ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32]
     lib.vig_gather_reduce.restype = None
+    lib.vig_gather_reduce_backward.argtypes = [
+        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32]
+    lib.vig_gather_reduce_backward.restype = None
     return lib
 
 
