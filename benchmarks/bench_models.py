@@ -25,6 +25,7 @@ and its ``ru_maxrss`` growth over the resident size before the first step is rep
     python benchmarks/bench_models.py --convs mr edge sage gin --no-memory   # every aggregator
     python benchmarks/bench_models.py --breakdown --modes infer   # where inference time goes
     python benchmarks/bench_models.py --compile --convs mr        # + torch.compile vs eager
+    python benchmarks/bench_models.py --keep-memory   # freed memory kept (vig_pyg.memory)
 
 ``--convs`` runs each model with each graph convolution (the reference evaluates the same
 aggregator literally, as the release does). ``--breakdown`` times every call of ours'
@@ -223,6 +224,7 @@ def memory_worker(model_name: str, impl: str, mode: str, conv: str, batch: int,
 
 def _run(args, *worker_args) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", *worker_args,
+           *(["--keep-memory"] if args.keep_memory else []),
            "--batch", str(args.batch), "--img", str(args.img), "--iters", str(args.iters),
            "--warmup", str(args.warmup), "--threads", str(args.threads), "--clock", args.clock]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
@@ -261,6 +263,9 @@ def _parse(argv):
     p.add_argument("--iters", type=int, default=4, help="timed iterations (best is reported)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
+    p.add_argument("--keep-memory", action="store_true",
+                   help="run every worker with vig_pyg.memory.keep_freed_memory() (both "
+                        "implementations; what the vig-pyg command line does)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads (default: torch's choice, all cores)")
@@ -278,6 +283,9 @@ def _parse(argv):
 
 def _worker(args) -> int:
     kind, *rest = args.worker
+    if args.keep_memory:
+        from vig_pyg.memory import keep_freed_memory
+        keep_freed_memory()
     if kind == "time":
         out = time_worker(*rest, args.batch, args.img, args.iters, args.warmup,
                           args.threads, args.clock)
