@@ -1,6 +1,10 @@
-"""Steps with freed memory kept in the process (``vig_pyg.memory``) against glibc's default.
+"""Steps with freed memory kept in the process against glibc's default, for both
+implementations: how much of each step is page faults.
 
-``keep_freed_memory`` changes the whole process, so each variant runs in worker processes
+glibc unmaps a freed block above its mmap threshold (raised on the fly to at most 32 MiB),
+so the next tensor that large faults its pages in afresh, which is expensive on virtual
+machines. ``timing.keep_freed_memory`` keeps freed memory mapped. It changes the whole
+process, so each variant runs in worker processes
 of its own (``bench_models``'s time worker: the reference and ours alternating step by
 step), and the two variants alternate round by round in this run. Printed: the best step
 of each implementation under each variant, what keeping memory gains each, and ours'
@@ -37,7 +41,7 @@ def main(argv=None) -> int:
     p.add_argument("--iters", type=int, default=3, help="timed steps per worker")
     args = p.parse_args(argv)
     print(f"batch 16, 224 px, float32; best step in ms over {args.rounds} x {args.iters} "
-          f"steps per variant; 'kept' = vig_pyg.memory.keep_freed_memory()")
+          f"steps per variant; 'kept' = timing.keep_freed_memory()")
     header = (f"{'model':8} {'conv':5} {'mode':6} {'ours':>7} {'kept':>7} {'gain':>6} "
               f"{'ref':>7} {'kept':>7} {'gain':>6}   {'ours/ref speed-up':>17} {'kept':>6}")
     print(header)

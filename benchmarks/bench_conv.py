@@ -83,16 +83,26 @@ def compare_gathers(ks, batch: int, side: int, channels: int, repeats: int) -> N
         return run
 
     print(f"\nneighbour gathers, best of {repeats} alternating calls (ms)")
-    print(f"{'reduce':<7}{'k':>4} {'torch':>8} {'compiled':>9} {'ratio':>7}")
+    print(f"{'reduce':<7}{'k':>4} {'torch':>8} {'compiled':>9} {'ratio':>7}   "
+          f"{'fwd+bwd torch':>13} {'compiled':>9} {'ratio':>7}")
     x = torch.randn(batch, channels, side, side).to(memory_format=torch.channels_last)
     rows = x.permute(0, 2, 3, 1).reshape(-1, channels)
+    leaf = rows.detach().clone().requires_grad_(True)
     for k in ks:
         index = knn_edges(x, k)[0].contiguous()
+        grad = torch.randn(rows.size(0), channels)
         for name, fn in (("sum", functional.gather_sum), ("max", functional.gather_max)):
-            t = time_alternately({on: switched(on, lambda: fn(rows, index, k))
-                                  for on in (False, True)}, repeats, time.perf_counter)
-            plain, fast = 1e3 * min(t[False]), 1e3 * min(t[True])
-            print(f"{name:<7}{k:>4} {plain:8.3f} {fast:9.3f} {plain / fast:6.2f}x", flush=True)
+            def both():
+                leaf.grad = None
+                fn(leaf, index, k).backward(grad)
+            t = time_alternately({(on, mode): switched(on, step) for on in (False, True)
+                                  for mode, step in (("fwd", lambda: fn(rows, index, k)),
+                                                     ("bwd", both))},
+                                 repeats, time.perf_counter)
+            b = {key: 1e3 * min(v) for key, v in t.items()}
+            print(f"{name:<7}{k:>4} {b[False, 'fwd']:8.3f} {b[True, 'fwd']:9.3f} "
+                  f"{b[False, 'fwd'] / b[True, 'fwd']:6.2f}x   {b[False, 'bwd']:13.3f} "
+                  f"{b[True, 'bwd']:9.3f} {b[False, 'bwd'] / b[True, 'bwd']:6.2f}x", flush=True)
 
 
 def main(argv=None):

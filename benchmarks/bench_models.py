@@ -25,7 +25,7 @@ and its ``ru_maxrss`` growth over the resident size before the first step is rep
     python benchmarks/bench_models.py --convs mr edge sage gin --no-memory   # every aggregator
     python benchmarks/bench_models.py --breakdown --modes infer   # where inference time goes
     python benchmarks/bench_models.py --compile --convs mr        # + torch.compile vs eager
-    python benchmarks/bench_models.py --keep-memory   # freed memory kept (vig_pyg.memory)
+    python benchmarks/bench_models.py --keep-memory   # freed memory kept (bench_allocator.py)
 
 ``--convs`` runs each model with each graph convolution (the reference evaluates the same
 aggregator literally, as the release does). ``--breakdown`` times every call of ours'
@@ -264,8 +264,8 @@ def _parse(argv):
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     p.add_argument("--keep-memory", action="store_true",
-                   help="run every worker with vig_pyg.memory.keep_freed_memory() (both "
-                        "implementations; what the vig-pyg command line does)")
+                   help="run every worker with freed memory kept in the process "
+                        "(timing.keep_freed_memory; both implementations)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads (default: torch's choice, all cores)")
@@ -284,7 +284,7 @@ def _parse(argv):
 def _worker(args) -> int:
     kind, *rest = args.worker
     if args.keep_memory:
-        from vig_pyg.memory import keep_freed_memory
+        from timing import keep_freed_memory
         keep_freed_memory()
     if kind == "time":
         out = time_worker(*rest, args.batch, args.img, args.iters, args.warmup,

@@ -58,3 +58,27 @@ def step_setup(args):
     print(f"{args.model}, batch {args.batch}, {args.img} px, float32 on the CPU, "
           f"{torch.get_num_threads()} thread(s), {args.clock} clock")
     return (time.perf_counter if args.clock == "wall" else time.process_time), x, y
+
+
+def keep_freed_memory() -> bool:
+    """Makes this process keep the memory it frees (glibc's ``mallopt``; ``False`` on other
+    C libraries): blocks up to 1 GiB come from the heap instead of their own ``mmap``, and
+    the heap is never trimmed, so a step's fresh tensors reuse pages that are already mapped
+    rather than faulting new ones in. ``bench_allocator.py`` shows what that does to each
+    implementation: the reference's large ``[B, C, N, k]`` gathers fault heavily, ours little,
+    and ours' training steps came out slower with it, so vig_pyg itself does not do this."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return False
+    if libc is None or not hasattr(libc, "mallopt"):
+        return False
+    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    trim, top_pad, mmap = -1, -2, -3  # M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD
+    # a trim threshold of -1 is read as the largest size: never trim
+    return all(libc.mallopt(param, value) == 1 for param, value in (
+        (trim, -1), (top_pad, 256 << 20), (mmap, 1 << 30)))

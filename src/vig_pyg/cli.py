@@ -10,7 +10,6 @@ import sys
 from .detection.cli import add_detect_parser
 from .diagnostics.cli import add_inspect_parser
 from .errors import VigPygError
-from .memory import keep_freed_memory_if_asked
 from .experiments import add_report_parser, add_sweep_parser
 from .models.export import add_export_parser
 from .models.info import add_info_parser
@@ -56,10 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Runs a sub-command. An input problem (any :class:`~vig_pyg.errors.VigPygError`) is one
     ``vig-pyg CMD: error: ...`` line on stderr and exit status 2, whichever sub-command
-    raised it; anything else is a bug and keeps its traceback. With
-    ``VIG_PYG_KEEP_MEMORY=1`` the process keeps the memory it frees (:mod:`vig_pyg.memory`)."""
+    raised it; anything else is a bug and keeps its traceback."""
     args = build_parser().parse_args(argv)
-    keep_freed_memory_if_asked()  # VIG_PYG_KEEP_MEMORY=1 (vig_pyg.memory)
     try:
         return int(args.func(args) or 0)
     except VigPygError as exc:

@@ -70,8 +70,6 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     with open(argv[0]) as fh:
         task = json.load(fh)
-    from ..memory import keep_freed_memory_if_asked
-    keep_freed_memory_if_asked()  # a run in its own process, as `vig-pyg train`
     result = attempt(task)
     with open(task["result_file"], "w") as fh:
         json.dump(result, fh)

@@ -15,7 +15,6 @@ import os
 import sys
 
 from ..errors import VigPygError
-from ..memory import keep_freed_memory_if_asked
 from .config import describe_keys
 
 TRAIN_HELP = "train a ViG on digits (built in), CIFAR-10/100 or an ImageNet-style folder"
@@ -137,7 +136,6 @@ def main(argv=None) -> int:
     add_train_parser(sub)
     add_eval_parser(sub)
     args = parser.parse_args(argv)
-    keep_freed_memory_if_asked()  # as the vig-pyg command line does
     return args.func(args)
 
 
