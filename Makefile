@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_models.py --convs mr edge sage gin
 	$(PY) benchmarks/bench_models.py --breakdown --modes infer --convs mr edge sage gin
 	$(PY) benchmarks/bench_fast_paths.py --modes forward train
+	$(PY) benchmarks/bench_floor.py
 	$(PY) benchmarks/bench_graphs.py
 	$(PY) benchmarks/bench_pyg_convs.py
 	$(PY) benchmarks/bench_detection.py

@@ -21,6 +21,8 @@ import os
 import subprocess
 import sys
 
+from timing import each_case, print_table_header
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -44,22 +46,19 @@ def main(argv=None) -> int:
           f"steps per variant; 'kept' = timing.keep_freed_memory()")
     header = (f"{'model':8} {'conv':5} {'mode':6} {'ours':>7} {'kept':>7} {'gain':>6} "
               f"{'ref':>7} {'kept':>7} {'gain':>6}   {'ours/ref speed-up':>17} {'kept':>6}")
-    print(header)
-    print("-" * len(header))
-    for model in args.models:
-        for conv in args.convs:
-            for mode in args.modes:
-                best = {}
-                for _ in range(args.rounds):
-                    for keep in (False, True):
-                        for impl, t in worker_times(model, mode, conv, keep,
-                                                    args.iters).items():
-                            best[impl, keep] = min(best.get((impl, keep), 1e9), min(t))
-                ours, ours_k = 1e3 * best["ours", False], 1e3 * best["ours", True]
-                ref, ref_k = 1e3 * best["reference", False], 1e3 * best["reference", True]
-                print(f"{model:8} {conv:5} {mode:6} {ours:7.0f} {ours_k:7.0f} "
-                      f"{ours / ours_k:5.2f}x {ref:7.0f} {ref_k:7.0f} {ref / ref_k:5.2f}x   "
-                      f"{ref / ours:16.2f}x {ref_k / ours_k:5.2f}x", flush=True)
+    print_table_header(header)
+    for model, conv, mode in each_case(args):
+        best = {}
+        for _ in range(args.rounds):
+            for keep in (False, True):
+                for impl, t in worker_times(model, mode, conv, keep,
+                                            args.iters).items():
+                    best[impl, keep] = min(best.get((impl, keep), 1e9), min(t))
+        ours, ours_k = 1e3 * best["ours", False], 1e3 * best["ours", True]
+        ref, ref_k = 1e3 * best["reference", False], 1e3 * best["reference", True]
+        print(f"{model:8} {conv:5} {mode:6} {ours:7.0f} {ours_k:7.0f} "
+              f"{ours / ours_k:5.2f}x {ref:7.0f} {ref_k:7.0f} {ref / ref_k:5.2f}x   "
+              f"{ref / ours:16.2f}x {ref_k / ours_k:5.2f}x", flush=True)
     return 0
 
 

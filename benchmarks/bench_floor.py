@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench_models import TARGETS, _make_step, _setup
-from timing import time_alternately
+from timing import each_case, print_table_header, time_alternately
 
 CONV_OPS = ("convolution", "convolution_backward")
 MATMUL_OPS = ("bmm", "baddbmm", "mm", "addmm")
@@ -120,27 +120,24 @@ def main(argv=None) -> int:
     header = (f"{'model':8} {'conv':5} {'mode':6} {'conv GMAC':>9} {'dist GMAC':>9} "
               f"{'rate':>6} {'floor':>7} {'+ dist':>7} {'ref':>7} {'ours':>7} "
               f"{'ours/floor':>10} {'bound':>6} {'target':>6}  reachable")
-    print(header)
-    print("-" * len(header))
-    for name in args.models:
-        for conv in args.convs:
-            for mode in args.modes:
-                macs = step_macs(name, conv, mode)
-                steps = {impl: _make_step(name, impl, mode, 16, 224, conv)
-                         for impl in ("reference", "ours")}
-                rate, _ = best_rate()
-                times = time_alternately(steps, args.iters, time.perf_counter)
-                rate = max(rate, best_rate()[0])  # before and after: the higher one
-                ref, ours = min(times["reference"]), min(times["ours"])
-                floor = macs["conv"] / rate
-                bound = ref / floor
-                target = TARGETS[name][0 if mode == "infer" else 1]
-                print(f"{name:8} {conv:5} {mode:6} {macs['conv'] / 1e9:9.2f} "
-                      f"{macs['distance'] / 1e9:9.3f} {rate / 1e9:6.1f} {floor * 1e3:7.0f} "
-                      f"{(macs['conv'] + macs['distance']) / rate * 1e3:7.0f} "
-                      f"{ref * 1e3:7.0f} {ours * 1e3:7.0f} {ours / floor:10.2f} "
-                      f"{bound:5.2f}x {target:5.1f}x  {'yes' if bound >= target else 'NO'}",
-                      flush=True)
+    print_table_header(header)
+    for name, conv, mode in each_case(args):
+        macs = step_macs(name, conv, mode)
+        steps = {impl: _make_step(name, impl, mode, 16, 224, conv)
+                 for impl in ("reference", "ours")}
+        rate, _ = best_rate()
+        times = time_alternately(steps, args.iters, time.perf_counter)
+        rate = max(rate, best_rate()[0])  # before and after: the higher one
+        ref, ours = min(times["reference"]), min(times["ours"])
+        floor = macs["conv"] / rate
+        bound = ref / floor
+        target = TARGETS[name][0 if mode == "infer" else 1]
+        print(f"{name:8} {conv:5} {mode:6} {macs['conv'] / 1e9:9.2f} "
+              f"{macs['distance'] / 1e9:9.3f} {rate / 1e9:6.1f} {floor * 1e3:7.0f} "
+              f"{(macs['conv'] + macs['distance']) / rate * 1e3:7.0f} "
+              f"{ref * 1e3:7.0f} {ours * 1e3:7.0f} {ours / floor:10.2f} "
+              f"{bound:5.2f}x {target:5.1f}x  {'yes' if bound >= target else 'NO'}",
+              flush=True)
     return 0
 
 

@@ -82,3 +82,16 @@ def keep_freed_memory() -> bool:
     # a trim threshold of -1 is read as the largest size: never trim
     return all(libc.mallopt(param, value) == 1 for param, value in (
         (trim, -1), (top_pad, 256 << 20), (mmap, 1 << 30)))
+
+
+def print_table_header(header: str) -> None:
+    """``header`` and a rule under it."""
+    print(header)
+    print("-" * len(header))
+
+
+def each_case(args):
+    """``(model, conv, mode)`` for every combination of ``--models``, ``--convs``, ``--modes``."""
+    import itertools
+
+    return itertools.product(args.models, args.convs, args.modes)
