@@ -67,11 +67,14 @@ def test_nan_inf_and_overflowing_norms_refused(lib, bad):
         knn_mod._normalize(x, "node features")
 
 
-def test_large_finite_entries_are_normalised(lib):
-    x = torch.zeros(1, 3, 4)
-    x[0, 0] = torch.tensor([3e30, 4e30, 0, 0])  # squares overflow float32, the norm does not
+@pytest.mark.parametrize("c", [4, 48])  # the tail loop, and the 16-lane loop
+def test_large_finite_entries_are_normalised(lib, c):
+    x = torch.zeros(1, 3, c)
+    x[0, 0, 1], x[0, 0, c - 2] = 3e30, 4e30  # squares overflow float32, the norm does not
     y, sq = knn_mod._normalize(x, "node features")
-    assert torch.allclose(y[0, 0], torch.tensor([0.6, 0.8, 0, 0]))
+    expect = torch.zeros(c)
+    expect[1], expect[c - 2] = 0.6, 0.8
+    assert torch.allclose(y[0, 0], expect)
     assert abs(float(sq[0, 0]) - 1.0) < 1e-6
 
 

@@ -106,8 +106,8 @@ def _gather_reduce(x_src: Tensor, index: Tensor, k: int, reduce: str, need_rank:
 def _native_gather_reduce(x_src: Tensor, index: Tensor, k: int, reduce: str, out: Tensor,
                           rank: Tensor | None) -> bool:
     """Fills ``out`` (and ``rank``) with the compiled reduction (``graph/_gather.c``: each
-    source row read once and reduced in place, no ``[chunk, k, C]`` block; about a quarter
-    of the chunked path's time on vig_ti's shapes, ``benchmarks/bench_conv.py --gather``)
+    source row read once and reduced in place, no ``[chunk, k, C]`` block; 2-3x the chunked
+    path's speed on vig_ti's shapes, ``benchmarks/bench_conv.py --gather``)
     and returns ``True``, or ``False`` where it does not apply: not float32 on the CPU, the
     switch off (``vig_pyg.graph.select.native``), ranks wider than a byte. Indices out of
     range get the error ``index_select`` would give, not a read past the rows."""

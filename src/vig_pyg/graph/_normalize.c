@@ -5,28 +5,29 @@
      q  = x / max(|x|, 1e-12)      (the L2-normalised row, written to out)
      sq = |q|^2                    (its squared norm, the |y_j|^2 of the distance)
    in one read of x and one write of q, where torch needs a square, a sum, a square root,
-   a division and a second square and sum, each a pass with a fresh tensor. Sums of squares
-   run in 16 float lanes (a vector register, so the compiler vectorises them) that are
-   added in double: |x| carries no more rounding than torch's float32 sum, and an entry
-   whose square overflows float32 does not turn a finite row into an infinite norm. */
+   a division and a second square and sum, each a pass with a fresh tensor. Squares are
+   summed in double, in 16 independent lanes (so the compiler vectorises the loop): |x|
+   carries no more rounding than torch's float32 sum, and an entry whose square overflows
+   float32 does not turn a finite row into an infinite norm. The pass is bound by memory,
+   not by the double arithmetic. */
 #include <math.h>
 #include <stdint.h>
 
 #define LANES 16
 
 static double sum_squares(const float* v, int64_t c) {
-  float acc[LANES] = {0};
+  double acc[LANES] = {0};
   int64_t j = 0;
   for (; j + LANES <= c; j += LANES)
-    for (int l = 0; l < LANES; ++l) acc[l] += v[j + l] * v[j + l];
+    for (int l = 0; l < LANES; ++l) acc[l] += (double)v[j + l] * v[j + l];
   double s = 0;
   for (int l = 0; l < LANES; ++l) s += acc[l];
   for (; j < c; ++j) s += (double)v[j] * v[j];
   return s;
 }
 
-/* out = v / norm, and the sum of its squares (a NaN norm, kept by the clamp above as
-   torch's clamp_min keeps it, makes the row NaN). */
+/* out = v / norm, and the sum of its squares (a NaN norm, which the clamp in
+   vig_normalize_rows keeps as torch's clamp_min does, makes the row NaN). */
 static double scaled_sum_squares(const float* v, int64_t c, float norm, float* out) {
   for (int64_t j = 0; j < c; ++j) out[j] = v[j] / norm;
   return sum_squares(out, c);
