@@ -1,8 +1,9 @@
 """Each model-wide fast path against its plain path, in the same process, alternating.
 
 Switches: ``vig_pyg.layers.fused`` (conv + BatchNorm + activation or residual in one oneDNN
-call, inference only) and ``vig_pyg.graph.select.native`` (the compiled kNN selection
-instead of ``torch.topk``). Variants: both on (the default), fused off, both off. The steps are
+call, inference only) and ``vig_pyg.graph.select.native`` (the compiled kernels: the kNN
+selection instead of ``torch.topk``, the kNN's row normalisation, the neighbour sum/max).
+Variants: both on (the default), fused off, both off. The steps are
 ``bench_graphs.make_step``'s: ``forward`` an eval-mode forward under ``torch.no_grad()``,
 ``train`` forward + cross-entropy + backward + SGD step (where only the selection applies).
 
@@ -53,7 +54,7 @@ def main(argv=None) -> int:
             step = make_step(model, mode, x, y)
             steps = {"fast paths on": switched(step, True, True),
                      "fused off": switched(step, False, True),
-                     "fused + selection off": switched(step, False, False)}
+                     "fused + native off": switched(step, False, False)}
             times = time_alternately(steps, args.iters, time.perf_counter)
             print_ratios(times, "fast paths on", args.batch, f"{name} {mode}", "variant")
     return 0

@@ -270,7 +270,7 @@ def _normalize(x: Tensor, name: str) -> tuple[Tensor, Tensor]:
 
     Float32 on the CPU takes one compiled pass (``_normalize.c``): it reads ``x`` once and
     writes the rows once, where the torch ops below take five passes, each into a fresh
-    tensor: 4-7x faster on vig_ti's and pvig_ti's block shapes
+    tensor: 1.7-3x faster on vig_ti's and pvig_ti's block shapes
     (``benchmarks/bench_knn.py --parts``)."""
     lib = library_for(x)
     if lib is None or x.numel() == 0:
