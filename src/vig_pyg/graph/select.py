@@ -67,7 +67,8 @@ from ..tracing import recording
 
 __all__ = ["smallest_k", "native", "native_available"]
 
-#: Use the compiled selection where it applies (``VIG_PYG_NATIVE=0`` turns it off).
+#: Use the compiled kernels where they apply: the selection, the kNN's normalisation and
+#: the neighbour sum/max (``VIG_PYG_NATIVE=0`` turns all three off).
 native: bool = os.environ.get("VIG_PYG_NATIVE", "1") != "0"
 
 #: Built into one library: the selection, the kNN's row normalisation (knn.py) and the
@@ -195,9 +196,11 @@ def _load():
                 except (OSError, subprocess.SubprocessError) as exc:
                     lines = str(getattr(exc, "stderr", None) or exc).strip().splitlines()
                     warnings.warn(
-                        f"vig_pyg: the native kNN selection could not be built "
+                        f"vig_pyg: the native kernels (kNN selection, normalisation, "
+                        f"neighbour sum/max) could not be built "
                         f"({lines[-1] if lines else type(exc).__name__}); using torch.topk "
-                        f"(same edges, slower). Install a C compiler (or point CC at one), "
+                        f"and torch ops (same edges, slower). Install a C compiler (or "
+                        f"point CC at one), "
                         f"or set VIG_PYG_NATIVE=0 to silence this", RuntimeWarning,
                         stacklevel=3)
                     _lib = False
