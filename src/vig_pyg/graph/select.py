@@ -67,14 +67,17 @@ from ..tracing import recording
 
 __all__ = ["smallest_k", "native", "native_available"]
 
-#: Use the compiled kernels where they apply: the selection, the kNN's normalisation and
-#: the neighbour sum/max (``VIG_PYG_NATIVE=0`` turns all three off).
+#: Use the compiled kernels where they apply: the selection, the kNN's normalisation, the
+#: neighbour sum/max and the training BatchNorm + activation (``VIG_PYG_NATIVE=0`` turns
+#: all four off).
 native: bool = os.environ.get("VIG_PYG_NATIVE", "1") != "0"
 
-#: Built into one library: the selection, the kNN's row normalisation (knn.py) and the
-#: neighbour reductions of fixed-degree graphs (conv/functional.py).
+#: Built into one library: the selection, the kNN's row normalisation (knn.py), the
+#: neighbour reductions of fixed-degree graphs (conv/functional.py) and the training-mode
+#: BatchNorm + activation (layers/batch_norm.py, whose C file lives beside it).
 _SOURCES = tuple(Path(__file__).with_name(name)
-                 for name in ("_select.c", "_normalize.c", "_gather.c"))
+                 for name in ("_select.c", "_normalize.c", "_gather.c")) + (
+    Path(__file__).parent.parent / "layers" / "_batch_norm.c",)
 _FLAGS = ("-O3", "-march=native", "-std=c99", "-shared", "-fPIC")
 #: The C file's fixed buffers hold this many (k*d is a few dozen in every ViG).
 _MAX_KD = 1024
@@ -148,6 +151,12 @@ def _open(path: Path) -> ctypes.CDLL:
         ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
         ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32]
     lib.vig_gather_reduce_backward.restype = None
+    p, i64, i32, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_float
+    lib.vig_bn_act_forward.argtypes = [p, i64, i64, p, p, p, ctypes.c_double, i32, f32, p, p,
+                                       p, p, p, i32]
+    lib.vig_bn_act_forward.restype = None
+    lib.vig_bn_act_backward.argtypes = [p, p, i64, i64, p, p, p, p, i32, f32, p, p, p, p, i32]
+    lib.vig_bn_act_backward.restype = None
     return lib
 
 
@@ -197,7 +206,7 @@ def _load():
                     lines = str(getattr(exc, "stderr", None) or exc).strip().splitlines()
                     warnings.warn(
                         f"vig_pyg: the native kernels (kNN selection, normalisation, "
-                        f"neighbour sum/max) could not be built "
+                        f"neighbour sum/max, training BatchNorm) could not be built "
                         f"({lines[-1] if lines else type(exc).__name__}); using torch.topk "
                         f"and torch ops (same edges, slower). Install a C compiler (or "
                         f"point CC at one), "

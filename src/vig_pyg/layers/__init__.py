@@ -1,6 +1,7 @@
 """Building blocks below the graph convolutions and the models (of vig_pyg they import only
-the leaf modules ``errors`` and ``tracing``): both
-``vig_pyg.conv`` and ``vig_pyg.models`` take their activations from here."""
+the leaf modules ``errors`` and ``tracing``, and ``graph.select``, which builds and loads
+the one library of compiled kernels): both ``vig_pyg.conv`` and ``vig_pyg.models`` take
+their activations, and their convolution + BatchNorm + activation, from here."""
 from .activation import RELEASE_ACTIVATIONS, make_activation
 
 __all__ = ["RELEASE_ACTIVATIONS", "make_activation"]

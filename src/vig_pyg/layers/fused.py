@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..tracing import recording
+from .batch_norm import batch_norm_act
 
 __all__ = ["conv_bn_act", "fold_batch_norm", "onednn_activation", "disabled", "enabled",
            "ONEDNN_ACTIVATIONS"]
@@ -105,12 +106,16 @@ def conv_bn_act(conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d], x: Tensor,
                 act: Optional[nn.Module] = None, residual: Optional[Tensor] = None) -> Tensor:
     """``act(bn(conv(x)))``, or ``bn(conv(x)) + residual`` (give ``act`` or ``residual``,
     not both). ``bn`` may be ``None``; with running statistics it is folded into the
-    convolution, and in float32 CPU inference the whole is one oneDNN call."""
+    convolution, and in float32 CPU inference the whole is one oneDNN call; in training
+    mode BatchNorm + activation (or + residual) is one compiled pass each way
+    (:func:`~vig_pyg.layers.batch_norm.batch_norm_act`)."""
     if act is not None and residual is not None:
         raise ValueError("conv_bn_act takes an activation or a residual, not both")
     if not isinstance(conv, nn.Conv2d) or (bn is not None and (
             bn.training or bn.running_mean is None)):
-        y = conv(x) if bn is None else bn(conv(x))  # batch statistics: nothing to fold
+        if bn is not None:  # batch statistics: nothing to fold; compiled where it applies
+            return batch_norm_act(bn, conv(x), act, residual)
+        y = conv(x)
         y = y if act is None else act(y)
         return y if residual is None else y + residual
     weight, bias = (conv.weight, conv.bias) if bn is None else fold_batch_norm(conv, bn)
