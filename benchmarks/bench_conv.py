@@ -12,6 +12,7 @@ alternating repeat by repeat (so machine noise hits both alike); the table gives
     .venv/bin/python benchmarks/bench_conv.py [--repeats 7] [--convs mr edge] [--ks 9 18]
         [--threads 1] [--stat min]
     .venv/bin/python benchmarks/bench_conv.py --gather   # neighbour sum/max: compiled vs torch
+    .venv/bin/python benchmarks/bench_conv.py --projection   # grouped projections in training
 """
 from __future__ import annotations
 
@@ -105,6 +106,51 @@ def compare_gathers(ks, batch: int, side: int, channels: int, repeats: int) -> N
                   f"{b[True, 'bwd']:9.3f} {b[False, 'bwd'] / b[True, 'bwd']:6.2f}x", flush=True)
 
 
+PROJECTIONS = [  # (what, rows, in, out): the graph convolutions' grouped projections
+    ("gin, vig_ti", 3136, 192, 384),
+    ("mr/edge/sage nn2, vig_ti", 3136, 384, 384),
+    ("mr, pvig_ti stage 1", 50176, 96, 96),
+    ("mr, pvig_ti stage 2", 12544, 192, 192),
+]
+
+
+def compare_projections(repeats: int) -> None:
+    """The grouped 1x1 convolutions of the graph convolutions in training (4 groups):
+    oneDNN's grouped convolution against one matrix product per group
+    (``vig_pyg.layers.grouped_linear``, its switch ``enabled`` off and on), forward +
+    backward, alternating call by call."""
+    from timing import time_alternately
+    from vig_pyg.layers import grouped_linear as GL
+
+    def switched(on, fn):
+        def run():
+            before, GL.enabled = GL.enabled, on
+            try:
+                fn()
+            finally:
+                GL.enabled = before
+        return run
+
+    print(f"\ngrouped projections (4 groups), forward + backward, best of {repeats} "
+          f"alternating calls (ms)")
+    print(f"{'projection':<26}{'rows':>7}{'in':>5}{'out':>5} {'conv':>8} {'per group':>10} "
+          f"{'ratio':>7}")
+    for what, m, cin, cout in PROJECTIONS:
+        x = torch.randn(m, cin, requires_grad=True)
+        w = torch.randn(cout, cin // 4, 1, 1, requires_grad=True)
+        b = torch.randn(cout, requires_grad=True)
+        grad = torch.randn(m, cout)
+
+        def step():
+            x.grad = w.grad = b.grad = None
+            GL.grouped_linear(x, w, b, 4).backward(grad)
+        t = time_alternately({on: switched(on, step) for on in (False, True)}, repeats,
+                             time.perf_counter, warmup=2)
+        conv, mm = 1e3 * min(t[False]), 1e3 * min(t[True])
+        print(f"{what:<26}{m:>7}{cin:>5}{cout:>5} {conv:8.2f} {mm:10.2f} {conv / mm:6.2f}x",
+              flush=True)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--convs", nargs="+", default=["mr", "edge", "sage", "gin"])
@@ -117,9 +163,14 @@ def main(argv=None):
     parser.add_argument("--stat", choices=["median", "min"], default="median")
     parser.add_argument("--gather", action="store_true",
                         help="only the neighbour sum/max: compiled against torch")
+    parser.add_argument("--projection", action="store_true",
+                        help="only the grouped projections in training: oneDNN's grouped "
+                             "convolution against one matrix product per group")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.projection:
+        return compare_projections(max(args.repeats, 15))
     if args.gather:
         return compare_gathers(args.ks, args.batch, args.side, args.channels,
                                max(args.repeats, 20))
