@@ -87,3 +87,25 @@ def test_float16_model_runs_on_cuda():
     with torch.no_grad():
         out = model(torch.randn(2, 3, 64, 64, device="cuda", dtype=torch.float16))
     assert out.shape == (2, 10) and out.dtype == torch.float16
+
+
+def test_cpu_only_training_paths_step_aside_on_cuda():
+    """The compiled BatchNorm + activation and the per-group products are CPU paths: on a
+    GPU the projection trains through the plain modules, as a float64 CPU copy does."""
+    import copy
+
+    from vig_pyg.conv.projection import GroupedProjection
+
+    torch.manual_seed(0)
+    proj = GroupedProjection(16, 32).train()
+    ref = copy.deepcopy(proj).double()
+    x = torch.randn(50, 16, dtype=torch.float64)
+    xs = x.float().cuda().requires_grad_()
+    out = proj.cuda()(xs)
+    grad, = torch.autograd.grad(out.square().sum(), xs)
+    x64 = x.clone().requires_grad_()
+    want = ref(x64)
+    want_grad, = torch.autograd.grad(want.square().sum(), x64)
+    torch.testing.assert_close(out.double().cpu(), want, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(grad.double().cpu(), want_grad, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(proj[1].running_var.double().cpu(), ref[1].running_var)
