@@ -29,7 +29,7 @@
    over a row compile to vector code, 512 bits wide where the processor has AVX-512 (with
    GELU these loops are bound by arithmetic, not memory; torch's GELU and its backward,
    vectorised alike, are the speed to beat). */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__AVX512F__)
+#if defined(__GNUC__) && __GNUC__ >= 8 && !defined(__clang__) && defined(__AVX512F__)
 #pragma GCC target("prefer-vector-width=512")
 #endif
 #include <math.h>
