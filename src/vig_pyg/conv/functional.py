@@ -32,8 +32,9 @@ from torch.autograd.function import once_differentiable
 from ..graph.select import library_for
 from ..tracing import tracing
 
-__all__ = ["gather_max", "gather_sum", "neighbour_max", "map_target_chunks", "chunk_targets",
-           "tracing", "CHUNK_BYTES_PER_THREAD", "MAX_CHUNKS"]
+__all__ = ["gather_max", "gather_sum", "gather_sum_centre", "neighbour_max",
+           "map_target_chunks", "chunk_targets", "tracing", "CHUNK_BYTES_PER_THREAD",
+           "MAX_CHUNKS"]
 
 #: Bytes of the gathered ``[chunk, k, C]`` block per intra-op thread (CPU).
 CHUNK_BYTES_PER_THREAD = 1 << 20
@@ -103,6 +104,15 @@ def _gather_reduce(x_src: Tensor, index: Tensor, k: int, reduce: str, need_rank:
     return out, rank
 
 
+def _check_sources(index: Tensor, num_src: int) -> None:
+    """The error ``index_select`` would give for an index outside the source rows (C reads
+    whatever it is pointed at)."""
+    lo, hi = torch.aminmax(index)
+    if int(lo) < 0 or int(hi) >= num_src:
+        raise IndexError(f"edge_index holds source node {int(lo) if int(lo) < 0 else int(hi)}"
+                         f", outside the {num_src} source nodes")
+
+
 def _native_gather_reduce(x_src: Tensor, index: Tensor, k: int, reduce: str, out: Tensor,
                           rank: Tensor | None) -> bool:
     """Fills ``out`` (and ``rank``) with the compiled reduction (``graph/_gather.c``: each
@@ -117,10 +127,7 @@ def _native_gather_reduce(x_src: Tensor, index: Tensor, k: int, reduce: str, out
         return False
     if x_src.size(0) == 0:
         return False  # index_select names the problem
-    lo, hi = torch.aminmax(index)
-    if int(lo) < 0 or int(hi) >= x_src.size(0):
-        raise IndexError(f"edge_index holds source node {int(lo) if int(lo) < 0 else int(hi)}"
-                         f", outside the {x_src.size(0)} source nodes")
+    _check_sources(index, x_src.size(0))
     x_src = x_src.contiguous()
     lib.vig_gather_reduce(x_src.data_ptr(), index.data_ptr(), out.size(0), k, out.size(1),
                           int(reduce == "max"), out.data_ptr(),
@@ -129,16 +136,17 @@ def _native_gather_reduce(x_src: Tensor, index: Tensor, k: int, reduce: str, out
 
 
 def _native_backward(grad: Tensor, index: Tensor, k: int, rank: Tensor | None,
-                     num_src: int) -> Tensor | None:
+                     num_src: int, into: Tensor | None = None) -> Tensor | None:
     """The source rows' gradient by the compiled scatter (``graph/_gather.c``: threads
-    split the channels, so no [N, C] index tensor and no atomics), or ``None`` where it
-    does not apply. The indices were valid in the forward."""
+    split the channels, so no [N, C] index tensor and no atomics), added into ``into``
+    (another term of the same gradient, ``[num_src, C]`` contiguous) or into zeros; or
+    ``None`` where it does not apply. The indices were valid in the forward."""
     lib = library_for(grad)
     if lib is None or index.dtype != torch.int64 or (rank is not None
                                                      and rank.dtype != torch.uint8):
         return None
     grad = grad.contiguous()
-    grad_src = grad.new_zeros(num_src, grad.size(1))
+    grad_src = grad.new_zeros(num_src, grad.size(1)) if into is None else into
     lib.vig_gather_reduce_backward(grad.data_ptr(), index.data_ptr(), grad.size(0), k,
                                    grad.size(1), None if rank is None else rank.data_ptr(),
                                    grad_src.data_ptr(), torch.get_num_threads())
@@ -188,6 +196,39 @@ class _GatherSum(torch.autograd.Function):
         return grad_src, None, None
 
 
+class _GatherSumCentre(torch.autograd.Function):
+    """``scale * x_dst + gather_sum(x_src)``, ``scale = 1 + eps``, compiled both ways.
+    ``x_dst`` is ``None`` when the centres are the sources themselves (a graph on one node
+    set): the two gradient terms of that one tensor are then summed in one buffer instead of
+    by autograd."""
+
+    @staticmethod
+    def forward(ctx, x_src, x_dst, eps, index, k, lib):
+        centre = (x_src if x_dst is None else x_dst).contiguous()
+        x_src = x_src.contiguous()
+        n, c = index.numel() // k, x_src.size(1)
+        out = x_src.new_empty(n, c)
+        scale = float(1 + eps)
+        lib.vig_gather_sum_centre(x_src.data_ptr(), index.data_ptr(), n, k, c,
+                                  centre.data_ptr(), scale, out.data_ptr(),
+                                  torch.get_num_threads())
+        ctx.save_for_backward(index, centre)
+        ctx.scale, ctx.k, ctx.num_src, ctx.shared = scale, k, x_src.size(0), x_dst is None
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        index, centre = ctx.saved_tensors
+        grad = grad.contiguous()
+        centre_grad = grad * ctx.scale
+        d_eps = torch.dot(grad.view(-1), centre.view(-1)).view(1)
+        into = centre_grad if ctx.shared else None
+        d_src = _native_backward(grad, index, ctx.k, None, ctx.num_src, into=into)
+        d_dst = None if ctx.shared else centre_grad
+        return d_src, d_dst, d_eps, None, None, None
+
+
 class _NeighbourMax(torch.autograd.Function):
     @staticmethod
     def forward(ctx, rows: Tensor, k: int) -> Tensor:
@@ -232,6 +273,29 @@ def gather_sum(x_src: Tensor, index: Tensor, k: int) -> Tensor:
     if not _wants_grad(x_src):
         return _gather_reduce(x_src, index, k, "sum", False)[0]
     return _GatherSum.apply(x_src, index, k)
+
+
+def gather_sum_centre(x_src: Tensor, index: Tensor, k: int, x_dst: Tensor,
+                      eps: Tensor) -> Tensor:
+    r"""``out[i] = (1 + eps) * x_dst[i] + sum_{r < k} x_src[index[i * k + r]]`` (GIN's
+    aggregation; ``eps`` a one-element tensor): ``[N, C]``.
+
+    Where the compiled kernels apply (float32 on the CPU, ``graph/_gather.c``) the centre
+    term is added in the gather's own pass, and the backward adds the centre's gradient
+    into the sources' scatter (one buffer when ``x_dst`` is ``x_src``) and takes ``eps``'s
+    as one dot product: ``torch.addcmul`` needs two more passes and two more tensors each
+    way, as much time as the gather itself on pvig_ti's shapes
+    (``benchmarks/bench_conv.py --gather``)."""
+    index = index.contiguous()
+    lib = None if tracing() else library_for(x_src)
+    if lib is None or index.dtype != torch.int64 or x_src.size(0) == 0 or (
+            x_dst is not x_src and library_for(x_dst) is None) or eps.numel() != 1 \
+            or eps.dtype != torch.float32 or x_dst.shape != (index.numel() // k,
+                                                               x_src.size(1)):
+        return torch.addcmul(gather_sum(x_src, index, k), x_dst, 1 + eps)
+    _check_sources(index, x_src.size(0))
+    return _GatherSumCentre.apply(x_src, None if x_dst is x_src else x_dst, eps, index, k,
+                                  lib)
 
 
 def neighbour_max(rows: Tensor, k: int) -> Tensor:

@@ -72,7 +72,27 @@ void vig_gather_reduce(const float* x, const int64_t* idx, int64_t n, int64_t k,
   }
 }
 
-/* The gradient of vig_gather_reduce: grad_src (zeroed, [*, c]) += the output gradient
+/* GIN's aggregation: out[i] = (sum of row i as above) + scale * centre[i], the sum first
+   and the centre term added last, as torch.addcmul(sum, centre, scale) adds it, in the same
+   pass over the output row (torch needs a second pass and a second tensor). */
+void vig_gather_sum_centre(const float* x, const int64_t* idx, int64_t n, int64_t k,
+                           int64_t c, const float* centre, float scale, float* out,
+                           int32_t threads) {
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+#else
+  (void)threads;
+#endif
+  for (int64_t i = 0; i < n; ++i) {
+    float* o = out + i * c;
+    const float* z = centre + i * c;
+    sum_row(x, idx + i * k, k, c, o);
+    for (int64_t j = 0; j < c; ++j) o[j] += scale * z[j];
+  }
+}
+
+/* The gradient of vig_gather_reduce: grad_src ([*, c], zeroed or holding another term of
+   the same gradient, such as GIN's centre term) += the output gradient
    grad ([n, c]) of every target at each of its k source rows (sum), or at the one source
    row rank chose (max: rank [n, c] bytes). Threads split the channels, not the targets,
    so no two threads ever add into the same value and no atomics are needed. */

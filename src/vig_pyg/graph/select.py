@@ -151,6 +151,10 @@ def _open(path: Path) -> ctypes.CDLL:
         ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
         ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32]
     lib.vig_gather_reduce_backward.restype = None
+    lib.vig_gather_sum_centre.argtypes = [
+        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+        ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p, ctypes.c_int32]
+    lib.vig_gather_sum_centre.restype = None
     p, i64, i32, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_float
     lib.vig_bn_act_forward.argtypes = [p, i64, i64, p, p, p, ctypes.c_double, i32, f32, p, p,
                                        p, p, p, i32]
