@@ -17,7 +17,7 @@ import time
 import torch
 from torch import nn
 
-from timing import time_alternately
+from timing import switched, time_alternately
 
 SHAPES = [  # (what, [B, C, H, W], activation, residual)
     ("vig_ti stem 1", (16, 24, 112, 112), "gelu", False),
@@ -31,19 +31,8 @@ SHAPES = [  # (what, [B, C, H, W], activation, residual)
 ]
 
 
-def _switched(on: bool, fn):
-    from vig_pyg.graph import select
-
-    def run():
-        before, select.native = select.native, on
-        try:
-            fn()
-        finally:
-            select.native = before
-    return run
-
-
 def compare(what: str, shape, act_name: str, residual: bool, repeats: int) -> None:
+    from vig_pyg.graph import select
     from vig_pyg.layers.batch_norm import batch_norm_act
 
     g = torch.Generator().manual_seed(0)
@@ -63,7 +52,7 @@ def compare(what: str, shape, act_name: str, residual: bool, repeats: int) -> No
         leaf.grad = None
         batch_norm_act(bn, leaf, act, res).backward(grad)
 
-    steps = {(on, mode): _switched(on, fn) for on in (False, True)
+    steps = {(on, mode): switched(select, "native", on, fn) for on in (False, True)
              for mode, fn in (("fwd", forward), ("both", both))}
     t = {key: 1e3 * min(v) for key, v in
          time_alternately(steps, repeats, time.perf_counter, warmup=2).items()}

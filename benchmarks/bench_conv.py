@@ -71,18 +71,9 @@ def compare_gathers(ks, batch: int, side: int, channels: int, repeats: int) -> N
     """The neighbour sum and max of ``vig_pyg.conv.functional``: compiled
     (``graph/_gather.c``) against the chunked torch path (``vig_pyg.graph.select.native``
     off), alternating call by call on a kNN graph of the shape above."""
-    from timing import time_alternately
+    from timing import switched, time_alternately
     from vig_pyg.conv import functional
     from vig_pyg.graph import select
-
-    def switched(on, fn):
-        def run():
-            before, select.native = select.native, on
-            try:
-                fn()
-            finally:
-                select.native = before
-        return run
 
     print(f"\nneighbour gathers, best of {repeats} alternating calls (ms)")
     print(f"{'reduce':<7}{'k':>4} {'torch':>8} {'compiled':>9} {'ratio':>7}   "
@@ -97,7 +88,8 @@ def compare_gathers(ks, batch: int, side: int, channels: int, repeats: int) -> N
             def both():
                 leaf.grad = None
                 fn(leaf, index, k).backward(grad)
-            t = time_alternately({(on, mode): switched(on, step) for on in (False, True)
+            t = time_alternately({(on, mode): switched(select, "native", on, step)
+                                  for on in (False, True)
                                   for mode, step in (("fwd", lambda: fn(rows, index, k)),
                                                      ("bwd", both))},
                                  repeats, time.perf_counter)
@@ -162,17 +154,8 @@ def compare_projections(repeats: int) -> None:
     oneDNN's grouped convolution against one matrix product per group
     (``vig_pyg.layers.grouped_linear``, its switch ``enabled`` off and on), forward +
     backward, alternating call by call."""
-    from timing import time_alternately
+    from timing import switched, time_alternately
     from vig_pyg.layers import grouped_linear as GL
-
-    def switched(on, fn):
-        def run():
-            before, GL.enabled = GL.enabled, on
-            try:
-                fn()
-            finally:
-                GL.enabled = before
-        return run
 
     print(f"\ngrouped projections (4 groups), forward + backward, best of {repeats} "
           f"alternating calls (ms)")
@@ -187,8 +170,8 @@ def compare_projections(repeats: int) -> None:
         def step():
             x.grad = w.grad = b.grad = None
             GL.grouped_linear(x, w, b, 4).backward(grad)
-        t = time_alternately({on: switched(on, step) for on in (False, True)}, repeats,
-                             time.perf_counter, warmup=2)
+        t = time_alternately({on: switched(GL, "enabled", on, step) for on in (False, True)},
+                             repeats, time.perf_counter, warmup=2)
         conv, mm = 1e3 * min(t[False]), 1e3 * min(t[True])
         print(f"{what:<26}{m:>7}{cin:>5}{cout:>5} {conv:8.2f} {mm:10.2f} {conv / mm:6.2f}x",
               flush=True)

@@ -20,6 +20,19 @@ def time_alternately(steps: dict, iters: int, timer, warmup: int = 1) -> dict:
     return times
 
 
+def switched(owner, name: str, value, fn):
+    """``fn`` as a step run with ``owner.name`` set to ``value`` and restored after (a fast
+    path's switch, for :func:`time_alternately`)."""
+    def run():
+        before = getattr(owner, name)
+        setattr(owner, name, value)
+        try:
+            fn()
+        finally:
+            setattr(owner, name, before)
+    return run
+
+
 def print_ratios(times: dict, base: str, batch: int, title: str, label: str) -> None:
     """One row per variant: best ms, median ms, best / best of ``base``, images/s."""
     ref = min(times[base])

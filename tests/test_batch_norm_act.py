@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from native_helpers import spy_native
 from torch import nn
 
 from vig_pyg.graph import select
@@ -15,28 +16,11 @@ ACTS = {"none": None, "gelu": nn.GELU(), "relu": nn.ReLU(), "leaky": nn.LeakyReL
 
 
 @pytest.fixture
-def calls(monkeypatch):
+def calls(monkeypatch):  # forward calls, backward calls
     lib = select._load()
-    if lib is None:
-        pytest.skip("the native library could not be built here")
-    if not (lib.vig_select_openmp() or torch.get_num_threads() == 1):
+    if lib is not None and not (lib.vig_select_openmp() or torch.get_num_threads() == 1):
         pytest.skip("the library runs without torch's OpenMP threads here: plain path")
-    count = [0, 0]  # forward calls, backward calls
-
-    class Spy:
-        def __getattr__(self, name):
-            return getattr(lib, name)
-
-        def vig_bn_act_forward(self, *args):
-            count[0] += 1
-            return lib.vig_bn_act_forward(*args)
-
-        def vig_bn_act_backward(self, *args):
-            count[1] += 1
-            return lib.vig_bn_act_backward(*args)
-
-    monkeypatch.setattr(select, "_lib", Spy())
-    return count
+    return spy_native(monkeypatch, "vig_bn_act_forward", "vig_bn_act_backward")
 
 
 def _norm(c, seed):

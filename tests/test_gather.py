@@ -2,6 +2,7 @@
 float64 rule written out here."""
 import pytest
 import torch
+from native_helpers import spy_native
 
 from vig_pyg.conv import functional as Fn
 from vig_pyg.graph import select
@@ -21,25 +22,7 @@ def _rule(x, index, k, reduce):
 
 @pytest.fixture
 def calls(monkeypatch):
-    lib = select._load()
-    if lib is None:
-        pytest.skip("the native library could not be built here")
-    count = [0, 0]  # forward calls, backward calls
-
-    class Spy:
-        def __getattr__(self, name):
-            return getattr(lib, name)
-
-        def vig_gather_reduce(self, *args):
-            count[0] += 1
-            return lib.vig_gather_reduce(*args)
-
-        def vig_gather_reduce_backward(self, *args):
-            count[1] += 1
-            return lib.vig_gather_reduce_backward(*args)
-
-    monkeypatch.setattr(select, "_lib", Spy())
-    return count
+    return spy_native(monkeypatch, "vig_gather_reduce", "vig_gather_reduce_backward")
 
 
 def _graph(g, n_src, n, k):
@@ -122,26 +105,8 @@ def test_plain_path_where_native_does_not_apply(calls, monkeypatch):
 
 
 @pytest.fixture
-def centre_calls(monkeypatch):
-    lib = select._load()
-    if lib is None:
-        pytest.skip("the native library could not be built here")
-    count = [0, 0]  # forward calls, scatter calls
-
-    class Spy:
-        def __getattr__(self, name):
-            return getattr(lib, name)
-
-        def vig_gather_sum_centre(self, *args):
-            count[0] += 1
-            return lib.vig_gather_sum_centre(*args)
-
-        def vig_gather_reduce_backward(self, *args):
-            count[1] += 1
-            return lib.vig_gather_reduce_backward(*args)
-
-    monkeypatch.setattr(select, "_lib", Spy())
-    return count
+def centre_calls(monkeypatch):  # forward calls, scatter calls
+    return spy_native(monkeypatch, "vig_gather_sum_centre", "vig_gather_reduce_backward")
 
 
 @pytest.mark.parametrize("shared", [True, False], ids=["one node set", "bipartite"])

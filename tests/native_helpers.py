@@ -1,0 +1,30 @@
+"""Shared by the tests of the compiled kernels (graph/select.py's library)."""
+from __future__ import annotations
+
+import pytest
+
+
+def spy_native(monkeypatch, *names: str) -> list:
+    """Counts the calls of the compiled library's functions ``names`` (one count each, in
+    that order) while handing every call through: the tests' proof of which path ran.
+    Skips the test where the library cannot be built."""
+    from vig_pyg.graph import select
+
+    lib = select._load()
+    if lib is None:
+        pytest.skip("the native library could not be built here")
+    count = [0] * len(names)
+
+    class Spy:
+        def __getattr__(self, name):
+            attr = getattr(lib, name)
+            if name not in names:
+                return attr
+
+            def counted(*args):
+                count[names.index(name)] += 1
+                return attr(*args)
+            return counted
+
+    monkeypatch.setattr(select, "_lib", Spy())
+    return count
