@@ -229,6 +229,12 @@ def test_reused_distance_buffer_across_modes_sizes_and_threads():
     with torch.no_grad():
         assert torch.equal(knn_edges(large, 4, dilation=2, backend="dense"), expect["large"])
     assert knn._buffers.dist.numel() == 3 * 81 * 81
+    # bipartite (pooled keys), in the buffer the larger call left
+    nodes, batch = map_nodes(large)
+    keys, key_batch = map_nodes(pool(large, 3))
+    with torch.inference_mode():
+        got = knn_edges(large, 4, reduce_ratio=3, backend="dense")
+    assert torch.equal(got, brute_knn(nodes, keys, batch, key_batch, 4, 1))
     with torch.inference_mode():
         assert torch.equal(knn_edges(small, 4, dilation=2, backend="dense"), expect["small"])
     results = {}
