@@ -41,9 +41,13 @@ detect-demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_knn.py
 	$(PY) benchmarks/bench_conv.py
+	$(PY) benchmarks/bench_conv.py --gather
+	$(PY) benchmarks/bench_conv.py --projection
+	$(PY) benchmarks/bench_batch_norm.py
 	$(PY) benchmarks/bench_models.py --convs mr edge sage gin
 	$(PY) benchmarks/bench_models.py --breakdown --modes infer --convs mr edge sage gin
 	$(PY) benchmarks/bench_fast_paths.py --modes forward train
+	$(PY) benchmarks/bench_fast_paths.py --modes train --conv gin
 	$(PY) benchmarks/bench_floor.py
 	$(PY) benchmarks/bench_graphs.py
 	$(PY) benchmarks/bench_pyg_convs.py

@@ -20,6 +20,7 @@ def calls(monkeypatch):  # forward calls, backward calls
     lib = select._load()
     if lib is not None and not (lib.vig_select_openmp() or torch.get_num_threads() == 1):
         pytest.skip("the library runs without torch's OpenMP threads here: plain path")
+    monkeypatch.setattr(B, "MIN_ELEMENTS", 0)  # the small maps below exercise C too
     return spy_native(monkeypatch, "vig_bn_act_forward", "vig_bn_act_backward")
 
 
@@ -124,7 +125,7 @@ def test_nan_spreads_as_in_torch(calls):
 
 
 @pytest.mark.parametrize("case", ["nchw", "float64", "momentum_none", "gelu_tanh", "prelu",
-                                  "eval", "native_off", "no_affine", "one_value"])
+                                  "eval", "native_off", "no_affine", "one_value", "small"])
 def test_plain_path_where_it_does_not_apply(calls, monkeypatch, case):
     z, bn, act = _map((2, 8, 3, 3), 2), _norm(8, 1), nn.GELU()
     if case == "nchw":
@@ -145,6 +146,8 @@ def test_plain_path_where_it_does_not_apply(calls, monkeypatch, case):
         bn = nn.BatchNorm2d(8, affine=False)
     elif case == "one_value":
         z = _map((1, 8, 1, 1), 2)
+    elif case == "small":  # 144 values, below the default threshold
+        monkeypatch.setattr(B, "MIN_ELEMENTS", 1 << 15)
     ref = copy.deepcopy(bn)
     if case == "one_value":  # torch's own error, not a division by zero in C
         with pytest.raises(ValueError, match="more than 1 value per channel"):

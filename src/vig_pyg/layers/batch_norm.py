@@ -23,8 +23,8 @@ CDF to within 1.5e-7 (the C file says how: about float32's rounding of values ne
 The compiled path runs where it applies and the plain modules run otherwise (the result is
 the same up to float32 rounding; ``tests/test_batch_norm_act.py`` holds both to a float64
 evaluation): float32 channels-last maps on the CPU (the layout ViG's models run in), a
-BatchNorm in training mode with an affine transform, running statistics and a momentum, an
-activation in :data:`ACTIVATIONS`, a residual of the same shape and layout, the compiled
+BatchNorm in training mode with an affine transform, running statistics and a momentum, at
+least :data:`MIN_ELEMENTS` values, an activation in :data:`ACTIVATIONS`, a residual of the same shape and layout, the compiled
 kernels on (``vig_pyg.graph.select.native``, ``VIG_PYG_NATIVE=0`` turns them off) and
 running on torch's threads, and nothing tracing or recording.
 """
@@ -38,7 +38,12 @@ from torch.autograd.function import once_differentiable
 
 from ..graph import select
 
-__all__ = ["batch_norm_act", "ACTIVATIONS"]
+__all__ = ["batch_norm_act", "ACTIVATIONS", "MIN_ELEMENTS"]
+
+#: Maps smaller than this many values take the modules: below about 32k values the call's
+#: fixed cost outweighs the passes it saves (``benchmarks/bench_batch_norm.py``'s small map:
+#: 0.89x at 6k values, 1.05x at 50k, forward + backward).
+MIN_ELEMENTS = 1 << 15
 
 #: Activation modules the compiled pass applies: ``type -> (code in the C file, slope)``.
 ACTIVATIONS = {
@@ -68,7 +73,7 @@ def _library(bn: nn.BatchNorm2d, z: Tensor, residual: Optional[Tensor]):
     ``None``."""
     if not (bn.training and bn.affine and bn.track_running_stats and bn.momentum is not None
             and bn.running_mean is not None and z.dim() == 4 and z.size(1) == bn.num_features
-            and z.numel() > z.size(1) and z.dtype == torch.float32
+            and z.numel() >= max(MIN_ELEMENTS, z.size(1) + 1) and z.dtype == torch.float32
             and bn.weight.dtype == torch.float32 and bn.running_mean.dtype == torch.float32
             and z.is_contiguous(memory_format=torch.channels_last)):
         return None
