@@ -158,3 +158,19 @@ def test_gin_aggregation_plain_where_it_does_not_apply(centre_calls, monkeypatch
     assert centre_calls == [0, 0]
     with pytest.raises(IndexError, match="outside the 20 source nodes"):
         Fn.gather_sum_centre(x, torch.full((60,), 20), 3, x, eps)
+
+
+def test_gin_aggregation_backward_without_the_library(centre_calls, monkeypatch):
+    """The compiled forward, then the switch turned off before the backward: the gradient
+    comes from the torch scatter instead, and is still the rule's."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(30, 7, generator=g, requires_grad=True)
+    eps = torch.tensor([0.25], requires_grad=True)
+    index = _graph(g, 30, 30, 4)
+    out = Fn.gather_sum_centre(x, index, 4, x, eps)
+    monkeypatch.setattr(select, "native", False)
+    out.sum().backward()
+    assert centre_calls == [1, 0]
+    x64 = x.detach().double().requires_grad_()
+    (1.25 * x64 + _rule(x64, index, 4, "sum")[0]).sum().backward()
+    torch.testing.assert_close(x.grad.double(), x64.grad)

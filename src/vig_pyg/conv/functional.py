@@ -186,14 +186,21 @@ class _GatherSum(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: Tensor):
         index, = ctx.saved_tensors
-        native = _native_backward(grad, index, ctx.k, None, ctx.num_src)
-        if native is not None:
-            return native, None, None
-        targets = index.view(-1, ctx.k)
-        grad_src = grad.new_zeros(ctx.num_src, grad.size(1))
-        for r in range(ctx.k):  # k scatters of [N, C]: no [N, k, C] tensor
-            grad_src.index_add_(0, targets[:, r], grad)
-        return grad_src, None, None
+        return _scatter_sum(grad, index, ctx.k, ctx.num_src), None, None
+
+
+def _scatter_sum(grad: Tensor, index: Tensor, k: int, num_src: int,
+                 into: Tensor | None = None) -> Tensor:
+    """The sources' gradient of a neighbour sum, added into ``into`` or zeros: compiled
+    (:func:`_native_backward`) or as ``k`` scatters of ``[N, C]`` (no ``[N, k, C]`` tensor)."""
+    native = _native_backward(grad, index, k, None, num_src, into=into)
+    if native is not None:
+        return native
+    grad_src = grad.new_zeros(num_src, grad.size(1)) if into is None else into
+    targets = index.view(-1, k)
+    for r in range(k):
+        grad_src.index_add_(0, targets[:, r], grad)
+    return grad_src
 
 
 class _GatherSumCentre(torch.autograd.Function):
@@ -224,7 +231,7 @@ class _GatherSumCentre(torch.autograd.Function):
         centre_grad = grad * ctx.scale
         d_eps = torch.dot(grad.view(-1), centre.view(-1)).view(1)
         into = centre_grad if ctx.shared else None
-        d_src = _native_backward(grad, index, ctx.k, None, ctx.num_src, into=into)
+        d_src = _scatter_sum(grad, index, ctx.k, ctx.num_src, into=into)
         d_dst = None if ctx.shared else centre_grad
         return d_src, d_dst, d_eps, None, None, None
 
