@@ -2,8 +2,9 @@
 against torch's modules, on the maps a ViG training step normalises.
 
 For every shape (vig_ti's stem maps, its FFN's hidden map, the Grapher's 192-channel maps,
-gin's grouped projection over 3136 rows, and a small map) and activation, the two run
-alternately call by call (``vig_pyg.graph.select.native`` on and off), forward alone and
+gin's grouped projection over 3136 rows, and two small maps, where the compiled pass is
+forced on to show why maps under ``MIN_ELEMENTS`` take the modules) and activation, the
+two run alternately call by call (``vig_pyg.graph.select.native`` on and off), forward alone and
 forward + backward; the best of ``--repeats`` is printed with torch / compiled.
 
     python benchmarks/bench_batch_norm.py
@@ -28,6 +29,7 @@ SHAPES = [  # (what, [B, C, H, W], activation, residual)
     ("Grapher fc1", (16, 192, 14, 14), "none", False),
     ("fc2 + residual", (16, 192, 14, 14), "none", True),
     ("small map", (2, 64, 7, 7), "gelu", False),
+    ("small map", (8, 128, 7, 7), "gelu", False),
 ]
 
 
@@ -71,6 +73,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    from vig_pyg.layers import batch_norm
+    batch_norm.MIN_ELEMENTS = 0  # time the compiled pass on the small maps too (the rule's why)
     if not select.native_available():
         print("the native library could not be built here: nothing to compare")
         return 0

@@ -2,9 +2,9 @@ r"""Training-mode BatchNorm + activation (+ residual sum) as one compiled pass e
 
 In training every ViG convolution is followed by a BatchNorm with batch statistics, and
 most by a GELU or a residual sum. torch runs these as separate operators, each a pass or two
-over the map with a fresh output tensor, forward and backward: in a vig_ti training step
-they cost about a third of the time, as much as the backward of the convolutions in front of
-them (``benchmarks/bench_models.py --profile vig_ti --profile-mode train``).
+over the map with a fresh output tensor, forward and backward: on the FFN's hidden map a
+BatchNorm + GELU forward + backward costs half as much as the 1x1 convolution in front of
+it (``benchmarks/bench_batch_norm.py`` against ``bench_conv.py``'s rates).
 :func:`batch_norm_act` computes
 
 .. math::
@@ -24,9 +24,10 @@ The compiled path runs where it applies and the plain modules run otherwise (the
 the same up to float32 rounding; ``tests/test_batch_norm_act.py`` holds both to a float64
 evaluation): float32 channels-last maps on the CPU (the layout ViG's models run in), a
 BatchNorm in training mode with an affine transform, running statistics and a momentum, at
-least :data:`MIN_ELEMENTS` values, an activation in :data:`ACTIVATIONS`, a residual of the same shape and layout, the compiled
-kernels on (``vig_pyg.graph.select.native``, ``VIG_PYG_NATIVE=0`` turns them off) and
-running on torch's threads, and nothing tracing or recording.
+least :data:`MIN_ELEMENTS` values, an activation in :data:`ACTIVATIONS`, a residual of the
+same shape and layout, the compiled kernels on (``vig_pyg.graph.select.native``,
+``VIG_PYG_NATIVE=0`` turns them off) and running on torch's threads, and nothing tracing or
+recording.
 """
 from __future__ import annotations
 
@@ -40,10 +41,10 @@ from ..graph import select
 
 __all__ = ["batch_norm_act", "ACTIVATIONS", "MIN_ELEMENTS"]
 
-#: Maps smaller than this many values take the modules: below about 32k values the call's
-#: fixed cost outweighs the passes it saves (``benchmarks/bench_batch_norm.py``'s small map:
-#: 0.89x at 6k values, 1.05x at 50k, forward + backward).
-MIN_ELEMENTS = 1 << 15
+#: Maps smaller than this many values take the modules: there the call's fixed cost
+#: outweighs the passes it saves (``benchmarks/bench_batch_norm.py``'s small maps, forward +
+#: backward: 0.88x at 6k values, 0.96x at 50k; 1.19x at 602k).
+MIN_ELEMENTS = 1 << 16
 
 #: Activation modules the compiled pass applies: ``type -> (code in the C file, slope)``.
 ACTIVATIONS = {
@@ -99,11 +100,6 @@ def batch_norm_act(bn: nn.BatchNorm2d, z: Tensor, act: Optional[nn.Module] = Non
         bn.num_batches_tracked.add_(1)
     return _BatchNormAct.apply(z, bn.weight, bn.bias, residual, bn.running_mean,
                                bn.running_var, bn.momentum, bn.eps, code, lib)
-
-
-def _rows(t: Tensor) -> Tensor:
-    """A channels-last ``[B, C, H, W]`` map as its ``[B*H*W, C]`` rows (a view)."""
-    return t.permute(0, 2, 3, 1).reshape(-1, t.size(1))
 
 
 def _scratch(c: int, threads: int) -> Tensor:
