@@ -9,6 +9,7 @@ either, alternating call by call.
     .venv/bin/python benchmarks/bench_knn.py [--repeats 7]
     .venv/bin/python benchmarks/bench_knn.py --select      # the selection comparison only
     .venv/bin/python benchmarks/bench_knn.py --parts       # distance buffer, norms, normalisation
+    .venv/bin/python benchmarks/bench_knn.py --fused       # fused distances + selection
 """
 import argparse
 import statistics
@@ -18,7 +19,7 @@ import time
 
 import torch
 
-from timing import time_alternately
+from timing import switched, time_alternately
 from vig_pyg.graph import MAX_CHUNK_ELEMENTS, knn_edges, select
 
 
@@ -152,6 +153,36 @@ def compare_parts(repeats):
               f"{m['torch norm']:.2f} / {m['native norm']:.2f} ms")
 
 
+def compare_fused(repeats):
+    """The dense builder with its distances and selection fused in one compiled pass
+    (``knn._fused_nearest``) against the matmul + selection, on the models' block shapes
+    with pvig_ti's relative-position term where it has one. Both run above
+    ``knn.FUSED_MAX_CHANNELS`` here too, to show where the threshold comes from."""
+    from vig_pyg.graph import knn
+
+    if not select.native_available():
+        print("native kernels unavailable here (no C compiler): nothing to compare")
+        return
+    print(f"\nfused distances + selection, best of {repeats} alternating calls (ms); "
+          f"the builder takes it up to {knn.FUSED_MAX_CHANNELS} channels")
+    print(f"{'shape':<44} {'matmul':>8} {'fused':>8} {'ratio':>6}")
+    for name, shape, k, d, r in SHAPES:
+        x = torch.randn(*shape).contiguous(memory_format=torch.channels_last)
+        n, m = shape[2] * shape[3], (shape[2] // r) * (shape[3] // r)
+        rel = torch.randn(n, m) * 0.1 if r > 1 else None  # pvig_ti's stages 1-2 have one
+
+        def build():
+            knn_edges(x, k, dilation=d, reduce_ratio=r, relative_pos=rel)
+        with torch.no_grad():
+            t = time_alternately({
+                "matmul": switched(knn, "fused", False, build),
+                "fused": switched(knn, "FUSED_MAX_CHANNELS", 1 << 30, build),
+            }, repeats, time.perf_counter)
+        b = {key: 1e3 * min(v) for key, v in t.items()}
+        print(f"{name:<44} {b['matmul']:8.2f} {b['fused']:8.2f} "
+              f"{b['matmul'] / b['fused']:5.2f}x")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
@@ -159,14 +190,18 @@ def main():
     parser.add_argument("--select", action="store_true", help="only the selection comparison")
     parser.add_argument("--parts", action="store_true",
                         help="only the distance buffer and norm comparisons")
+    parser.add_argument("--fused", action="store_true",
+                        help="only the fused distance + selection comparison")
     args = parser.parse_args()
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    if args.select or args.parts:
+    if args.select or args.parts or args.fused:
         if args.parts:
             compare_parts(args.repeats)
         if args.select:
             compare_selection(args.repeats)
+        if args.fused:
+            compare_fused(args.repeats)
         return
     compare("16 x 196 nodes x 192 ch, k=9 d=2 (k*d=18)", torch.randn(16, 192, 14, 14), 9, 2,
             1, args.repeats)
@@ -182,6 +217,7 @@ def main():
               f"unchunked {whole:.0f} MiB (full distance block 2 x 16384^2 x 4 B = 2048 MiB)")
     compare_parts(args.repeats)
     compare_selection(args.repeats)
+    compare_fused(args.repeats)
 
 
 if __name__ == "__main__":

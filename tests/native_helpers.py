@@ -4,19 +4,23 @@ from __future__ import annotations
 import pytest
 
 
-def spy_native(monkeypatch, *names: str) -> list:
+def spy_native(monkeypatch, *names: str, lib=None, openmp: bool | None = None) -> list:
     """Counts the calls of the compiled library's functions ``names`` (one count each, in
     that order) while handing every call through: the tests' proof of which path ran.
-    Skips the test where the library cannot be built."""
+    ``lib`` replaces the library (another build); ``openmp=False`` hides its OpenMP build,
+    so that the callers split rows over Python threads. Skips the test where the library
+    cannot be built."""
     from vig_pyg.graph import select
 
-    lib = select._load()
+    lib = lib or select._load()
     if lib is None:
         pytest.skip("the native library could not be built here")
     count = [0] * len(names)
 
     class Spy:
         def __getattr__(self, name):
+            if name == "vig_select_openmp" and openmp is not None:
+                return lambda: int(openmp)
             attr = getattr(lib, name)
             if name not in names:
                 return attr

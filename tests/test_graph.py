@@ -199,7 +199,10 @@ def test_knn_kd_equal_to_node_count(backend):
 
 
 @pytest.mark.parametrize("max_elements", [1, 20, 100, 10 ** 6])
-def test_dense_chunking_gives_identical_edges(max_elements):
+def test_dense_chunking_gives_identical_edges(max_elements, monkeypatch):
+    from vig_pyg.graph import knn
+
+    monkeypatch.setattr(knn, "fused", False)  # chunks are the matmul path's
     torch.manual_seed(9)
     fmap = torch.randn(3, 6, 8, 8)
     full = knn_edges(fmap, 5, dilation=2, reduce_ratio=2, backend="dense")
@@ -208,13 +211,15 @@ def test_dense_chunking_gives_identical_edges(max_elements):
     assert torch.equal(full, chunked)
 
 
-def test_reused_distance_buffer_across_modes_sizes_and_threads():
+def test_reused_distance_buffer_across_modes_sizes_and_threads(monkeypatch):
     """The dense backend's per-thread distance buffer: created in inference mode and reused
     outside it (and back), grown for a larger call, one per thread; edges always those of
     the brute-force float64 rule."""
     import threading
 
     from vig_pyg.graph import knn
+
+    monkeypatch.setattr(knn, "fused", False)  # the buffer is the matmul path's
 
     torch.manual_seed(12)
     small, large = torch.randn(2, 5, 6, 6), torch.randn(3, 5, 9, 9)

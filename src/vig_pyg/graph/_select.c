@@ -115,15 +115,35 @@ static float bound(const float* d, int64_t m, int64_t kd) {
     for (int64_t g = 0; g < G; ++g) u = lo[g] > u ? lo[g] : u;
     return u;
   }
-  /* the kd-th smallest minimum is the largest one with fewer than kd minima below it
-     (counting vectorises; a sort of the minima branches too much). G is a multiple of
-     LANES, so lo needs no padding. */
+  /* the kd-th smallest minimum is the largest one with fewer than kd minima below it.
+     Counted without a branch on the counts (a branch per minimum mispredicted about every
+     other time and cost more than the rest of the row). G is a multiple of LANES, so lo
+     needs no padding. */
+#ifdef VIG_AVX512
+  /* every minimum's count at once, one lane each, as place_all does */
+  const __m512i one = _mm512_set1_epi32(1);
+  __m512i below[MAX_GROUPS / LANES];
+  int64_t blocks = G / LANES;
+  for (int64_t b = 0; b < blocks; ++b) below[b] = _mm512_setzero_si512();
+  for (int64_t s = 0; s < G; ++s) {
+    __m512 x = _mm512_set1_ps(lo[s]);
+    for (int64_t b = 0; b < blocks; ++b)
+      below[b] = _mm512_mask_add_epi32(below[b], _mm512_cmp_ps_mask(x, _mm512_loadu_ps(
+          lo + b * LANES), _CMP_LT_OQ), below[b], one);
+  }
+  __m512 best = _mm512_set1_ps(-INFINITY);
+  for (int64_t b = 0; b < blocks; ++b)
+    best = _mm512_mask_max_ps(best, _mm512_cmplt_epi32_mask(below[b], _mm512_set1_epi32(
+        (int32_t)kd)), best, _mm512_loadu_ps(lo + b * LANES));
+  return _mm512_reduce_max_ps(best);
+#else
   float u = -INFINITY;
   for (int64_t g = 0; g < G; ++g) {
-    float v = lo[g];
-    u = count_below(lo, G, v) < kd && v > u ? v : u;
+    float v = count_below(lo, G, lo[g]) < kd ? lo[g] : -INFINITY;
+    u = v > u ? v : u;
   }
   return u;
+#endif
 }
 
 /* the values <= u (NaN as inf) and their indices, in index order; returns the count.
@@ -222,12 +242,19 @@ static int64_t gather_short(const float* d, int64_t m, int64_t kd, float* cv, in
   return c;
 }
 
+/* where the candidate of place p goes: idx + p, or sink past the kd kept (a select, not
+   a branch: whether a candidate is kept is a coin toss the predictor loses) */
+static inline int64_t* slot(int64_t* idx, int64_t kd, int32_t p, int64_t* sink) {
+  return p < kd ? idx + p : sink;
+}
+
 /* idx[p] = ci[t] for every candidate t whose place p in the stable ascending order of
    cv[0:c] is below kd. A place counts the smaller candidates and the equal ones before it
    (the candidates are in index order); the places are a permutation of 0..c-1, so
    idx[0:kd] is written exactly once each. The c x c compares vectorise and beat an
    insertion sort's mispredicted branches. cv needs LANES slots of room after c. */
 static void place_all(float* cv, const int32_t* ci, int64_t c, int64_t kd, int64_t* idx) {
+  int64_t sink;
   for (int i = 0; i < LANES; ++i) cv[c + i] = INFINITY;  /* padding: never counts */
 #ifdef VIG_AVX512
   /* 16 candidates t0..t0+15 at a time, one lane each, against every candidate s in turn:
@@ -254,14 +281,10 @@ static void place_all(float* cv, const int32_t* ci, int64_t c, int64_t kd, int64
                                     _CMP_LT_OQ), place, one);
     int32_t p[LANES];
     _mm512_storeu_si512((void*)p, place);
-    for (int64_t t = t0; t < end; ++t)
-      if (p[t - t0] < kd) idx[p[t - t0]] = ci[t];
+    for (int64_t t = t0; t < end; ++t) *slot(idx, kd, p[t - t0], &sink) = ci[t];
   }
 #else
-  for (int64_t t = 0; t < c; ++t) {
-    int32_t place = place_of(cv, c, cv[t], t);
-    if (place < kd) idx[place] = ci[t];
-  }
+  for (int64_t t = 0; t < c; ++t) *slot(idx, kd, place_of(cv, c, cv[t], t), &sink) = ci[t];
 #endif
 }
 
@@ -271,6 +294,12 @@ static void select_row(const float* d, int64_t m, int64_t kd, int64_t* idx,
   int64_t c = m < SHORT_RATIO * kd ? gather_short(d, m, kd, cv, ci)
                                     : gather(d, m, bound(d, m, kd), cv, ci);
   place_all(cv, ci, c, kd, idx);
+}
+
+/* select_row for the fused distance + selection pass (_nearest.c); cv and ci as there. */
+void vig_select_row(const float* d, int64_t m, int64_t kd, int64_t* idx, float* cv,
+                    int32_t* ci) {
+  select_row(d, m, kd, idx, cv, ci);
 }
 
 /* rows [0, rows) of a row-major [rows, m] float32 matrix; 1 <= kd <= min(m, 1024).

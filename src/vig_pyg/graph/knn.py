@@ -16,9 +16,19 @@ from torch import Tensor
 
 from ..tracing import tracing
 from .relative_position import relative_position_features, relative_position_table
+from . import select
 from .select import library_for, smallest_k
 
 BACKENDS = ("auto", "dense", "cluster")
+
+#: The dense backend's distances and selection in one compiled pass (:func:`_fused_nearest`)
+#: where it applies; ``False`` keeps the matmul + selection of :func:`_nearest` (tests and
+#: ``benchmarks/bench_knn.py`` compare the two).
+fused: bool = True
+#: Above this many channels the matmul + selection is faster: BLAS's product beats the
+#: fused pass's once each distance takes enough products to hide the block's trip through
+#: memory (``benchmarks/bench_knn.py --fused``).
+FUSED_MAX_CHANNELS = 128
 
 #: Default bound on the distance entries the dense backend holds at once (2^22 float32 =
 #: 16 MiB); large grids are processed in chunks of images and query rows below it. A block
@@ -238,6 +248,8 @@ def _knn_grid(queries: Tensor, keys: Tensor, k: int, dilation: int, relative_pos
         kd = k * dilation
         if tracing():  # one block: the batch size may be symbolic
             idx = _nearest(q, y, y_sq, relative_pos, kd)
+        elif (idx := _fused_nearest(q, y, y_sq, relative_pos, kd)) is not None:
+            pass
         else:
             idx = torch.empty(g, n, kd, dtype=torch.long, device=q.device)
             img_step, row_step = _chunks(g, n, m, max_chunk_elements)
@@ -261,6 +273,39 @@ def _nearest(q: Tensor, y: Tensor, y_sq: Tensor, relative_pos: Tensor | None,
     if relative_pos is not None:
         dist += relative_pos
     return smallest_k(dist, kd)  # torch.topk's selection, 3-6x faster on CPU (select.py)
+
+
+def _fused_nearest(q: Tensor, y: Tensor, y_sq: Tensor, relative_pos: Tensor | None,
+                   kd: int) -> Tensor | None:
+    """What :func:`_nearest` computes, for every image at once, in one compiled pass that
+    never holds more than four rows of distances (``_nearest.c``); ``None`` where it does
+    not apply (:data:`fused` off, not float32 on the CPU, the library off or unbuilt,
+    ``kd`` beyond the selection's buffers)."""
+    g, n, c = q.shape
+    lib = library_for(q) if fused and kd <= select._MAX_KD else None
+    if lib is None or q.numel() == 0 or c > FUSED_MAX_CHANNELS:
+        return None
+    m = y.size(1)
+    q, y, y_sq = q.contiguous(), y.contiguous(), y_sq.reshape(g, m).contiguous()
+    rel = None if relative_pos is None else relative_pos.to(torch.float32).contiguous()
+    idx = torch.empty(g, n, kd, dtype=torch.long)
+    rows = g * n
+    threads = max(1, min(torch.get_num_threads(), rows // select._ROWS_PER_THREAD))
+    per = lib.vig_nearest_scratch(m, c)
+    scratch = torch.empty(threads, per)
+    ptrs = (q.data_ptr(), y.data_ptr(), y_sq.data_ptr(), 0 if rel is None else rel.data_ptr())
+    if threads == 1 or lib.vig_select_openmp():
+        lib.vig_nearest_rows(*ptrs, g, n, m, c, kd, idx.data_ptr(), scratch.data_ptr(),
+                             threads)
+        return idx
+    step = -(-rows // threads)
+    jobs = [select._executor().submit(lib.vig_nearest, *ptrs, n, m, c, kd, r0,
+                                      min(r0 + step, rows), idx.data_ptr(),
+                                      scratch[t].data_ptr())
+            for t, r0 in enumerate(range(0, rows, step))]
+    for job in jobs:
+        job.result()
+    return idx
 
 
 def _normalize(x: Tensor, name: str) -> tuple[Tensor, Tensor]:

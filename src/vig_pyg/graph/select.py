@@ -76,7 +76,7 @@ native: bool = os.environ.get("VIG_PYG_NATIVE", "1") != "0"
 #: neighbour reductions of fixed-degree graphs (conv/functional.py) and the training-mode
 #: BatchNorm + activation (layers/batch_norm.py, whose C file lives beside it).
 _SOURCES = tuple(Path(__file__).with_name(name)
-                 for name in ("_select.c", "_normalize.c", "_gather.c")) + (
+                 for name in ("_select.c", "_nearest.c", "_normalize.c", "_gather.c")) + (
     Path(__file__).parent.parent / "layers" / "_batch_norm.c",)
 _FLAGS = ("-O3", "-march=native", "-std=c99", "-shared", "-fPIC")
 #: The C file's fixed buffers hold this many (k*d is a few dozen in every ViG).
@@ -140,6 +140,13 @@ def _open(path: Path) -> ctypes.CDLL:
     lib.vig_select_rows.restype = None
     lib.vig_select_openmp.argtypes = []
     lib.vig_select_openmp.restype = ctypes.c_int
+    p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
+    lib.vig_nearest_scratch.argtypes = [i64, i64]
+    lib.vig_nearest_scratch.restype = i64
+    lib.vig_nearest.argtypes = [p, p, p, p, i64, i64, i64, i64, i64, i64, p, p]
+    lib.vig_nearest.restype = None
+    lib.vig_nearest_rows.argtypes = [p, p, p, p, i64, i64, i64, i64, i64, p, p, i32]
+    lib.vig_nearest_rows.restype = None
     lib.vig_normalize_rows.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
                                        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32]
     lib.vig_normalize_rows.restype = ctypes.c_int
@@ -155,7 +162,7 @@ def _open(path: Path) -> ctypes.CDLL:
         ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
         ctypes.c_void_p, ctypes.c_float, ctypes.c_void_p, ctypes.c_int32]
     lib.vig_gather_sum_centre.restype = None
-    p, i64, i32, f32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32, ctypes.c_float
+    f32 = ctypes.c_float
     lib.vig_bn_act_forward.argtypes = [p, i64, i64, p, p, p, ctypes.c_double, i32, f32, p, p,
                                        p, p, p, i32]
     lib.vig_bn_act_forward.restype = None

@@ -1,0 +1,140 @@
+"""The dense kNN's fused distance + selection pass (``graph/_nearest.c``, used by
+``knn._fused_nearest``): against the float64 rule written out here, against the matmul +
+selection path it replaces, on every thread split and in the build without AVX-512."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from native_helpers import spy_native
+from vig_pyg.graph import knn, knn_edges, select
+
+pytestmark = pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None,
+                                reason="no C compiler: the dense kNN takes the matmul path")
+
+
+def rule(x, k, dilation=1, keys=None, rel=None):
+    """``edge_index`` by the definition in float64: per image, d_ij = |q_i - y_j|^2 (+ b_ij)
+    for L2-normalised rows, the k*d nearest by a stable sort, every d-th kept."""
+    b, c, h, w = x.shape
+    q = F.normalize(x.double().permute(0, 2, 3, 1).reshape(b, h * w, c), dim=-1)
+    y = q if keys is None else F.normalize(
+        keys.double().permute(0, 2, 3, 1).reshape(b, -1, c), dim=-1)
+    m = y.size(1)
+    dist = torch.cdist(q, y) ** 2 + (0 if rel is None else rel.double())
+    order = torch.sort(dist, dim=-1, stable=True).indices[..., :k * dilation:dilation]
+    src = order + torch.arange(b).view(b, 1, 1) * m
+    return torch.stack([src.reshape(-1), torch.arange(b * h * w).repeat_interleave(k)])
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Counts the fused pass's entry points: [whole matrix, row range]."""
+    return spy_native(monkeypatch, "vig_nearest_rows", "vig_nearest")
+
+
+# grids whose node counts are not multiples of the tile (8 rows, 48 keys) or of a vector
+CASES = [  # (b, c, h, w, k, dilation, reduce_ratio, with rel)
+    (2, 48, 14, 14, 9, 1, 1, False),
+    (3, 5, 7, 9, 4, 2, 1, True),
+    (2, 16, 8, 8, 3, 1, 2, True),
+    (1, 100, 11, 13, 20, 3, 1, False),
+    (4, 1, 6, 6, 2, 1, 1, False),
+    (2, 33, 16, 12, 5, 1, 4, True),
+]
+
+
+@pytest.mark.parametrize("b,c,h,w,k,d,r,with_rel", CASES)
+def test_fused_matches_rule_and_matmul_path(calls, monkeypatch, b, c, h, w, k, d, r, with_rel):
+    g = torch.Generator().manual_seed(b * 100 + c)
+    x = torch.randn(b, c, h, w, generator=g)
+    keys = F.avg_pool2d(x, r, r) if r > 1 else None
+    m = (h // r) * (w // r)
+    rel = torch.randn(h * w, m, generator=g) * 0.3 if with_rel else None
+    got = knn_edges(x, k, dilation=d, reduce_ratio=r, relative_pos=rel)
+    assert sum(calls) == 1
+    assert torch.equal(got, rule(x, k, d, keys, rel))
+    monkeypatch.setattr(knn, "fused", False)
+    assert torch.equal(got, knn_edges(x, k, dilation=d, reduce_ratio=r, relative_pos=rel))
+    assert sum(calls) == 1
+
+
+def test_every_candidate_kept_and_channels_last(calls):
+    """k*d equal to the candidate count (the selection's whole row), a channels-last map."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 24, 5, 7, generator=g).contiguous(memory_format=torch.channels_last)
+    assert torch.equal(knn_edges(x, 35), rule(x, 35))
+    assert calls[0] == 1
+
+
+@pytest.mark.parametrize("openmp", [True, False])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_thread_splits_agree(monkeypatch, openmp, threads):
+    """Rows split over OpenMP threads, over Python threads (a build without OpenMP), or not
+    at all: the same edges; rows split across an image boundary restage its keys."""
+    calls = spy_native(monkeypatch, "vig_nearest_rows", "vig_nearest", openmp=openmp)
+    monkeypatch.setattr(select, "_ROWS_PER_THREAD", 7)
+    g = torch.Generator().manual_seed(threads)
+    x = torch.randn(3, 20, 9, 9, generator=g)  # 243 rows: 81 or 122 per thread
+    rel = torch.randn(81, 81, generator=g) * 0.2
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = knn_edges(x, 6, dilation=2, relative_pos=rel)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(got, rule(x, 6, 2, None, rel))
+    split_in_python = threads > 1 and not openmp
+    assert calls == [0, threads] if split_in_python else calls == [1, 0]
+
+
+def test_nan_rows_sort_last_as_in_the_matmul_path(calls, monkeypatch):
+    """Under CPU autocast a NaN does not stop the graph (GradScaler's case): its distances
+    sort after every number, exactly as in the matmul + selection path."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 8, 6, 6, generator=g)
+    x[0, :, 1, 2] = float("nan")  # query and key node 8 of image 0
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = knn_edges(x, 5)
+        monkeypatch.setattr(knn, "fused", False)
+        assert torch.equal(got, knn_edges(x, 5))
+    assert calls[0] == 1
+    assert not (got[0, :5 * 36].view(36, 5)[[i for i in range(36) if i != 8]] == 8).any()
+
+
+def test_where_it_steps_aside(calls, monkeypatch):
+    """Wider maps than FUSED_MAX_CHANNELS, float64, the switch off and the library off take
+    the matmul path, with the same edges as the rule."""
+    g = torch.Generator().manual_seed(6)
+    wide = torch.randn(2, knn.FUSED_MAX_CHANNELS + 1, 5, 5, generator=g)
+    assert torch.equal(knn_edges(wide, 4), rule(wide, 4))
+    x = torch.randn(2, 6, 5, 5, generator=g)
+    assert torch.equal(knn_edges(x.double(), 4), rule(x, 4))
+    monkeypatch.setattr(knn, "fused", False)
+    assert torch.equal(knn_edges(x, 4), rule(x, 4))
+    monkeypatch.setattr(knn, "fused", True)
+    monkeypatch.setattr(select, "native", False)
+    assert torch.equal(knn_edges(x, 4), rule(x, 4))
+    assert calls == [0, 0]
+
+
+def test_portable_build(monkeypatch):
+    """The build without AVX-512 (``-DVIG_PORTABLE``: generic 16-wide vectors, the portable
+    selection) gives the rule's edges too."""
+    try:
+        lib = select._open(select._build(("-DVIG_PORTABLE",)))
+    except (OSError, select.subprocess.SubprocessError) as exc:
+        pytest.skip(f"the portable build failed here: {exc}")
+    calls = spy_native(monkeypatch, "vig_nearest_rows", "vig_nearest", lib=lib)
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(2, 40, 10, 10, generator=g)
+    rel = torch.randn(100, 25, generator=g) * 0.3
+    keys = F.avg_pool2d(x, 2, 2)
+    assert torch.equal(knn_edges(x, 7, reduce_ratio=2, relative_pos=rel),
+                       rule(x, 7, 1, keys, rel))
+    assert torch.equal(knn_edges(x, 5, dilation=3), rule(x, 5, 3))
+    assert sum(calls) == 2
