@@ -73,23 +73,57 @@ def test_every_candidate_kept_and_channels_last(calls):
 
 @pytest.mark.parametrize("openmp", [True, False])
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_thread_splits_agree(monkeypatch, openmp, threads):
+@pytest.mark.parametrize("images,r", [(3, 1), (1, 1), (3, 3)])
+def test_thread_splits_agree(monkeypatch, openmp, threads, images, r):
     """Rows split over OpenMP threads, over Python threads (a build without OpenMP), or not
-    at all: the same edges; rows split across an image boundary restage its keys."""
+    at all: the same edges. With at least as many images as threads each thread takes
+    whole images (the symmetric path where the keys are the queries), else rows (split
+    within an image: the row-by-row path)."""
     calls = spy_native(monkeypatch, "vig_nearest_rows", "vig_nearest", openmp=openmp)
-    monkeypatch.setattr(select, "_ROWS_PER_THREAD", 7)
+    monkeypatch.setattr(knn, "FUSED_WORK_PER_THREAD", 1)
     g = torch.Generator().manual_seed(threads)
-    x = torch.randn(3, 20, 9, 9, generator=g)  # 243 rows: 81 or 122 per thread
-    rel = torch.randn(81, 81, generator=g) * 0.2
+    x = torch.randn(images, 20, 9, 9, generator=g)
+    rel = torch.randn(81, 81 // r ** 2, generator=g) * 0.2
+    keys = F.avg_pool2d(x, r, r) if r > 1 else None
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        got = knn_edges(x, 6, dilation=2, relative_pos=rel)
+        got = knn_edges(x, 4, dilation=2, reduce_ratio=r, relative_pos=rel)
     finally:
         torch.set_num_threads(before)
-    assert torch.equal(got, rule(x, 6, 2, None, rel))
+    assert torch.equal(got, rule(x, 4, 2, keys, rel))
     split_in_python = threads > 1 and not openmp
     assert calls == [0, threads] if split_in_python else calls == [1, 0]
+
+
+def test_symmetric_and_row_paths_on_large_images(calls):
+    """An image past the symmetric path's buffer (625 nodes) takes the row-by-row path;
+    both give the rule's edges, with and without a relative-position term."""
+    g = torch.Generator().manual_seed(2)
+    for h, w in ((25, 25), (14, 14)):
+        x = torch.randn(2, 12, h, w, generator=g)
+        rel = torch.randn(h * w, h * w, generator=g) * 0.1
+        assert torch.equal(knn_edges(x, 9, relative_pos=rel), rule(x, 9, 1, None, rel))
+        assert torch.equal(knn_edges(x, 5, dilation=3), rule(x, 5, 3))
+    assert calls[0] == 4
+
+
+def test_random_ranks_take_every_candidate_from_the_fused_pass(calls, monkeypatch):
+    """Stochastic dilation in training draws ranks in Python: the fused pass hands over all
+    k*d candidates, and the edges equal the matmul path's under the same draws."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 10, 7, 7, generator=g)
+    kw = dict(dilation=3, stochastic=True, epsilon=1.0, training=True)
+    torch.manual_seed(0)
+    got = knn_edges(x, 4, **kw)
+    monkeypatch.setattr(knn, "fused", False)
+    torch.manual_seed(0)
+    assert torch.equal(got, knn_edges(x, 4, **kw))
+    assert calls[0] == 1
+    torch.manual_seed(0)
+    ranks = torch.randperm(12)[:4].sort().values if float(torch.rand(1)) < 1.0 else None
+    full = rule(x, 12)[0].view(-1, 12)
+    assert torch.equal(got[0].view(-1, 4), full[:, ranks])
 
 
 def test_nan_rows_sort_last_as_in_the_matmul_path(calls, monkeypatch):
@@ -107,11 +141,19 @@ def test_nan_rows_sort_last_as_in_the_matmul_path(calls, monkeypatch):
 
 
 def test_where_it_steps_aside(calls, monkeypatch):
-    """Wider maps than FUSED_MAX_CHANNELS, float64, the switch off and the library off take
-    the matmul path, with the same edges as the rule."""
+    """Maps wider than FUSED_MAX_CHANNELS (twice that where the keys are the queries of a
+    small image), float64, the switch off and the library off take the matmul path, with
+    the same edges as the rule."""
     g = torch.Generator().manual_seed(6)
-    wide = torch.randn(2, knn.FUSED_MAX_CHANNELS + 1, 5, 5, generator=g)
-    assert torch.equal(knn_edges(wide, 4), rule(wide, 4))
+    wide = torch.randn(2, knn.FUSED_MAX_CHANNELS + 1, 6, 6, generator=g)
+    assert torch.equal(knn_edges(wide, 4, reduce_ratio=2),
+                       rule(wide, 4, keys=F.avg_pool2d(wide, 2, 2)))
+    wider = torch.randn(2, 2 * knn.FUSED_MAX_CHANNELS + 1, 4, 4, generator=g)
+    assert torch.equal(knn_edges(wider, 4), rule(wider, 4))
+    assert calls == [0, 0]
+    assert torch.equal(knn_edges(wide, 4), rule(wide, 4))  # symmetric: fused
+    assert calls == [1, 0]
+    calls[0] = 0
     x = torch.randn(2, 6, 5, 5, generator=g)
     assert torch.equal(knn_edges(x.double(), 4), rule(x, 4))
     monkeypatch.setattr(knn, "fused", False)
@@ -138,3 +180,26 @@ def test_portable_build(monkeypatch):
                        rule(x, 7, 1, keys, rel))
     assert torch.equal(knn_edges(x, 5, dilation=3), rule(x, 5, 3))
     assert sum(calls) == 2
+
+
+def test_normalisation_inside_and_its_errors(calls):
+    """The pass normalises the rows itself, as ``_normalize.c`` does: entries whose squares
+    overflow float32 still give the rule's edges, and a NaN or an infinity in the queries
+    or in separately given keys is refused with the matmul path's message."""
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(2, 8, 6, 6, generator=g)
+    big = x * 1e30
+    assert torch.equal(knn_edges(big, 5), rule(x, 5))
+    keys = torch.randn(2, 8, 3, 3, generator=g)
+    assert torch.equal(knn_edges(x, 4, keys=keys * 1e30), rule(x, 4, 1, keys))
+    assert calls[0] == 2
+    for bad in (float("nan"), float("inf")):
+        y = x.clone()
+        y[1, 2, 0, 1] = bad
+        with pytest.raises(ValueError, match="node features contain NaN or Inf"):
+            knn_edges(y, 4)
+        bad_keys = keys.clone()
+        bad_keys[0, 3, 2, 2] = bad
+        with pytest.raises(ValueError, match="key features contain NaN or Inf"):
+            knn_edges(x, 4, keys=bad_keys)
+    assert calls[0] == 6

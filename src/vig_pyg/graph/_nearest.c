@@ -6,21 +6,28 @@
    image, with s_j = |y_j|^2 and an optional [n, m] term b shared by every image:
 
        d_ij = s_j - 2 q_i . y_j (+ b_ij)                     (torch.baddbmm, then += b)
-       idx_i = the kd smallest d_ij, ascending, ties in index order   (_select.c)
+       sel_i = the kd smallest d_ij, ascending, ties in index order   (_select.c)
+       out_i = sel_i[0], sel_i[step], ..., sel_i[(keep - 1) step]  (+ image * m)
 
    knn.py's unfused path writes the whole [g, n, m] block of d to memory, adds b in a
-   second pass and selects in a third. pvig_ti's first stage holds 16 x 3136 x 196 of
-   them (39 MiB); its matmul has only c = 48 products per entry, so writing and reading
-   that block back costs more than the arithmetic. Here four query rows at a time get their
+   second pass, selects in a third and keeps every d-th rank and adds the image offsets
+   in torch ops after that, each a fresh tensor. Here eight query rows at a time get their
    m distances in a scratch buffer the size of a few rows, which the selection reads
-   straight from the first-level cache.
+   straight from the cache, and the edge sources are written directly.
 
    Each thread copies its image's keys transposed ([c, m] padded to whole vectors) once, so
-   that a 16-wide vector of keys is one load; a tile of 4 queries x 64 keys keeps 16
-   accumulators in registers, and every key vector loaded serves four queries. The dot
+   that a 16-wide vector of keys is one load; a tile of 8 queries x 48 keys keeps 24
+   accumulators in registers, and every key vector loaded serves eight queries. The dot
    products are summed over the channels in order with fused multiply-adds: an order
    other than the BLAS's, so a distance may differ from the unfused one in its last bits
-   (the selection then differs only where two candidates' distances are that close). */
+   (the selection then differs only where two candidates' distances are that close).
+
+   When the keys are the queries (no pooling: vig_ti, pvig_ti's last stages) q_i . q_j is
+   symmetric, and a whole image is done at once: the tiles on and below the diagonal
+   (about 60% of them on 196 nodes) fill -2 q_i . q_j into an [n, n] buffer, the rest is
+   copied across the diagonal, and then each row gets s_j (+ b_ij) and its selection. The
+   buffer is kept to SYMMETRIC_MAX floats (1 MiB; a 500-node image), larger images take
+   the row-by-row path. */
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC optimize("fp-contract=fast")  /* a * b + c as one fused multiply-add */
 #endif
@@ -88,77 +95,204 @@ static inline __attribute__((always_inline)) void tile(
       finish(acc[r][w], s, b[r], d[r], j0 + w * LANES, m);
 }
 
-/* The m distances of ROWS query rows; rows past the image's end repeat its last row. */
+/* The distances of ROWS query rows to the keys before jend (a multiple of LANES, at most
+   mp); rows past the image's end repeat its last row. */
 static void distances(const float* const* q, const float* yt, int64_t mp, int64_t c,
-                      const float* s, const float* const* b, float* const* d, int64_t m) {
+                      const float* s, const float* const* b, float* const* d, int64_t m,
+                      int64_t jend) {
   int64_t j0 = 0;
-  for (; j0 + WIDE * LANES <= mp; j0 += WIDE * LANES) tile(q, yt, mp, c, s, b, d, j0, m, WIDE);
-  for (; j0 < mp; j0 += LANES) tile(q, yt, mp, c, s, b, d, j0, m, 1);
+  for (; j0 + WIDE * LANES <= jend; j0 += WIDE * LANES)
+    tile(q, yt, mp, c, s, b, d, j0, m, WIDE);
+  for (; j0 < jend; j0 += LANES) tile(q, yt, mp, c, s, b, d, j0, m, 1);
+}
+
+#define SYMMETRIC_MAX (1 << 18)  /* floats of the [n, n] buffer of the symmetric path */
+
+int vig_normalize_rows(const float* x, int64_t rows, int64_t c, float* out, float* sq,
+                       int32_t threads);  /* _normalize.c */
+
+/* one call's shapes and output (the exported functions' arguments) */
+typedef struct {
+  const float *q, *y, *b;  /* raw queries [g * n, c] and keys [g * m, c] (y == q: self) */
+  int64_t n, m, c, kd, self, keep, step, offset;
+  int64_t* out;
+} job_t;
+
+static int symmetric(const job_t* J) {
+  return J->self && (J->n + ROWS) * padded(J->n) <= SYMMETRIC_MAX;
+}
+
+/* 1 when a job with these shapes takes the symmetric path, else 0. */
+int64_t vig_nearest_symmetric(int64_t n, int64_t m, int64_t self) {
+  job_t J = {.n = n, .self = self && n == m};
+  return symmetric(&J);
 }
 
 /* Floats of scratch one caller of vig_nearest needs. */
-int64_t vig_nearest_scratch(int64_t m, int64_t c) {
+int64_t vig_nearest_scratch(int64_t n, int64_t m, int64_t c, int64_t kd, int64_t self) {
   int64_t mp = padded(m);
-  return c * mp + mp + ROWS * mp + 2 * (m + LANES);
+  job_t J = {.n = n, .self = self && n == m};
+  int64_t rows = symmetric(&J) ? n + ROWS : ROWS;
+  return c * mp + 3 * mp + rows * mp + (m + n) * c + n + 2 * (m + LANES) + 2 * kd;
 }
 
-/* yt = the image's keys transposed to [c, mp] (zero past m), sp = s padded to mp. */
-static void stage_keys(const float* y, const float* s, int64_t m, int64_t c, float* yt,
-                       float* sp) {
-  int64_t mp = padded(m);
-  memset(yt, 0, (size_t)(c * mp) * sizeof(float));
+typedef struct {  /* one thread's part of the scratch */
+  float *yt, *sp, *zero, *row, *rows, *yn, *qn, *qsq, *cv;
+  int32_t* ci;
+  int64_t* sel;
+} scratch_t;
+
+static scratch_t carve(const job_t* J, float* p) {
+  int64_t mp = padded(J->m);
+  scratch_t S;
+  S.yt = p;
+  S.sp = S.yt + J->c * mp;
+  S.zero = S.sp + mp;
+  S.row = S.zero + mp;
+  S.rows = S.row + mp;
+  S.yn = S.rows + (symmetric(J) ? J->n + ROWS : ROWS) * mp;
+  S.qn = S.yn + J->m * J->c;
+  S.qsq = S.qn + J->n * J->c;
+  S.cv = S.qsq + J->n;
+  S.ci = (int32_t*)(S.cv + J->m + LANES);
+  S.sel = (int64_t*)(S.ci + J->m + LANES);
+  return S;
+}
+
+/* The keys of image g normalised (yn, and their squared norms padded in sp, as
+   _normalize.c computes them) and transposed to yt [c, mp] (zero past m). Returns 0 when
+   a key's norm is not finite. */
+static int stage_keys(const job_t* J, int64_t g, const scratch_t* S) {
+  int64_t m = J->m, c = J->c, mp = padded(m);
+  memset(S->sp, 0, (size_t)mp * sizeof(float));
+  int finite = vig_normalize_rows(J->y + g * m * c, m, c, S->yn, S->sp, 1);
+  memset(S->yt, 0, (size_t)(c * mp) * sizeof(float));
   for (int64_t j = 0; j < m; ++j)
-    for (int64_t k = 0; k < c; ++k) yt[k * mp + j] = y[j * c + k];
-  memset(sp, 0, (size_t)mp * sizeof(float));
-  memcpy(sp, s, (size_t)m * sizeof(float));
+    for (int64_t k = 0; k < c; ++k) S->yt[k * mp + j] = S->yn[j * c + k];
+  return finite;
 }
 
-/* Query rows [row0, row1) of q ([g * n, c]; row = image * n + i): idx[row] = the kd
-   nearest keys of the row's image (indices within the image). b is [n, m] or NULL. */
-void vig_nearest(const float* q, const float* y, const float* s, const float* b, int64_t n,
-                 int64_t m, int64_t c, int64_t kd, int64_t row0, int64_t row1, int64_t* idx,
-                 float* scratch) {
-  int64_t mp = padded(m);
-  float *yt = scratch, *sp = yt + c * mp, *rows = sp + mp;
-  float* cv = rows + ROWS * mp;
-  int32_t* ci = (int32_t*)(cv + m + LANES);
-  int64_t image = -1;
-  for (int64_t r0 = row0; r0 < row1;) {
-    int64_t g = r0 / n, end = (g + 1) * n < row1 ? (g + 1) * n : row1;  /* one image */
-    if (g != image) stage_keys(y + g * m * c, s + g * m, m, c, yt, sp);
-    image = g;
+/* the selection of one row from its distances d, written out as the job asks */
+static void emit(const job_t* J, int64_t row, const float* d, const scratch_t* S) {
+  vig_select_row(d, J->m, J->kd, S->sel, S->cv, S->ci);
+  int64_t base = J->offset ? row / J->n * J->m : 0;
+  for (int64_t t = 0; t < J->keep; ++t) J->out[row * J->keep + t] = S->sel[t * J->step] + base;
+}
+
+/* rows [r0, end) of image g (end at most the image's end), ROWS at a time, from the
+   normalised query rows qn (row r0 of the image at qn[0]) */
+static void rows_of(const job_t* J, int64_t g, int64_t r0, int64_t end, const float* qn,
+                    const scratch_t* S) {
+  int64_t mp = padded(J->m);
+  for (int64_t first = r0; r0 < end; r0 += ROWS) {
     const float *qr[ROWS], *br[ROWS];
     float* dr[ROWS];
     for (int r = 0; r < ROWS; ++r) {
       int64_t row = r0 + r < end ? r0 + r : end - 1;
-      qr[r] = q + row * c;
-      br[r] = b ? b + (row - g * n) * m : NULL;
-      dr[r] = rows + r * mp;
+      qr[r] = qn + (row - first) * J->c;
+      br[r] = J->b ? J->b + (row - g * J->n) * J->m : NULL;
+      dr[r] = S->rows + r * mp;
     }
-    distances(qr, yt, mp, c, sp, br, dr, m);
-    for (int r = 0; r < ROWS && r0 + r < end; ++r)
-      vig_select_row(dr[r], m, kd, idx + (r0 + r) * kd, cv, ci);
-    r0 = r0 + ROWS < end ? r0 + ROWS : end;
+    distances(qr, S->yt, mp, J->c, S->sp, br, dr, J->m, mp);
+    for (int r = 0; r < ROWS && r0 + r < end; ++r) emit(J, r0 + r, dr[r], S);
   }
 }
 
-/* vig_nearest over every row, split over `threads` OpenMP threads (each with its own
-   vig_nearest_scratch(m, c) floats of scratch). */
-void vig_nearest_rows(const float* q, const float* y, const float* s, const float* b,
-                      int64_t g, int64_t n, int64_t m, int64_t c, int64_t kd, int64_t* idx,
-                      float* scratch, int32_t threads) {
-  int64_t rows = g * n, per = vig_nearest_scratch(m, c);
+/* the first column past what the tiles of the row block holding row i computed */
+static int64_t computed_end(int64_t i, int64_t np) {
+  int64_t last = i / ROWS * ROWS + ROWS;  /* one past the block's last row */
+  return padded(last) < np ? padded(last) : np;
+}
+
+/* one whole image of a job whose keys are its queries (see the top of the file), its
+   rows normalised in yn */
+static void image_symmetric(const job_t* J, int64_t g, const scratch_t* S) {
+  int64_t n = J->n, np = padded(n);
+  const float* none[ROWS] = {NULL};
+  float* P = S->rows;  /* [n + ROWS, np]: the rows past n take a last block's repeats */
+  memset(S->zero, 0, (size_t)np * sizeof(float));
+  for (int64_t i0 = 0; i0 < n; i0 += ROWS) {  /* -2 q_i . q_j for j up to the diagonal */
+    const float* qr[ROWS];
+    float* dr[ROWS];
+    for (int r = 0; r < ROWS; ++r) {
+      qr[r] = S->yn + (i0 + r < n ? i0 + r : n - 1) * J->c;
+      dr[r] = P + (i0 + r) * np;
+    }
+    distances(qr, S->yt, np, J->c, S->zero, none, dr, n, computed_end(i0, np));
+  }
+  for (int64_t i = 0; i < n; ++i)  /* the rest from across the diagonal (j > i there) */
+    for (int64_t j = computed_end(i, np); j < n; ++j) P[i * np + j] = P[j * np + i];
+  for (int64_t i = 0; i < n; ++i) {
+    const float* b = J->b ? J->b + i * n : NULL;
+    for (int64_t j = 0; j < n; ++j) {
+      float v = S->sp[j] + P[i * np + j];  /* as finish: s_j - 2 q_i . q_j, then + b */
+      S->row[j] = b ? v + b[j] : v;
+    }
+    emit(J, g * n + i, S->row, S);
+  }
+}
+
+/* Query rows [row0, row1); returns the flags of vig_nearest. */
+static int run(const job_t* J, int64_t row0, int64_t row1, float* scratch) {
+  scratch_t S = carve(J, scratch);
+  int64_t n = J->n, c = J->c;
+  int flags = 0;
+  for (int64_t r0 = row0; r0 < row1;) {
+    int64_t g = r0 / n, end = (g + 1) * n < row1 ? (g + 1) * n : row1;  /* one image */
+    if (!stage_keys(J, g, &S)) flags |= J->self ? 1 : 2;
+    if (J->self && symmetric(J) && r0 == g * n && end == (g + 1) * n) {
+      image_symmetric(J, g, &S);
+    } else if (J->self) {  /* the normalised keys are the rows */
+      rows_of(J, g, r0, end, S.yn + (r0 - g * n) * c, &S);
+    } else {
+      if (!vig_normalize_rows(J->q + r0 * c, end - r0, c, S.qn, S.qsq, 1)) flags |= 1;
+      rows_of(J, g, r0, end, S.qn, &S);
+    }
+    r0 = end;
+  }
+  return flags;
+}
+
+/* Query rows [row0, row1) of q ([g * n, c]; row = image * n + i) and keys y ([g * m, c];
+   self: y is q), both as they come: each row is L2-normalised here as _normalize.c does.
+   b [n, m] or NULL. For each row: out[row * keep + t] = its (t * step)-th nearest key,
+   within the image, + image * m if offset. Returns 1 | 2: a query's | a key's norm was not
+   finite (NaN or an infinity in it; the rows are done all the same), else 0. */
+int vig_nearest(const float* q, const float* y, const float* b, int64_t n, int64_t m,
+                int64_t c, int64_t kd, int64_t self, int64_t keep, int64_t step,
+                int64_t offset, int64_t row0, int64_t row1, int64_t* out, float* scratch) {
+  job_t J = {q, y, b, n, m, c, kd, self && n == m && q == y, keep, step, offset, out};
+  return run(&J, row0, row1, scratch);
+}
+
+/* First row of thread t's part of g images of n rows: whole images where there are at
+   least as many images as threads (the symmetric path needs them), else equal rows. */
+int64_t vig_nearest_split(int64_t g, int64_t n, int64_t threads, int64_t t) {
+  int64_t rows = g * n;
+  int64_t step = g >= threads ? (g + threads - 1) / threads * n : (rows + threads - 1) / threads;
+  return t * step < rows ? t * step : rows;
+}
+
+/* vig_nearest over all g * n rows, split over `threads` OpenMP threads (each with its own
+   vig_nearest_scratch floats of scratch); the flags of every part or-ed. */
+int vig_nearest_rows(const float* q, const float* y, const float* b, int64_t g, int64_t n,
+                     int64_t m, int64_t c, int64_t kd, int64_t self, int64_t keep,
+                     int64_t step, int64_t offset, int64_t* out, float* scratch,
+                     int32_t threads) {
+  job_t J = {q, y, b, n, m, c, kd, self && n == m && q == y, keep, step, offset, out};
+  int64_t per = vig_nearest_scratch(n, m, c, kd, self);
+  int flags = 0;
 #ifdef _OPENMP
-#pragma omp parallel num_threads(threads) if (threads > 1)
+#pragma omp parallel num_threads(threads) if (threads > 1) reduction(|: flags)
   {
     int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
-    int64_t step = (rows + nt - 1) / nt, r0 = t * step;
-    int64_t r1 = r0 + step < rows ? r0 + step : rows;
-    if (r0 < r1) vig_nearest(q, y, s, b, n, m, c, kd, r0, r1, idx, scratch + t * per);
+    int64_t r0 = vig_nearest_split(g, n, nt, t), r1 = vig_nearest_split(g, n, nt, t + 1);
+    if (r0 < r1) flags |= run(&J, r0, r1, scratch + t * per);
   }
 #else
   (void)threads;
   (void)per;
-  vig_nearest(q, y, s, b, n, m, c, kd, 0, rows, idx, scratch);
+  flags = run(&J, 0, g * n, scratch);
 #endif
+  return flags;
 }

@@ -50,15 +50,6 @@ static inline int64_t append_kept(__mmask16 keep, __m512 v, int64_t j, float* cv
   return c + __builtin_popcount((unsigned)keep);
 }
 
-/* #{s < n: a[s] < v}; a holds a multiple of LANES values */
-static int32_t count_below(const float* a, int64_t n, float v) {
-  const __m512 vv = _mm512_set1_ps(v);
-  int32_t total = 0;
-  for (int64_t s = 0; s < n; s += LANES)
-    total += __builtin_popcount((unsigned)_mm512_cmp_ps_mask(_mm512_loadu_ps(a + s), vv,
-                                                             _CMP_LT_OQ));
-  return total;
-}
 #else
 /* 8-wide vectors in GCC/Clang's portable notation (any target; AVX2 on most x86) */
 typedef float vf8 __attribute__((vector_size(32)));

@@ -25,10 +25,13 @@ BACKENDS = ("auto", "dense", "cluster")
 #: where it applies; ``False`` keeps the matmul + selection of :func:`_nearest` (tests and
 #: ``benchmarks/bench_knn.py`` compare the two).
 fused: bool = True
-#: Above this many channels the matmul + selection is faster: BLAS's product beats the
+#: Above this many channels (twice as many where the keys are the queries and the pass
+#: computes half the products) the matmul + selection is faster: BLAS's product beats the
 #: fused pass's once each distance takes enough products to hide the block's trip through
 #: memory (``benchmarks/bench_knn.py --fused``).
 FUSED_MAX_CHANNELS = 128
+#: Products (rows x keys x channels) below which one thread does the whole fused pass.
+FUSED_WORK_PER_THREAD = 1 << 20
 
 #: Default bound on the distance entries the dense backend holds at once (2^22 float32 =
 #: 16 MiB); large grids are processed in chunks of images and query rows below it. A block
@@ -241,27 +244,44 @@ def _knn_grid(queries: Tensor, keys: Tensor, k: int, dilation: int, relative_pos
         return _cluster_grid(queries, keys, k, dilation, relative_pos, stochastic, epsilon,
                              training, grid, self_keys)
     with torch.no_grad():
-        q, q_sq = _normalize(queries, "node features")
-        y, y_sq = (q, q_sq) if self_keys else _normalize(keys, "key features")
-        # |q_i|^2 is the same for every candidate of query i, so it cannot change the order
-        y_sq = y_sq.unsqueeze(1)  # [G, 1, M]
         kd = k * dilation
-        if tracing():  # one block: the batch size may be symbolic
-            idx = _nearest(q, y, y_sq, relative_pos, kd)
-        elif (idx := _fused_nearest(q, y, y_sq, relative_pos, kd)) is not None:
-            pass
-        else:
-            idx = torch.empty(g, n, kd, dtype=torch.long, device=q.device)
-            img_step, row_step = _chunks(g, n, m, max_chunk_elements)
-            for g0 in range(0, g, img_step):
-                for r0 in range(0, n, row_step):
-                    gs, rs = slice(g0, g0 + img_step), slice(r0, r0 + row_step)
-                    idx[gs, rs] = _nearest(q[gs, rs], y[gs], y_sq[gs], None if relative_pos
-                                           is None else relative_pos[rs], kd)
-        idx = idx[..., _keep_ranks(k, dilation, stochastic, epsilon, training, q.device)]
-        offset = torch.arange(g, device=q.device).mul_(m).view(g, 1, 1)
+        ranks = _keep_ranks(k, dilation, stochastic, epsilon, training, queries.device)
+        every_dth = isinstance(ranks, slice)  # the fused pass then writes the edge sources
+        idx = None if tracing() else _fused_nearest(
+            queries, keys, relative_pos, kd, self_keys,
+            *((k, dilation) if every_dth else (kd, 1)), offset=every_dth)
+        if idx is None:
+            idx = _matmul_nearest(queries, keys, relative_pos, kd, self_keys,
+                                  max_chunk_elements)
+        elif every_dth:
+            return torch.stack([idx.view(-1), _target_index(g * n, k, queries.device)])
+        idx = idx[..., ranks]
+        offset = torch.arange(g, device=idx.device).mul_(m).view(g, 1, 1)
         src = (idx + offset).reshape(-1)
-        return torch.stack([src, _target_index(g * n, k, q.device)])
+        return torch.stack([src, _target_index(g * n, k, idx.device)])
+
+
+def _matmul_nearest(queries: Tensor, keys: Tensor, relative_pos: Tensor | None, kd: int,
+                    self_keys: bool, max_chunk_elements: int) -> Tensor:
+    """Indices ``[G, N, kd]`` of each query's ``kd`` nearest keys within its image, by the
+    normalisation, a batched matmul and the selection (in chunks of at most
+    ``max_chunk_elements`` distances; one block while tracing)."""
+    g, n, _ = queries.shape
+    m = keys.size(1)
+    q, q_sq = _normalize(queries, "node features")
+    y, y_sq = (q, q_sq) if self_keys else _normalize(keys, "key features")
+    # |q_i|^2 is the same for every candidate of query i, so it cannot change the order
+    y_sq = y_sq.unsqueeze(1)  # [G, 1, M]
+    if tracing():  # one block: the batch size may be symbolic
+        return _nearest(q, y, y_sq, relative_pos, kd)
+    idx = torch.empty(g, n, kd, dtype=torch.long, device=q.device)
+    img_step, row_step = _chunks(g, n, m, max_chunk_elements)
+    for g0 in range(0, g, img_step):
+        for r0 in range(0, n, row_step):
+            gs, rs = slice(g0, g0 + img_step), slice(r0, r0 + row_step)
+            idx[gs, rs] = _nearest(q[gs, rs], y[gs], y_sq[gs], None if relative_pos is None
+                                   else relative_pos[rs], kd)
+    return idx
 
 
 def _nearest(q: Tensor, y: Tensor, y_sq: Tensor, relative_pos: Tensor | None,
@@ -275,37 +295,48 @@ def _nearest(q: Tensor, y: Tensor, y_sq: Tensor, relative_pos: Tensor | None,
     return smallest_k(dist, kd)  # torch.topk's selection, 3-6x faster on CPU (select.py)
 
 
-def _fused_nearest(q: Tensor, y: Tensor, y_sq: Tensor, relative_pos: Tensor | None,
-                   kd: int) -> Tensor | None:
-    """What :func:`_nearest` computes, for every image at once, in one compiled pass that
-    never holds more than four rows of distances (``_nearest.c``); ``None`` where it does
-    not apply (:data:`fused` off, not float32 on the CPU, the library off or unbuilt,
-    ``kd`` beyond the selection's buffers)."""
-    g, n, c = q.shape
-    lib = library_for(q) if fused and kd <= select._MAX_KD else None
-    if lib is None or q.numel() == 0 or c > FUSED_MAX_CHANNELS:
+def _fused_nearest(queries: Tensor, keys: Tensor, relative_pos: Tensor | None, kd: int,
+                   self_keys: bool, keep: int, step: int, *, offset: bool) -> Tensor | None:
+    """What :func:`_matmul_nearest` computes, normalisation included, for every image at
+    once in one compiled pass that holds a few rows of distances at a time, or one image's
+    when the keys are the queries (``_nearest.c``): ``[G, N, keep]`` ranks ``0, step, 2
+    step, ...`` of each query's ``kd`` nearest, as key indices within the image, or, with
+    ``offset``, into all ``G * M`` keys (the edge sources). ``None`` where it does not
+    apply (:data:`fused` off, not float32 on the CPU, the library off or unbuilt, ``kd``
+    beyond the selection's buffers, more channels than :data:`FUSED_MAX_CHANNELS`
+    allows)."""
+    g, n, c = queries.shape
+    m = keys.size(1)
+    lib = library_for(queries) if fused and kd <= select._MAX_KD else None
+    if lib is None or queries.numel() == 0 or keys.dtype != queries.dtype:
         return None
-    m = y.size(1)
-    q, y, y_sq = q.contiguous(), y.contiguous(), y_sq.reshape(g, m).contiguous()
+    # the symmetric path computes about half the products (_nearest.c)
+    if c > FUSED_MAX_CHANNELS * (2 if lib.vig_nearest_symmetric(n, m, self_keys) else 1):
+        return None
+    q = queries.contiguous()
+    y = q if self_keys else keys.contiguous()
     rel = None if relative_pos is None else relative_pos.to(torch.float32).contiguous()
-    idx = torch.empty(g, n, kd, dtype=torch.long)
-    rows = g * n
-    threads = max(1, min(torch.get_num_threads(), rows // select._ROWS_PER_THREAD))
-    per = lib.vig_nearest_scratch(m, c)
-    scratch = torch.empty(threads, per)
-    ptrs = (q.data_ptr(), y.data_ptr(), y_sq.data_ptr(), 0 if rel is None else rel.data_ptr())
+    out = torch.empty(g, n, keep, dtype=torch.long)
+    threads = max(1, min(torch.get_num_threads(), g * n * m * c // FUSED_WORK_PER_THREAD))
+    scratch = torch.empty(threads, lib.vig_nearest_scratch(n, m, c, kd, self_keys))
+    args = (q.data_ptr(), y.data_ptr(), 0 if rel is None else rel.data_ptr(), n, m, c, kd,
+            self_keys, keep, step, offset)
     if threads == 1 or lib.vig_select_openmp():
-        lib.vig_nearest_rows(*ptrs, g, n, m, c, kd, idx.data_ptr(), scratch.data_ptr(),
-                             threads)
-        return idx
-    step = -(-rows // threads)
-    jobs = [select._executor().submit(lib.vig_nearest, *ptrs, n, m, c, kd, r0,
-                                      min(r0 + step, rows), idx.data_ptr(),
-                                      scratch[t].data_ptr())
-            for t, r0 in enumerate(range(0, rows, step))]
-    for job in jobs:
-        job.result()
-    return idx
+        flags = lib.vig_nearest_rows(*args[:3], g, *args[3:], out.data_ptr(),
+                                     scratch.data_ptr(), threads)
+    else:
+        bounds = [lib.vig_nearest_split(g, n, threads, t) for t in range(threads + 1)]
+        jobs = [select._executor().submit(lib.vig_nearest, *args, bounds[t], bounds[t + 1],
+                                          out.data_ptr(), scratch[t].data_ptr())
+                for t in range(threads) if bounds[t] < bounds[t + 1]]
+        flags = 0
+        for job in jobs:
+            flags |= job.result()
+    if flags & 1 and _refuses_non_finite(queries):
+        raise _not_finite("node features")
+    if flags & 2 and _refuses_non_finite(keys):
+        raise _not_finite("key features")
+    return out
 
 
 def _normalize(x: Tensor, name: str) -> tuple[Tensor, Tensor]:

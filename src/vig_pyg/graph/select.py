@@ -141,12 +141,16 @@ def _open(path: Path) -> ctypes.CDLL:
     lib.vig_select_openmp.argtypes = []
     lib.vig_select_openmp.restype = ctypes.c_int
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
-    lib.vig_nearest_scratch.argtypes = [i64, i64]
+    lib.vig_nearest_scratch.argtypes = [i64] * 5
     lib.vig_nearest_scratch.restype = i64
-    lib.vig_nearest.argtypes = [p, p, p, p, i64, i64, i64, i64, i64, i64, p, p]
-    lib.vig_nearest.restype = None
-    lib.vig_nearest_rows.argtypes = [p, p, p, p, i64, i64, i64, i64, i64, p, p, i32]
-    lib.vig_nearest_rows.restype = None
+    lib.vig_nearest_symmetric.argtypes = [i64] * 3
+    lib.vig_nearest_symmetric.restype = i64
+    lib.vig_nearest_split.argtypes = [i64] * 4
+    lib.vig_nearest_split.restype = i64
+    lib.vig_nearest.argtypes = [p] * 3 + [i64] * 10 + [p, p]
+    lib.vig_nearest.restype = ctypes.c_int
+    lib.vig_nearest_rows.argtypes = [p] * 3 + [i64] * 9 + [p, p, i32]
+    lib.vig_nearest_rows.restype = ctypes.c_int
     lib.vig_normalize_rows.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
                                        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32]
     lib.vig_normalize_rows.restype = ctypes.c_int
