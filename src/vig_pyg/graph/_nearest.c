@@ -2,18 +2,21 @@
    (_fused_nearest says when it is used). Compiled into one library with _select.c by
    vig_pyg/graph/select.py. Plain C99 with GCC/Clang vector extensions.
 
-   For query rows q_i ([g, n, c], L2-normalised) and keys y_j ([g, m, c]) of the same
-   image, with s_j = |y_j|^2 and an optional [n, m] term b shared by every image:
+   For query rows q_i ([g, n, c]) and keys y_j ([g, m, c]) of the same image, both
+   L2-normalised here by _normalize.c's vig_normalize_rows (same arithmetic as knn.py's
+   unfused path, and its NaN/Inf report), with s_j = |y_j|^2 and an optional [n, m] term b
+   shared by every image:
 
        d_ij = s_j - 2 q_i . y_j (+ b_ij)                     (torch.baddbmm, then += b)
        sel_i = the kd smallest d_ij, ascending, ties in index order   (_select.c)
        out_i = sel_i[0], sel_i[step], ..., sel_i[(keep - 1) step]  (+ image * m)
 
-   knn.py's unfused path writes the whole [g, n, m] block of d to memory, adds b in a
-   second pass, selects in a third and keeps every d-th rank and adds the image offsets
-   in torch ops after that, each a fresh tensor. Here eight query rows at a time get their
-   m distances in a scratch buffer the size of a few rows, which the selection reads
-   straight from the cache, and the edge sources are written directly.
+   knn.py's unfused path normalises into fresh tensors, writes the whole [g, n, m] block
+   of d to memory, adds b in a second pass, selects in a third and keeps every d-th rank
+   and adds the image offsets in torch ops after that, each a fresh tensor. Here each
+   thread normalises its rows into its scratch, eight query rows at a time get their m
+   distances in a buffer the size of a few rows, which the selection reads straight from
+   the cache, and the edge sources are written directly.
 
    Each thread copies its image's keys transposed ([c, m] padded to whole vectors) once, so
    that a 16-wide vector of keys is one load; a tile of 8 queries x 48 keys keeps 24
@@ -133,11 +136,12 @@ int64_t vig_nearest_scratch(int64_t n, int64_t m, int64_t c, int64_t kd, int64_t
   int64_t mp = padded(m);
   job_t J = {.n = n, .self = self && n == m};
   int64_t rows = symmetric(&J) ? n + ROWS : ROWS;
-  return c * mp + 3 * mp + rows * mp + (m + n) * c + n + 2 * (m + LANES) + 2 * kd;
+  return c * mp + 3 * mp + rows * mp + padded(m * c) + padded(n * c) + 2 * (m + LANES) +
+         2 * kd;
 }
 
 typedef struct {  /* one thread's part of the scratch */
-  float *yt, *sp, *zero, *row, *rows, *yn, *qn, *qsq, *cv;
+  float *yt, *sp, *zero, *row, *rows, *yn, *qn, *cv;
   int32_t* ci;
   int64_t* sel;
 } scratch_t;
@@ -151,9 +155,8 @@ static scratch_t carve(const job_t* J, float* p) {
   S.row = S.zero + mp;
   S.rows = S.row + mp;
   S.yn = S.rows + (symmetric(J) ? J->n + ROWS : ROWS) * mp;
-  S.qn = S.yn + J->m * J->c;
-  S.qsq = S.qn + J->n * J->c;
-  S.cv = S.qsq + J->n;
+  S.qn = S.yn + padded(J->m * J->c);  /* whole vectors: the int64 sel stays aligned */
+  S.cv = S.qn + padded(J->n * J->c);
   S.ci = (int32_t*)(S.cv + J->m + LANES);
   S.sel = (int64_t*)(S.ci + J->m + LANES);
   return S;
@@ -245,7 +248,7 @@ static int run(const job_t* J, int64_t row0, int64_t row1, float* scratch) {
     } else if (J->self) {  /* the normalised keys are the rows */
       rows_of(J, g, r0, end, S.yn + (r0 - g * n) * c, &S);
     } else {
-      if (!vig_normalize_rows(J->q + r0 * c, end - r0, c, S.qn, S.qsq, 1)) flags |= 1;
+      if (!vig_normalize_rows(J->q + r0 * c, end - r0, c, S.qn, NULL, 1)) flags |= 1;
       rows_of(J, g, r0, end, S.qn, &S);
     }
     r0 = end;

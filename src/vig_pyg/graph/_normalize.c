@@ -26,15 +26,15 @@ static double sum_squares(const float* v, int64_t c) {
   return s;
 }
 
-/* out = v / norm, and the sum of its squares (a NaN norm, which the clamp in
-   vig_normalize_rows keeps as torch's clamp_min does, makes the row NaN). */
-static double scaled_sum_squares(const float* v, int64_t c, float norm, float* out) {
+/* out = v / norm (a NaN norm, which the clamp in vig_normalize_rows keeps as torch's
+   clamp_min does, makes the row NaN) */
+static void scale(const float* v, int64_t c, float norm, float* out) {
   for (int64_t j = 0; j < c; ++j) out[j] = v[j] / norm;
-  return sum_squares(out, c);
 }
 
 /* Returns 1 when every row's norm is finite in float32 (no NaN or infinity in x, no norm
-   beyond the float range), else 0; such rows are written all the same. */
+   beyond the float range), else 0; such rows are written all the same. sq may be NULL
+   (the fused kNN pass's queries, whose |q|^2 cannot change their neighbours' order). */
 int vig_normalize_rows(const float* x, int64_t rows, int64_t c, float* out, float* sq,
                        int32_t threads) {
   int finite = 1;
@@ -47,8 +47,8 @@ int vig_normalize_rows(const float* x, int64_t rows, int64_t c, float* out, floa
   for (int64_t r = 0; r < rows; ++r) {
     float norm = (float)sqrt(sum_squares(x + r * c, c));
     finite = finite && isfinite(norm);  /* NaN or an infinity in the row, or overflow */
-    sq[r] = (float)scaled_sum_squares(x + r * c, c, norm < 1e-12f ? 1e-12f : norm,
-                                      out + r * c);
+    scale(x + r * c, c, norm < 1e-12f ? 1e-12f : norm, out + r * c);
+    if (sq) sq[r] = (float)sum_squares(out + r * c, c);
   }
   return finite;
 }
