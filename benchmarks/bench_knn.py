@@ -44,14 +44,16 @@ def compare(name, fmap, k, dilation, reduce_ratio, repeats):
           f"cluster/dense {cluster / dense:5.1f}x   same edges: {same:.2%}")
 
 
-def peak_rss_child(max_elements):
-    """Peak RSS growth (MiB) of one dense call at 2 x 48 x 128 x 128, in a fresh process.
+def peak_rss_child(max_elements, fused=False):
+    """Peak RSS growth (MiB) of one dense call at 2 x 48 x 128 x 128, in a fresh process,
+    by the matmul path (in chunks of ``max_elements`` distances) or the fused pass.
 
     Linux: writing 5 to /proc/self/clear_refs resets the high-water mark (VmHWM) to the
     current RSS, so import-time peaks do not hide the call's own peak."""
     code = (
         "import torch\n"
-        "from vig_pyg.graph import knn_edges\n"
+        "from vig_pyg.graph import knn, knn_edges\n"
+        f"knn.fused = {fused}\n"
         "def status(key):\n"
         "    for line in open('/proc/self/status'):\n"
         "        if line.startswith(key): return int(line.split()[1]) / 1024\n"
@@ -164,7 +166,8 @@ def compare_fused(repeats):
         print("native kernels unavailable here (no C compiler): nothing to compare")
         return
     print(f"\nfused distances + selection, best of {repeats} alternating calls (ms); "
-          f"the builder takes it up to {knn.FUSED_MAX_CHANNELS} channels")
+          f"the builder takes it up to {knn.FUSED_MAX_CHANNELS} channels "
+          f"({2 * knn.FUSED_MAX_CHANNELS} where the keys are the queries)")
     print(f"{'shape':<44} {'matmul':>8} {'fused':>8} {'ratio':>6}")
     for name, shape, k, d, r in SHAPES:
         x = torch.randn(*shape).contiguous(memory_format=torch.channels_last)
@@ -212,9 +215,11 @@ def main():
     if not args.skip_memory:
         chunked = peak_rss_child(MAX_CHUNK_ELEMENTS)
         whole = peak_rss_child(2 ** 62)
-        print(f"2 x 128x128 nodes x 48 ch, k=9: peak RSS growth chunked "
+        fused = peak_rss_child(MAX_CHUNK_ELEMENTS, fused=True)
+        print(f"2 x 128x128 nodes x 48 ch, k=9: peak RSS growth of the matmul path chunked "
               f"({MAX_CHUNK_ELEMENTS} distances/chunk) {chunked:.0f} MiB, "
-              f"unchunked {whole:.0f} MiB (full distance block 2 x 16384^2 x 4 B = 2048 MiB)")
+              f"unchunked {whole:.0f} MiB (full distance block 2 x 16384^2 x 4 B = 2048 MiB); "
+              f"fused pass {fused:.0f} MiB")
     compare_parts(args.repeats)
     compare_selection(args.repeats)
     compare_fused(args.repeats)
