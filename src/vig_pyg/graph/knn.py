@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..tracing import tracing
-from .relative_position import relative_position_features, relative_position_table
 from . import select
+from .relative_position import relative_position_features, relative_position_table
 from .select import library_for, smallest_k
 
 BACKENDS = ("auto", "dense", "cluster")
@@ -142,7 +142,8 @@ def knn_edges(x: Tensor, k: int, *, batch: Tensor | None = None, dilation: int =
             :func:`~vig_pyg.graph.relative_position_table`.
         stochastic, epsilon, training: with probability ``epsilon``, in training only,
             keep ``k`` random ranks of the ``k*d`` instead of every ``d``-th.
-        backend: ``"dense"`` (batched matmul + top-k, chunked to at most
+        backend: ``"dense"`` (float32 on the CPU: one compiled pass, see
+            :data:`fused`; else batched matmul + top-k, chunked to at most
             ``max_chunk_elements`` distances at a time), ``"cluster"``
             (:func:`torch_cluster.knn`, the reference) or ``"auto"`` (dense when every
             graph has the same number of nodes and keys, cluster otherwise).
@@ -319,24 +320,33 @@ def _fused_nearest(queries: Tensor, keys: Tensor, relative_pos: Tensor | None, k
     out = torch.empty(g, n, keep, dtype=torch.long)
     threads = max(1, min(torch.get_num_threads(), g * n * m * c // FUSED_WORK_PER_THREAD))
     scratch = torch.empty(threads, lib.vig_nearest_scratch(n, m, c, kd, self_keys))
-    args = (q.data_ptr(), y.data_ptr(), 0 if rel is None else rel.data_ptr(), n, m, c, kd,
-            self_keys, keep, step, offset)
-    if threads == 1 or lib.vig_select_openmp():
-        flags = lib.vig_nearest_rows(*args[:3], g, *args[3:], out.data_ptr(),
-                                     scratch.data_ptr(), threads)
-    else:
-        bounds = [lib.vig_nearest_split(g, n, threads, t) for t in range(threads + 1)]
-        jobs = [select._executor().submit(lib.vig_nearest, *args, bounds[t], bounds[t + 1],
-                                          out.data_ptr(), scratch[t].data_ptr())
-                for t in range(threads) if bounds[t] < bounds[t + 1]]
-        flags = 0
-        for job in jobs:
-            flags |= job.result()
+    flags = _fused_call(lib, (q.data_ptr(), y.data_ptr(), 0 if rel is None else
+                              rel.data_ptr(), n, m, c, kd, self_keys, keep, step, offset),
+                        g, n, out, scratch)
     if flags & 1 and _refuses_non_finite(queries):
         raise _not_finite("node features")
     if flags & 2 and _refuses_non_finite(keys):
         raise _not_finite("key features")
     return out
+
+
+def _fused_call(lib, args: tuple, g: int, n: int, out: Tensor, scratch: Tensor) -> int:
+    """Runs the fused pass over ``scratch.size(0)`` threads: torch's OpenMP threads where
+    the library joins them (``vig_nearest_rows``), else one ``vig_nearest`` call per thread
+    of our pool on its part of the rows (``vig_nearest_split``). Returns the pass's flags
+    (1: a query's norm, 2: a key's norm was not finite)."""
+    threads = scratch.size(0)
+    if threads == 1 or lib.vig_select_openmp():
+        return lib.vig_nearest_rows(*args[:3], g, *args[3:], out.data_ptr(),
+                                    scratch.data_ptr(), threads)
+    bounds = [lib.vig_nearest_split(g, n, threads, t) for t in range(threads + 1)]
+    jobs = [select._executor().submit(lib.vig_nearest, *args, bounds[t], bounds[t + 1],
+                                      out.data_ptr(), scratch[t].data_ptr())
+            for t in range(threads) if bounds[t] < bounds[t + 1]]
+    flags = 0
+    for job in jobs:
+        flags |= job.result()
+    return flags
 
 
 def _normalize(x: Tensor, name: str) -> tuple[Tensor, Tensor]:
