@@ -40,14 +40,20 @@ def test_fast_path_on_cuda_equals_generic_and_cpu(name, training):
 
 
 def test_knn_on_cuda_equals_cpu():
+    """The CUDA matmul path against the CPU in float64, and in float32 against the CPU's
+    fused pass (graph/_nearest.c), which never runs on CUDA tensors."""
     torch.manual_seed(0)
     fmap = torch.randn(3, 24, 8, 8, dtype=torch.float64)
     rel = torch.randn(64, 16, dtype=torch.float64) * 0.1
-    for kw in (dict(k=6, dilation=2), dict(k=4, reduce_ratio=2, relative_pos=rel)):
-        cpu = knn_edges(fmap, **kw)
-        gpu = knn_edges(fmap.cuda(), **{k: v.cuda() if torch.is_tensor(v) else v
+    for dtype in (torch.float64, torch.float32):
+        x, r = fmap.to(dtype), rel.to(dtype)
+        for kw in (dict(k=6, dilation=2), dict(k=4, reduce_ratio=2, relative_pos=r)):
+            cpu = knn_edges(x, **kw)
+            gpu = knn_edges(x.cuda(), **{k: v.cuda() if torch.is_tensor(v) else v
                                          for k, v in kw.items()})
-        assert torch.equal(cpu, gpu.cpu())
+            assert torch.equal(cpu, gpu.cpu())
+            assert torch.equal(cpu, knn_edges(fmap, **{k: v.double() if torch.is_tensor(v)
+                                                       else v for k, v in kw.items()}))
 
 
 @pytest.mark.parametrize("conv", list(LAYERS))
