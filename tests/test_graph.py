@@ -346,6 +346,12 @@ def test_bad_input_errors():
                 knn_edges(y, 2, backend=backend)
     with pytest.raises(ValueError, match="relative_pos must be"):
         knn_edges(fmap, 2, relative_pos=torch.zeros(9, 8))
+    with pytest.raises(ValueError, match=r"`keys` must be on x's device with its dtype .*"
+                                         r"keys\.to\(x\)"):
+        knn_edges(fmap, 2, keys=fmap.double())
+    with pytest.raises(ValueError, match="`keys` must be on x's device"):
+        knn_edges(fmap.flatten(2).transpose(1, 2).reshape(-1, fmap.size(1)), 2,
+                  keys=torch.zeros(4, fmap.size(1), dtype=torch.float16))
     with pytest.raises(ValueError, match="unknown kNN backend"):
         knn_edges(fmap, 2, backend="faiss")
 

@@ -72,6 +72,14 @@ def fixed_degree(edge_index: Tensor, num_targets: int) -> int | None:
     return None
 
 
+def _check_like(x: Tensor, t: Tensor | None, name: str, dtype: bool = True) -> None:
+    """``t`` on ``x``'s device (and of its dtype), or one clear error."""
+    if t is not None and (t.device != x.device or (dtype and t.dtype != x.dtype)):
+        raise ValueError(f"`{name}` must be on x's device{' with its dtype' if dtype else ''} "
+                         f"({x.dtype} on {x.device}), got {t.dtype} on {t.device}; convert it "
+                         f"with {name}.to(x)")
+
+
 def _check_batch(batch: Tensor | None, num_nodes: int, name: str) -> Tensor | None:
     if batch is None:
         return None
@@ -158,6 +166,8 @@ def knn_edges(x: Tensor, k: int, *, batch: Tensor | None = None, dilation: int =
     if k < 1 or dilation < 1 or reduce_ratio < 1:
         raise ValueError(f"k, dilation and reduce_ratio must be >= 1, got {k}, {dilation}, "
                          f"{reduce_ratio}")
+    _check_like(x, keys, "keys")
+    _check_like(x, relative_pos, "relative_pos", dtype=False)
     grid = None
     if x.dim() == 4:
         b, c, h, w = x.shape
@@ -309,7 +319,7 @@ def _fused_nearest(queries: Tensor, keys: Tensor, relative_pos: Tensor | None, k
     g, n, c = queries.shape
     m = keys.size(1)
     lib = library_for(queries) if fused and kd <= select._MAX_KD else None
-    if lib is None or queries.numel() == 0 or keys.dtype != queries.dtype:
+    if lib is None or queries.numel() == 0:
         return None
     # the symmetric path computes about half the products (_nearest.c)
     if c > FUSED_MAX_CHANNELS * (2 if lib.vig_nearest_symmetric(n, m, self_keys) else 1):
