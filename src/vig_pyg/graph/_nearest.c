@@ -1,6 +1,6 @@
 /* The dense kNN's distances and selection in one pass, for vig_pyg/graph/knn.py
-   (_fused_nearest says when it is used). Compiled into one library with _select.c by
-   vig_pyg/graph/select.py. Plain C99 with GCC/Clang vector extensions.
+   (_fused_nearest says when it is used). Compiled into one library with _select.c and
+   _normalize.c, whose functions it calls, by vig_pyg/graph/select.py. Plain C99 with GCC/Clang vector extensions.
 
    For query rows q_i ([g, n, c]) and keys y_j ([g, m, c]) of the same image, both
    L2-normalised here by _normalize.c's vig_normalize_rows (same arithmetic as knn.py's
@@ -27,7 +27,7 @@
 
    When the keys are the queries (no pooling: vig_ti, pvig_ti's last stages) q_i . q_j is
    symmetric, and a whole image is done at once: the tiles on and below the diagonal
-   (about 60% of them on 196 nodes) fill -2 q_i . q_j into an [n, n] buffer, the rest is
+   (52% of the products on 196 nodes) fill -2 q_i . q_j into an [n, n] buffer, the rest is
    copied across the diagonal, and then each row gets s_j (+ b_ij) and its selection. The
    buffer is kept to SYMMETRIC_MAX floats (1 MiB; a 500-node image), larger images take
    the row-by-row path. */
