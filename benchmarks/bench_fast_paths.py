@@ -3,9 +3,11 @@
 Switches: ``vig_pyg.layers.fused`` (conv + BatchNorm + activation or residual in one oneDNN
 call, inference only), ``vig_pyg.graph.select.native`` (the compiled kernels: the kNN
 selection instead of ``torch.topk``, the kNN's row normalisation, the neighbour sum/max,
-and in training BatchNorm + activation) and ``vig_pyg.layers.grouped_linear.enabled`` (the
-graph convolutions' grouped projections as one matrix product per group, training only).
-Variants: all on (the default), fused off, per-group products off, all off. The steps are
+and in training BatchNorm + activation), ``vig_pyg.graph.knn.fused`` (the kNN's distances
+and selection in one compiled pass, against the matmul + compiled selection) and
+``vig_pyg.layers.grouped_linear.enabled`` (the graph convolutions' grouped projections as
+one matrix product per group, training only). Variants: all on (the default), fused off,
+fused kNN pass off, per-group products off, all off. The steps are
 ``bench_graphs.make_step``'s: ``forward`` an eval-mode forward under ``torch.no_grad()``,
 ``train`` forward + cross-entropy + backward + SGD step.
 
@@ -21,8 +23,8 @@ import time
 import torch
 
 from bench_graphs import make_step  # the same steps as the other model benchmarks
-from timing import print_ratios, time_alternately
-from vig_pyg.graph import select
+from timing import print_ratios, switched as switched_one, time_alternately
+from vig_pyg.graph import knn, select
 from vig_pyg.layers import fused, grouped_linear
 from vig_pyg.models import create_model
 
@@ -58,6 +60,8 @@ def main(argv=None) -> int:
             step = make_step(model, mode, x, y)
             steps = {"fast paths on": switched(step, True, True),
                      "fused off": switched(step, False, True),
+                     "fused kNN pass off": switched_one(knn, "fused", False,
+                                                        switched(step, True, True)),
                      "per-group products off": switched(step, True, True, False),
                      "all off": switched(step, False, False, False)}
             times = time_alternately(steps, args.iters, time.perf_counter)
