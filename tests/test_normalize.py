@@ -86,6 +86,24 @@ def test_autocast_skips_the_check_as_the_torch_path_does(lib):
     assert bool(y[0, 2].isnan().all()) and bool(y[0, 3].isfinite().all())
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_overflowing_squares_in_both_paths_give_the_rule(monkeypatch, native):
+    """Entries whose squares overflow float32 (a 1e20-scaled map, as a freshly initialised
+    `gin` model reaches in eval mode) normalise to the rows of the unscaled map in the
+    compiled pass and in the torch path alike; a norm beyond float32's range is refused by
+    both."""
+    monkeypatch.setattr(select, "native", native)
+    x = torch.randn(2, 30, 12)
+    y, sq = knn_mod._normalize(x * 1e20, "node features")
+    ref_y, ref_sq = _reference(x)
+    assert torch.allclose(y.double(), ref_y, rtol=0, atol=4e-7)
+    assert torch.allclose(sq.double(), ref_sq, rtol=0, atol=4e-7)
+    huge = torch.zeros(1, 2, 4)
+    huge[0, 1] = 3e38  # finite entries, a norm of 6e38
+    with pytest.raises(ValueError, match="node features contain NaN or Inf"):
+        knn_mod._normalize(huge, "node features")
+
+
 def test_torch_path_where_native_is_off(monkeypatch):
     monkeypatch.setattr(select, "native", False)
     x = torch.randn(2, 30, 12)

@@ -371,7 +371,11 @@ def _normalize(x: Tensor, name: str) -> tuple[Tensor, Tensor]:
     lib = library_for(x)
     if lib is None or x.numel() == 0:
         norm = _norms(x)
-        _check_finite(norm, name)
+        if _refuses_non_finite(x) and not bool(torch.isfinite(norm).all()):
+            # finite entries whose squares overflow float32: summed in double, as the
+            # compiled pass does (a norm still beyond float32's range is refused)
+            norm = _norms(x.double()).to(x.dtype) if bool(torch.isfinite(x).all()) else norm
+            _check_finite(norm, name)
         y = x / norm.clamp_min(1e-12)
         return y, (y * y).sum(-1)
     x = x.contiguous()
