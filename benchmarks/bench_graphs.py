@@ -38,9 +38,12 @@ def build(name: str, state, model_name: str):
 
 
 def make_step(model, mode: str, x, y):
+    """One forward (``mode="forward"``) or training step of ``model``, moved to ``x``'s
+    device."""
     import torch
     import torch.nn.functional as F
 
+    model.to(x.device)
     if mode == "forward":
         model.eval()
 

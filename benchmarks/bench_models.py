@@ -26,6 +26,7 @@ and its ``ru_maxrss`` growth over the resident size before the first step is rep
     python benchmarks/bench_models.py --breakdown --modes infer   # where inference time goes
     python benchmarks/bench_models.py --compile --convs mr        # + torch.compile vs eager
     python benchmarks/bench_models.py --keep-memory   # freed memory kept (bench_allocator.py)
+    python benchmarks/bench_models.py --device cuda --warmup 3 --iters 20   # on a GPU
 
 ``--convs`` runs each model with each graph convolution (the reference evaluates the same
 aggregator literally, as the release does). ``--breakdown`` times every call of ours'
@@ -34,6 +35,8 @@ convolution, the Grapher's fc1/fc2 projections, the FFNs; the rest is stem, pos-
 downsampling, head and glue) and prints each share of the forward time. ``--compile``
 adds ``torch.compile(ours)`` to the alternation (compiled on the warm-up step) and prints
 its speed against eager ours, with the graph-break count of ``torch._dynamo.explain``.
+``--device cuda`` runs both implementations on a GPU: each step is timed from a
+synchronised start to a synchronised finish, and peak memory is the CUDA allocator's.
 """
 from __future__ import annotations
 
@@ -60,7 +63,16 @@ def _rss_mb() -> float:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
 
 
-def _setup(model_name: str, batch: int, img: int, seed: int = 0, conv: str = "mr"):
+def _sync(device: str):
+    """What makes a timer read the device's finished work: ``torch.cuda.synchronize`` on a
+    GPU (kernels run asynchronously), nothing on the CPU."""
+    import torch
+
+    return torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+
+def _setup(model_name: str, batch: int, img: int, seed: int = 0, conv: str = "mr",
+           device: str = "cpu"):
     import torch
 
     sys.path.insert(0, os.path.join(ROOT, "tests"))
@@ -74,15 +86,16 @@ def _setup(model_name: str, batch: int, img: int, seed: int = 0, conv: str = "mr
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, 3, img, img, generator=g)
     y = torch.randint(0, 1000, (batch,), generator=g)
-    return R, cfg, sd, model, x, y
+    sd = type(sd)((key, t.to(device)) for key, t in sd.items())
+    return R, cfg, sd, model.to(device), x.to(device), y.to(device)
 
 
 def _make_step(model_name: str, impl: str, mode: str, batch: int, img: int,
-               conv: str = "mr"):
+               conv: str = "mr", device: str = "cpu"):
     import torch
     import torch.nn.functional as F
 
-    R, cfg, sd, model, x, y = _setup(model_name, batch, img, conv=conv)
+    R, cfg, sd, model, x, y = _setup(model_name, batch, img, conv=conv, device=device)
     if impl == "compiled":
         model = torch.compile(model)
     if impl == "reference":
@@ -128,42 +141,49 @@ def _make_step(model_name: str, impl: str, mode: str, batch: int, img: int,
 
 
 def time_worker(model_name: str, mode: str, conv: str, compiled: str, batch: int, img: int,
-                iters: int, warmup: int, threads: int, clock: str) -> dict:
+                iters: int, warmup: int, threads: int, clock: str, device: str) -> dict:
     import torch
 
     if threads:
         torch.set_num_threads(threads)
     timer = time.perf_counter if clock == "wall" else time.process_time
+    sync = _sync(device)
     impls = ("reference", "ours") + (("compiled",) if compiled == "1" else ())
-    steps = {impl: _make_step(model_name, impl, mode, batch, img, conv) for impl in impls}
+    steps = {impl: _make_step(model_name, impl, mode, batch, img, conv, device)
+             for impl in impls}
     for _ in range(warmup):
         for step in steps.values():
             step()
     times = {impl: [] for impl in steps}
     for _ in range(iters):
         for impl, step in steps.items():
+            sync()
             t0 = timer()
             step()
+            sync()
             times[impl].append(timer() - t0)
     out = {"times": times, "threads": torch.get_num_threads()}
     if compiled == "1":
-        out["graph_breaks"] = graph_breaks(model_name, mode, conv, batch, img)
+        out["graph_breaks"] = graph_breaks(model_name, mode, conv, batch, img, device)
     return out
 
 
-def graph_breaks(model_name: str, mode: str, conv: str, batch: int, img: int) -> int:
+def graph_breaks(model_name: str, mode: str, conv: str, batch: int, img: int,
+                 device: str = "cpu") -> int:
     """Graph breaks of ``torch._dynamo.explain`` on one forward of ours."""
     import torch
 
-    _, _, _, model, x, _ = _setup(model_name, batch, img, conv=conv)
+    _, _, _, model, x, _ = _setup(model_name, batch, img, conv=conv, device=device)
     model.train(mode == "train")
     torch._dynamo.reset()
     return torch._dynamo.explain(model)(x).graph_break_count
 
 
 def breakdown_worker(model_name: str, conv: str, batch: int, img: int, iters: int,
-                     threads: int, clock: str) -> dict:
-    """Seconds per inference forward spent in each part of ours (sums over ``iters``)."""
+                     threads: int, clock: str, device: str) -> dict:
+    """Seconds per inference forward spent in each part of ours (sums over ``iters``). On a
+    GPU every hook synchronises first, so each part is charged its own kernels (and the
+    forward is slower than unhooked: the shares, not the total, are the result)."""
     import torch
 
     from vig_pyg.conv.base import GrapherConv
@@ -173,8 +193,14 @@ def breakdown_worker(model_name: str, conv: str, batch: int, img: int, iters: in
 
     if threads:
         torch.set_num_threads(threads)
-    timer = time.perf_counter if clock == "wall" else time.process_time
-    _, _, _, model, x, _ = _setup(model_name, batch, img, conv=conv)
+    clock_timer = time.perf_counter if clock == "wall" else time.process_time
+    sync = _sync(device)
+
+    def timer():
+        sync()
+        return clock_timer()
+
+    _, _, _, model, x, _ = _setup(model_name, batch, img, conv=conv, device=device)
     model.eval()
     spent = {"graph": 0.0, "aggregation": 0.0, "projections": 0.0, "FFN": 0.0}
     started = {}
@@ -213,8 +239,19 @@ def breakdown_worker(model_name: str, conv: str, batch: int, img: int, iters: in
 
 
 def memory_worker(model_name: str, impl: str, mode: str, conv: str, batch: int,
-                  img: int) -> dict:
-    step = _make_step(model_name, impl, mode, batch, img, conv)
+                  img: int, device: str) -> dict:
+    """Peak memory of two steps above what was held before them: resident size on the CPU,
+    ``torch.cuda.max_memory_allocated`` on a GPU."""
+    step = _make_step(model_name, impl, mode, batch, img, conv, device)
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated() / 2 ** 20
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        step()
+        return {"peak_mb": torch.cuda.max_memory_allocated() / 2 ** 20 - base}
     base = _rss_mb()
     step()
     step()
@@ -226,17 +263,22 @@ def _run(args, *worker_args) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", *worker_args,
            *(["--keep-memory"] if args.keep_memory else []),
            "--batch", str(args.batch), "--img", str(args.img), "--iters", str(args.iters),
-           "--warmup", str(args.warmup), "--threads", str(args.threads), "--clock", args.clock]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+           "--warmup", str(args.warmup), "--threads", str(args.threads), "--clock", args.clock,
+           "--device", args.device]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode:
+        sys.exit(f"bench_models: the worker for {' '.join(worker_args)} failed "
+                 f"(exit {out.returncode}); its last output:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def profile(model_name: str, batch: int, img: int, mode: str, conv: str = "mr") -> None:
+def profile(model_name: str, batch: int, img: int, mode: str, conv: str = "mr",
+            device: str = "cpu") -> None:
     import torch
     import torch.nn.functional as F
     from torch.profiler import ProfilerActivity, profile as tprofile
 
-    _, _, _, model, x, y = _setup(model_name, batch, img, conv=conv)
+    _, _, _, model, x, y = _setup(model_name, batch, img, conv=conv, device=device)
     if mode == "infer":
         model.eval()
         fn = lambda: model(x)  # noqa: E731
@@ -247,9 +289,13 @@ def profile(model_name: str, batch: int, img: int, mode: str, conv: str = "mr") 
         ctx = torch.enable_grad
     with ctx():
         fn()
-        with tprofile(activities=[ProfilerActivity.CPU]) as prof:
+        gpu = device.startswith("cuda")
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
+        with tprofile(activities=activities) as prof:
             fn()
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+            _sync(device)()
+    sort = "self_cuda_time_total" if gpu else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=sort, row_limit=25))
 
 
 def _parse(argv):
@@ -272,6 +318,9 @@ def _parse(argv):
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="wall: elapsed time (default); cpu: process CPU time, which other "
                         "work on a busy machine disturbs far less; use with --threads 1")
+    p.add_argument("--device", default="cpu",
+                   help="cpu (default) or cuda[:N]: both implementations run there, steps "
+                        "are timed to the GPU's finish, peak memory is the allocator's")
     p.add_argument("--breakdown", action="store_true",
                    help="print where ours' inference time goes instead of the speed table")
     p.add_argument("--compile", action="store_true",
@@ -288,20 +337,20 @@ def _worker(args) -> int:
         keep_freed_memory()
     if kind == "time":
         out = time_worker(*rest, args.batch, args.img, args.iters, args.warmup,
-                          args.threads, args.clock)
+                          args.threads, args.clock, args.device)
     elif kind == "breakdown":
         out = breakdown_worker(*rest, args.batch, args.img, args.iters, args.threads,
-                               args.clock)
+                               args.clock, args.device)
     else:
-        out = memory_worker(*rest, args.batch, args.img)
+        out = memory_worker(*rest, args.batch, args.img, args.device)
     print(json.dumps(out))
     return 0
 
 
 def print_breakdown(args) -> None:
     parts = ("graph", "aggregation", "projections", "FFN", "rest")
-    print(f"ours, inference, batch {args.batch}, {args.img} px, {args.threads or 'all'} "
-          f"thread(s), {args.clock} clock: share of the forward time (mean of {args.iters} "
+    print(f"ours, inference, batch {args.batch}, {args.img} px, {_where(args)}, "
+          f"{args.clock} clock: share of the forward time (mean of {args.iters} "
           f"forwards, every module call timed)")
     header = f"{'model':8} {'conv':5} {'ms':>7} " + " ".join(f"{p:>11}" for p in parts)
     print(header)
@@ -313,20 +362,29 @@ def print_breakdown(args) -> None:
             print(f"{name:8} {conv:5} {1e3 * res['total']:7.1f} {shares}", flush=True)
 
 
+def _where(args) -> str:
+    """The device in words, for the tables' first line."""
+    if args.device.startswith("cuda"):
+        import torch
+
+        return f"{torch.cuda.get_device_name(args.device)} (torch {torch.__version__})"
+    return f"CPU ({os.cpu_count()} cores, {args.threads or 'all'} thread(s))"
+
+
 def main(argv=None) -> int:
     args = _parse(argv)
     if args.worker:
         return _worker(args)
     if args.profile:
-        profile(args.profile, args.batch, args.img, args.profile_mode, args.convs[0])
+        profile(args.profile, args.batch, args.img, args.profile_mode, args.convs[0],
+                args.device)
         return 0
     if args.breakdown:
         print_breakdown(args)
         return 0
 
-    print(f"batch {args.batch}, {args.img} px, float32, CPU ({os.cpu_count()} cores, "
-          f"{args.threads or 'all'} thread(s), {args.clock} clock); {args.iters} alternating "
-          f"steps per implementation after {args.warmup} warm-up")
+    print(f"batch {args.batch}, {args.img} px, float32, {_where(args)}, {args.clock} clock; "
+          f"{args.iters} alternating steps per implementation after {args.warmup} warm-up")
     header = (f"{'model':8} {'conv':5} {'mode':6} {'reference img/s':>16} {'ours img/s':>13} "
               f"{'speed-up':>8} {'target':>6} {'ref peak MB':>11} {'our peak MB':>11}"
               + ("  compiled img/s  vs eager  breaks" if args.compile else ""))
@@ -338,8 +396,9 @@ def main(argv=None) -> int:
             for mode in args.modes:
                 ok &= _report(args, name, conv, mode)
     print("img/s: best step (median in brackets); speed-up from the best steps")
-    print("(docs/architecture.md, official code on this machine: "
-          + ", ".join(f"{k} {v[0]} / {v[1]} img/s" for k, v in OFFICIAL.items()) + ")")
+    if args.device == "cpu":
+        print("(docs/architecture.md, official code on this machine: "
+              + ", ".join(f"{k} {v[0]} / {v[1]} img/s" for k, v in OFFICIAL.items()) + ")")
     return 0 if ok else 1
 
 

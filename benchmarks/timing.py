@@ -55,10 +55,14 @@ def add_step_arguments(p) -> None:
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="wall: elapsed time; cpu: process CPU time, which other work on a "
                         "busy machine disturbs far less (use with --threads 1)")
+    p.add_argument("--device", default="cpu",
+                   help="cpu (default) or cuda[:N]; on a GPU each reading of the timer "
+                        "waits for the kernels queued before it")
 
 
 def step_setup(args):
-    """``(timer, images, labels)`` for those options (threads set, header printed)."""
+    """``(timer, images, labels)`` for those options (threads set, header printed; images
+    and labels on ``--device``, and there the timer synchronises before it reads)."""
     import time
 
     import torch
@@ -66,11 +70,19 @@ def step_setup(args):
     if args.threads:
         torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(args.batch, 3, args.img, args.img, generator=g)
-    y = torch.randint(0, 1000, (args.batch,), generator=g)
-    print(f"{args.model}, batch {args.batch}, {args.img} px, float32 on the CPU, "
-          f"{torch.get_num_threads()} thread(s), {args.clock} clock")
-    return (time.perf_counter if args.clock == "wall" else time.process_time), x, y
+    x = torch.randn(args.batch, 3, args.img, args.img, generator=g).to(args.device)
+    y = torch.randint(0, 1000, (args.batch,), generator=g).to(args.device)
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
+    if x.is_cuda:
+        where = f"float32 on {torch.cuda.get_device_name(x.device)}"
+
+        def timer():
+            torch.cuda.synchronize(x.device)
+            return clock()
+    else:
+        where, timer = f"float32 on the CPU, {torch.get_num_threads()} thread(s)", clock
+    print(f"{args.model}, batch {args.batch}, {args.img} px, {where}, {args.clock} clock")
+    return timer, x, y
 
 
 def keep_freed_memory() -> bool:

@@ -64,7 +64,9 @@ def test_float16_autocast_training_survives_an_overflow_step(conv):
     model = create_model("vig_ti", conv=conv, channels=32, depth=2, stem_stride=8, k=4,
                          img_size=64, num_classes=10).cuda().train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    scaler = torch.amp.GradScaler("cuda")
+    # a scale at which the normal steps' float16 gradients stay finite (the default 2**16
+    # overflows them in this tiny model, and GradScaler would skip those steps too)
+    scaler = torch.amp.GradScaler("cuda", init_scale=2.0 ** 8)
     y = torch.randint(0, 10, (4,), device="cuda")
     for step, fill in enumerate((None, float("inf"), None)):
         x = torch.randn(4, 3, 64, 64, device="cuda")
@@ -115,3 +117,123 @@ def test_cpu_only_training_paths_step_aside_on_cuda():
     torch.testing.assert_close(out.double().cpu(), want, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(grad.double().cpu(), want_grad, rtol=1e-3, atol=1e-3)
     torch.testing.assert_close(proj[1].running_var.double().cpu(), ref[1].running_var)
+
+
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_float32_layers_on_cuda_equal_a_float64_cpu_copy(name):
+    """float32 on the GPU (where the compiled CPU kernels must step aside: they would read
+    device memory as host memory) against the layer's float64 CPU twin."""
+    torch.manual_seed(0)
+    fmap = torch.randn(4, 16, 7, 7, dtype=torch.float64)
+    x = fmap.permute(0, 2, 3, 1).reshape(-1, 16)
+    ei = knn_edges(fmap, 5, dilation=2)
+    torch.manual_seed(1)
+    ref_layer = LAYERS[name](16, 32).double().train()
+    layer = LAYERS[name](16, 32).cuda().train()
+    layer.load_state_dict(ref_layer.state_dict())
+    x64 = x.clone().requires_grad_()
+    want = ref_layer(x64, ei)
+    want_grad, = torch.autograd.grad(want.square().sum(), x64)
+    xs = x.float().cuda().requires_grad_()
+    got = layer(xs, ei.cuda())
+    grad, = torch.autograd.grad(got.square().sum(), xs)
+    scale = float(want.abs().max())
+    torch.testing.assert_close(got.double().cpu(), want, rtol=1e-4, atol=1e-5 * scale)
+    gscale = float(want_grad.abs().max())
+    torch.testing.assert_close(grad.double().cpu(), want_grad, rtol=1e-4, atol=1e-5 * gscale)
+
+
+def test_knn_on_cuda_under_float16_autocast_is_near_exact():
+    """A float16 map under float16 autocast on the GPU: every chosen neighbour is within
+    float16 rounding of the exact k nearest (float64 cosine distances, written out here)."""
+    torch.manual_seed(0)
+    fmap = torch.randn(2, 32, 6, 6, device="cuda").half()
+    k = 5
+    with torch.autocast("cuda", dtype=torch.float16):
+        ei = knn_edges(fmap, k)
+    f = torch.nn.functional.normalize(fmap.double().flatten(2).transpose(1, 2), dim=-1)
+    f = f.reshape(-1, 32).cpu()  # node b * 36 + i
+    src, dst = ei.cpu()
+    assert torch.equal(dst, torch.arange(72).repeat_interleave(k))
+    assert torch.equal(src // 36, dst // 36)  # neighbours from the same image
+    dist = torch.cdist(f.view(2, 36, 32), f.view(2, 36, 32)).square().reshape(72, 36)
+    kth = dist.sort(dim=1).values[:, k - 1]
+    chosen = dist.gather(1, (src % 36).view(72, k))
+    assert (chosen.max(1).values <= kth + 4e-3).all()
+
+
+@pytest.mark.parametrize("conv", list(LAYERS))
+def test_bfloat16_autocast_training_step_on_cuda(conv):
+    from vig_pyg.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("pvig_ti", conv=conv, channels=[16, 32, 48, 64], blocks=[1, 1, 1, 1],
+                         k=4, img_size=64, num_classes=10).cuda().train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(4, 3, 64, 64, device="cuda"), torch.randint(0, 10, (4,), device="cuda")
+    before = [p.detach().clone() for p in model.parameters()]
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all()
+               for p in model.parameters() if p.requires_grad)
+    opt.step()
+    assert torch.isfinite(loss) and any(not torch.equal(b, p) for b, p in
+                                        zip(before, model.parameters()))
+
+
+@pytest.mark.parametrize("amp", ["fp16", "bf16", "none"])
+def test_training_run_on_cuda(amp, tmp_path):
+    """The trainer end to end on the GPU: pinned loaders, autocast, GradScaler (fp16), a
+    checkpoint that loads on the CPU with weights_only=True."""
+    import json
+
+    from vig_pyg.cli import main
+
+    out = tmp_path / amp
+    code = main(["train", "--set", "model.channels=32", "model.depth=2", "model.stem_stride=8",
+                 "model.k=4", "data.batch_size=32", "log.progress=false", "train.epochs=1",
+                 "train.max_steps=3", "sched.warmup_epochs=0", "train.device=cuda",
+                 f"train.amp={amp}", "--output", str(out)])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["global_step"] == 3 and summary["top1"] is not None
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=True, map_location="cpu")
+    assert "cuda" in state["rng"]
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+
+
+def test_detector_training_step_on_cuda():
+    from vig_pyg.detection import build_detector
+
+    torch.manual_seed(0)
+    model = build_detector("fasterrcnn", "pvig_ti", num_classes=3,
+                           backbone_overrides=dict(channels=[16, 32, 48, 64],
+                                                   blocks=[1, 1, 1, 1], k=4),
+                           fpn_channels=16, representation_size=32, min_size=100,
+                           max_size=160, frozen_stages=0).cuda().train()
+    images = [torch.rand(3, 90, 130, device="cuda"), torch.rand(3, 100, 75, device="cuda")]
+    targets = [dict(boxes=torch.tensor([[10., 12., 40., 50.]], device="cuda"),
+                    labels=torch.tensor([1], device="cuda")),
+               dict(boxes=torch.zeros(0, 4, device="cuda"),
+                    labels=torch.zeros(0, dtype=torch.long, device="cuda"))]
+    losses = model(images, targets)
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    model.eval()
+    with torch.no_grad():
+        out = model([torch.rand(3, 70, 110, device="cuda")])
+    assert out[0]["boxes"].is_cuda and (out[0]["boxes"][:, 2] <= 110).all()
+
+
+@pytest.mark.slow  # inductor compiles Triton kernels: tens of seconds
+@pytest.mark.parametrize("name", ["vig_ti", "pvig_ti"])
+def test_compiled_equals_eager_on_cuda(name):
+    from vig_pyg.models.compile import maybe_compile
+    from test_compile_export import rel_err, small
+
+    eager = small(name).cuda()
+    compiled = maybe_compile(small(name).cuda())
+    x = torch.randn(4, 3, 64, 64, device="cuda")
+    with torch.no_grad():
+        assert rel_err(compiled(x), eager(x)) <= 1e-4
