@@ -27,6 +27,7 @@ and its ``ru_maxrss`` growth over the resident size before the first step is rep
     python benchmarks/bench_models.py --compile --convs mr        # + torch.compile vs eager
     python benchmarks/bench_models.py --keep-memory   # freed memory kept (bench_allocator.py)
     python benchmarks/bench_models.py --device cuda --warmup 3 --iters 20   # on a GPU
+    python benchmarks/bench_models.py --ops --convs mr gin   # operators (launches) per forward
 
 ``--convs`` runs each model with each graph convolution (the reference evaluates the same
 aggregator literally, as the release does). ``--breakdown`` times every call of ours'
@@ -272,6 +273,50 @@ def _run(args, *worker_args) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def count_ops(model_name: str, conv: str, img: int) -> dict:
+    """ATen operators one inference forward dispatches, ours and the reference (batch 2, on
+    the CPU with vig_pyg's CPU-only fast paths off, the ops a GPU would launch as kernels,
+    except that the CPU folds BatchNorm into the convolutions: five small operators per
+    convolution that a GPU runs as one BatchNorm)."""
+    import collections
+
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from vig_pyg.graph import knn, select
+    from vig_pyg.layers import fused, grouped_linear
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = collections.Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops[str(func)] += 1
+            return func(*args, **(kwargs or {}))
+
+    switches = [(select, "native"), (knn, "fused"), (fused, "enabled"),
+                (grouped_linear, "enabled")]
+    before = [getattr(m, n) for m, n in switches]
+    R, cfg, sd, model, x, _ = _setup(model_name, 2, img, conv=conv)
+    model.eval()
+    counts = {}
+    try:
+        for m, n in switches:
+            setattr(m, n, False)
+        with torch.no_grad():
+            for name, fn in (("ours", lambda: model(x)),
+                             ("reference", lambda: R.ref_forward(sd, x, cfg))):
+                fn()
+                with Count() as c:
+                    fn()
+                counts[name] = sum(c.ops.values())
+    finally:
+        for (m, n), v in zip(switches, before):
+            setattr(m, n, v)
+    return counts
+
+
 def profile(model_name: str, batch: int, img: int, mode: str, conv: str = "mr",
             device: str = "cpu") -> None:
     import torch
@@ -325,6 +370,9 @@ def _parse(argv):
                    help="print where ours' inference time goes instead of the speed table")
     p.add_argument("--compile", action="store_true",
                    help="also time torch.compile(ours) against eager ours")
+    p.add_argument("--ops", action="store_true",
+                   help="count the operators of one inference forward, ours and reference "
+                        "(what bounds a small model's speed on a GPU: each is a launch)")
     p.add_argument("--profile", metavar="MODEL", help="profile ours instead of benchmarking")
     p.add_argument("--profile-mode", default="infer", choices=["infer", "train"])
     return p.parse_args(argv)
@@ -381,6 +429,14 @@ def main(argv=None) -> int:
         return 0
     if args.breakdown:
         print_breakdown(args)
+        return 0
+    if args.ops:
+        print("ATen operators per inference forward (count_ops: CPU, fast paths off)")
+        for name in args.models:
+            for conv in args.convs:
+                c = count_ops(name, conv, args.img)
+                print(f"{name:8} {conv:5} ours {c['ours']:5d}  reference {c['reference']:5d}",
+                      flush=True)
         return 0
 
     print(f"batch {args.batch}, {args.img} px, float32, {_where(args)}, {args.clock} clock; "

@@ -16,6 +16,10 @@ add, and one operator replaces three (fewer hand-offs between threads). In eager
 inference the model's forward is 4-8% faster on a quiet machine
 (``benchmarks/bench_fast_paths.py``); the value is the same up to float32 rounding.
 
+Off the CPU the BatchNorm is not folded: its own kernel is one launch where the fold's
+small operations on the weights are five, and launches, not arithmetic, bound a small
+model's step on a GPU (``benchmarks/gpu_checks.sh``).
+
 The fused call runs only where it is exact and safe: float32 on the CPU, oneDNN present,
 no gradient needed, no autocast, not while ``torch.compile``/``torch.export``/the ONNX
 exporter traces (they see plain ops and fuse on their own) nor under a dispatch mode such
@@ -116,6 +120,12 @@ def conv_bn_act(conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d], x: Tensor,
         if bn is not None:  # batch statistics: nothing to fold; compiled where it applies
             return batch_norm_act(bn, conv(x), act, residual)
         y = conv(x)
+        y = y if act is None else act(y)
+        return y if residual is None else y + residual
+    if bn is not None and x.device.type != "cpu":
+        # off the CPU there is no fused call to fold for, and folding costs five small
+        # kernels (a launch each) where BatchNorm's own kernel is one
+        y = bn(conv(x))
         y = y if act is None else act(y)
         return y if residual is None else y + residual
     weight, bias = (conv.weight, conv.bias) if bn is None else fold_batch_norm(conv, bn)
