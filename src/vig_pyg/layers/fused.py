@@ -17,7 +17,7 @@ inference the model's forward is 4-8% faster on a quiet machine
 (``benchmarks/bench_fast_paths.py``); the value is the same up to float32 rounding.
 
 Off the CPU the BatchNorm is not folded: its own kernel is one launch where the fold's
-small operations on the weights are five, and launches, not arithmetic, bound a small
+small operations on the weights are seven, and launches, not arithmetic, bound a small
 model's step on a GPU (``benchmarks/gpu_checks.sh``).
 
 The fused call runs only where it is exact and safe: float32 on the CPU, oneDNN present,
@@ -123,7 +123,7 @@ def conv_bn_act(conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d], x: Tensor,
         y = y if act is None else act(y)
         return y if residual is None else y + residual
     if bn is not None and x.device.type != "cpu":
-        # off the CPU there is no fused call to fold for, and folding costs five small
+        # off the CPU there is no fused call to fold for, and folding costs seven small
         # kernels (a launch each) where BatchNorm's own kernel is one
         y = bn(conv(x))
         y = y if act is None else act(y)
