@@ -16,7 +16,7 @@
    and adds the image offsets in torch ops after that, each a fresh tensor. Here each
    thread normalises its rows into its scratch, eight query rows at a time get their m
    distances in a buffer the size of a few rows, which the selection reads straight from
-   the cache, and the edge sources are written directly.
+   the cache, and the edges (sources and targets) are written directly.
 
    Each thread copies its image's keys transposed ([c, m] padded to whole vectors) once, so
    that a 16-wide vector of keys is one load; a tile of 8 queries x 48 keys keeps 24
@@ -178,8 +178,10 @@ static int stage_keys(const job_t* J, int64_t g, const scratch_t* S) {
 /* the selection of one row from its distances d, written out as the job asks */
 static void emit(const job_t* J, int64_t row, const float* d, const scratch_t* S) {
   vig_select_row(d, J->m, J->kd, S->sel, S->cv, S->ci);
-  int64_t base = J->offset ? row / J->n * J->m : 0;
-  for (int64_t t = 0; t < J->keep; ++t) J->out[row * J->keep + t] = S->sel[t * J->step] + base;
+  int64_t base = J->offset ? row / J->n * J->m : 0, *out = J->out + row * J->keep;
+  for (int64_t t = 0; t < J->keep; ++t) out[t] = S->sel[t * J->step] + base;
+  if (J->offset)  /* the edge_index's target row, J->offset further on */
+    for (int64_t t = 0; t < J->keep; ++t) out[J->offset + t] = row;
 }
 
 /* rows [r0, end) of image g (end at most the image's end), ROWS at a time, from the
@@ -259,7 +261,9 @@ static int run(const job_t* J, int64_t row0, int64_t row1, float* scratch) {
 /* Query rows [row0, row1) of q ([g * n, c]; row = image * n + i) and keys y ([g * m, c];
    self: y is q), both as they come: each row is L2-normalised here as _normalize.c does.
    b [n, m] or NULL. For each row: out[row * keep + t] = its (t * step)-th nearest key,
-   within the image, + image * m if offset. Returns 1 | 2: a query's | a key's norm was not
+   within the image; or, where offset (the edge count g * n * keep) is not 0, that key +
+   image * m, with out[offset + row * keep + t] = row: out is then a whole edge_index
+   [2, g * n * keep], sources and targets. Returns 1 | 2: a query's | a key's norm was not
    finite (NaN or an infinity in it; the rows are done all the same), else 0. */
 int vig_nearest(const float* q, const float* y, const float* b, int64_t n, int64_t m,
                 int64_t c, int64_t kd, int64_t self, int64_t keep, int64_t step,

@@ -265,7 +265,7 @@ def _knn_grid(queries: Tensor, keys: Tensor, k: int, dilation: int, relative_pos
             idx = _matmul_nearest(queries, keys, relative_pos, kd, self_keys,
                                   max_chunk_elements)
         elif every_dth:
-            return torch.stack([idx.view(-1), _target_index(g * n, k, queries.device)])
+            return idx  # the whole edge_index
         idx = idx[..., ranks]
         offset = torch.arange(g, device=idx.device).mul_(m).view(g, 1, 1)
         src = (idx + offset).reshape(-1)
@@ -312,7 +312,8 @@ def _fused_nearest(queries: Tensor, keys: Tensor, relative_pos: Tensor | None, k
     once in one compiled pass that holds a few rows of distances at a time, or one image's
     when the keys are the queries (``_nearest.c``): ``[G, N, keep]`` ranks ``0, step, 2
     step, ...`` of each query's ``kd`` nearest, as key indices within the image, or, with
-    ``offset``, into all ``G * M`` keys (the edge sources). ``None`` where it does not
+    ``offset``, the whole ``edge_index [2, G * N * keep]``: sources into all ``G * M`` keys,
+    then targets (the layout :func:`knn_edges` returns). ``None`` where it does not
     apply (:data:`fused` off, not float32 on the CPU, the library off or unbuilt, ``kd``
     beyond the selection's buffers, more channels than :data:`FUSED_MAX_CHANNELS`
     allows)."""
@@ -327,17 +328,20 @@ def _fused_nearest(queries: Tensor, keys: Tensor, relative_pos: Tensor | None, k
     q = queries.contiguous()
     y = q if self_keys else keys.contiguous()
     rel = None if relative_pos is None else relative_pos.to(torch.float32).contiguous()
-    out = torch.empty(g, n, keep, dtype=torch.long)
+    # with `offset`, the pass writes the whole edge_index, targets too: a tensor of
+    # sources stacked with the cached target row would cost two more passes over the edges
+    # and a second fresh tensor (7 MB at pvig_ti's first stage, faulted in page by page)
+    out = torch.empty(2 if offset else 1, g * n * keep, dtype=torch.long)
     threads = max(1, min(torch.get_num_threads(), g * n * m * c // FUSED_WORK_PER_THREAD))
     scratch = torch.empty(threads, lib.vig_nearest_scratch(n, m, c, kd, self_keys))
     flags = _fused_call(lib, (q.data_ptr(), y.data_ptr(), 0 if rel is None else
-                              rel.data_ptr(), n, m, c, kd, self_keys, keep, step, offset),
-                        g, n, out, scratch)
+                              rel.data_ptr(), n, m, c, kd, self_keys, keep, step,
+                              g * n * keep if offset else 0), g, n, out, scratch)
     if flags & 1 and _refuses_non_finite(queries):
         raise _not_finite("node features")
     if flags & 2 and _refuses_non_finite(keys):
         raise _not_finite("key features")
-    return out
+    return out if offset else out.view(g, n, keep)
 
 
 def _fused_call(lib, args: tuple, g: int, n: int, out: Tensor, scratch: Tensor) -> int:
