@@ -44,10 +44,11 @@
 #endif
 
 #define LANES 16
-#define ROWS 8  /* query rows per tile */
+#define ROWS 8  /* query rows per tile; divides LANES (image_symmetric's mirror needs it) */
 #define WIDE 3  /* key vectors per tile: ROWS x WIDE accumulators */
 
 typedef float vf16 __attribute__((vector_size(LANES * sizeof(float))));
+typedef char rows_divide_lanes[LANES % ROWS == 0 ? 1 : -1];
 
 void vig_select_row(const float* d, int64_t m, int64_t kd, int64_t* idx, float* cv,
                     int32_t* ci);  /* _select.c */
@@ -162,6 +163,49 @@ static scratch_t carve(const job_t* J, float* p) {
   return S;
 }
 
+/* dst[k * ds + j] = src[j * ss + k] for j < rows, k < cols (both at most LANES): one
+   LANES x LANES block transposed. Each of the cols rows of dst written takes a whole
+   vector, zero in its lanes j >= rows. A transpose element by element is one load and
+   one store per value (about 1.4 cycles each here); in registers it is a quarter of an
+   operation (four rounds of shuffles), which mattered where a block's keys are as many
+   values as its products take cycles: 196 keys x 240 channels in pvig_ti's third stage. */
+static void transpose_block(const float* src, int64_t ss, int64_t rows, int64_t cols,
+                            float* dst, int64_t ds) {
+#if defined(__AVX512F__) && !defined(VIG_PORTABLE)
+  __mmask16 in = cols < LANES ? (__mmask16)((1u << cols) - 1) : 0xFFFF;
+  __m512 r[LANES], t[LANES];
+  for (int i = 0; i < LANES; ++i)
+    r[i] = i < rows ? _mm512_maskz_loadu_ps(in, src + i * ss) : _mm512_setzero_ps();
+  /* r[i] lane group L (four values) holds columns 4L..4L+3 of row i; after the two
+     unpack rounds, r[4q + s] holds in group L column 4L + s of rows 4q..4q+3 */
+  for (int i = 0; i < LANES; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < LANES; i += 4)
+    for (int h = 0; h < 2; ++h) {
+      __m512d a = _mm512_castps_pd(t[i + h]), b = _mm512_castps_pd(t[i + h + 2]);
+      r[i + 2 * h] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+      r[i + 2 * h + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+    }
+  /* then two rounds of 128-bit group shuffles gather column s's four groups */
+  for (int s = 0; s < 4; ++s) {
+    __m512 u0 = _mm512_shuffle_f32x4(r[s], r[4 + s], 0x88);
+    __m512 u1 = _mm512_shuffle_f32x4(r[s], r[4 + s], 0xdd);
+    __m512 v0 = _mm512_shuffle_f32x4(r[8 + s], r[12 + s], 0x88);
+    __m512 v1 = _mm512_shuffle_f32x4(r[8 + s], r[12 + s], 0xdd);
+    t[s] = _mm512_shuffle_f32x4(u0, v0, 0x88);
+    t[8 + s] = _mm512_shuffle_f32x4(u0, v0, 0xdd);
+    t[4 + s] = _mm512_shuffle_f32x4(u1, v1, 0x88);
+    t[12 + s] = _mm512_shuffle_f32x4(u1, v1, 0xdd);
+  }
+  for (int k = 0; k < cols; ++k) _mm512_storeu_ps(dst + k * ds, t[k]);
+#else
+  for (int64_t k = 0; k < cols; ++k)
+    for (int64_t j = 0; j < LANES; ++j) dst[k * ds + j] = j < rows ? src[j * ss + k] : 0.0f;
+#endif
+}
+
 /* The keys of image g normalised (yn, and their squared norms padded in sp, as
    _normalize.c computes them) and transposed to yt [c, mp] (zero past m). Returns 0 when
    a key's norm is not finite. */
@@ -169,9 +213,10 @@ static int stage_keys(const job_t* J, int64_t g, const scratch_t* S) {
   int64_t m = J->m, c = J->c, mp = padded(m);
   memset(S->sp, 0, (size_t)mp * sizeof(float));
   int finite = vig_normalize_rows(J->y + g * m * c, m, c, S->yn, S->sp, 1);
-  memset(S->yt, 0, (size_t)(c * mp) * sizeof(float));
-  for (int64_t j = 0; j < m; ++j)
-    for (int64_t k = 0; k < c; ++k) S->yt[k * mp + j] = S->yn[j * c + k];
+  for (int64_t j = 0; j < mp; j += LANES)  /* every column block, so zero past m */
+    for (int64_t k = 0; k < c; k += LANES)
+      transpose_block(S->yn + j * c + k, c, m - j < LANES ? m - j : LANES,
+                      c - k < LANES ? c - k : LANES, S->yt + k * mp + j, mp);
   return finite;
 }
 
@@ -225,8 +270,12 @@ static void image_symmetric(const job_t* J, int64_t g, const scratch_t* S) {
     }
     distances(qr, S->yt, np, J->c, S->zero, none, dr, n, computed_end(i0, np));
   }
-  for (int64_t i = 0; i < n; ++i)  /* the rest from across the diagonal (j > i there) */
-    for (int64_t j = computed_end(i, np); j < n; ++j) P[i * np + j] = P[j * np + i];
+  /* the rest from across the diagonal: the tiles of rows i0..i0+15 (two blocks of ROWS)
+     computed the columns before i0 + 16, so the blocks from there on are mirrored */
+  for (int64_t i0 = 0; i0 < n; i0 += LANES)
+    for (int64_t j0 = i0 + LANES; j0 < n; j0 += LANES)
+      transpose_block(P + j0 * np + i0, np, n - j0 < LANES ? n - j0 : LANES,
+                      n - i0 < LANES ? n - i0 : LANES, P + i0 * np + j0, np);
   for (int64_t i = 0; i < n; ++i) {
     const float* b = J->b ? J->b + i * n : NULL;
     for (int64_t j = 0; j < n; ++j) {
