@@ -78,6 +78,13 @@ SHAPES = [  # name, feature map, k, dilation, reduce ratio (vig_ti, pvig_ti stag
     ("16 x 196 nodes x 192 ch, k=18 d=3 (k*d=54)", (16, 192, 14, 14), 18, 3, 1),
     ("16 x 49 nodes x 384 ch, k=18 d=2 (k*d=36)", (16, 384, 7, 7), 18, 2, 1),
 ]
+# the fused comparison adds wider maps (vig_b) and detection-size maps, whose many keys
+# fit a core's L2 cache or not (knn.FUSED_MAX_KEY_FLOATS)
+WIDE_SHAPES = [
+    ("16 x 196 nodes x 640 ch, k*d=18 (vig_b)", (16, 640, 14, 14), 9, 2, 1),
+    ("2 x 100x166 nodes x 96 ch, r=2 keys, k*d=18", (2, 96, 100, 166), 9, 2, 2),
+    ("2 x 100x166 nodes x 160 ch, r=2 keys, k*d=18", (2, 160, 100, 166), 9, 2, 2),
+]
 
 
 def _native(on: bool, fn):
@@ -158,18 +165,19 @@ def compare_parts(repeats):
 def compare_fused(repeats):
     """The dense builder with its distances and selection fused in one compiled pass
     (``knn._fused_nearest``) against the matmul + selection, on the models' block shapes
-    with pvig_ti's relative-position term where it has one. Both run above
-    ``knn.FUSED_MAX_CHANNELS`` here too, to show where the threshold comes from."""
+    with pvig_ti's relative-position term where it has one, and on wider and larger maps.
+    Both run above ``knn.FUSED_MAX_KEY_FLOATS`` here too, to show where the bound comes
+    from: the last column says which path the builder takes."""
     from vig_pyg.graph import knn
 
     if not select.native_available():
         print("native kernels unavailable here (no C compiler): nothing to compare")
         return
     print(f"\nfused distances + selection, best of {repeats} alternating calls (ms); "
-          f"the builder takes it up to {knn.FUSED_MAX_CHANNELS} channels "
-          f"({2 * knn.FUSED_MAX_CHANNELS} where the keys are the queries)")
-    print(f"{'shape':<44} {'matmul':>8} {'fused':>8} {'ratio':>6}")
-    for name, shape, k, d, r in SHAPES:
+          f"the builder takes it while an image's keys (channels x keys padded to 16) are "
+          f"at most {knn.FUSED_MAX_KEY_FLOATS} floats (a core's L2 cache)")
+    print(f"{'shape':<44} {'matmul':>8} {'fused':>8} {'ratio':>6}  key floats, taken")
+    for name, shape, k, d, r in SHAPES + WIDE_SHAPES:
         x = torch.randn(*shape).contiguous(memory_format=torch.channels_last)
         n, m = shape[2] * shape[3], (shape[2] // r) * (shape[3] // r)
         rel = torch.randn(n, m) * 0.1 if r > 1 else None  # pvig_ti's stages 1-2 have one
@@ -179,11 +187,13 @@ def compare_fused(repeats):
         with torch.no_grad():
             t = time_alternately({
                 "matmul": switched(knn, "fused", False, build),
-                "fused": switched(knn, "FUSED_MAX_CHANNELS", 1 << 30, build),
-            }, repeats, time.perf_counter)
+                "fused": switched(knn, "FUSED_MAX_KEY_FLOATS", 1 << 62, build),
+            }, repeats if shape[0] > 2 else min(repeats, 3), time.perf_counter)
         b = {key: 1e3 * min(v) for key, v in t.items()}
+        floats = shape[1] * -(-m // 16) * 16
         print(f"{name:<44} {b['matmul']:8.2f} {b['fused']:8.2f} "
-              f"{b['matmul'] / b['fused']:5.2f}x")
+              f"{b['matmul'] / b['fused']:5.2f}x  {floats:>9}, "
+              f"{'fused' if floats <= knn.FUSED_MAX_KEY_FLOATS else 'matmul'}", flush=True)
 
 
 def main():

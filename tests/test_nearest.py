@@ -141,20 +141,22 @@ def test_nan_rows_sort_last_as_in_the_matmul_path(calls, monkeypatch):
 
 
 def test_where_it_steps_aside(calls, monkeypatch):
-    """Maps wider than FUSED_MAX_CHANNELS (twice that where the keys are the queries of a
-    small image), float64, the switch off and the library off take the matmul path, with
-    the same edges as the rule."""
+    """Keys larger than FUSED_MAX_KEY_FLOATS (channels x keys padded to 16, the keys one
+    image holds transposed), float64, the switch off and the library off take the matmul
+    path, with the same edges as the rule."""
     g = torch.Generator().manual_seed(6)
-    wide = torch.randn(2, knn.FUSED_MAX_CHANNELS + 1, 6, 6, generator=g)
-    assert torch.equal(knn_edges(wide, 4, reduce_ratio=2),
-                       rule(wide, 4, keys=F.avg_pool2d(wide, 2, 2)))
-    wider = torch.randn(2, 2 * knn.FUSED_MAX_CHANNELS + 1, 4, 4, generator=g)
-    assert torch.equal(knn_edges(wider, 4), rule(wider, 4))
-    assert calls == [0, 0]
-    assert torch.equal(knn_edges(wide, 4), rule(wide, 4))  # symmetric: fused
-    assert calls == [1, 0]
-    calls[0] = 0
-    x = torch.randn(2, 6, 5, 5, generator=g)
+    x = torch.randn(2, 20, 6, 6, generator=g)  # 36 keys, padded to 48
+    for limit, fused_calls in ((20 * 48 - 1, 0), (20 * 48, 1)):
+        monkeypatch.setattr(knn, "FUSED_MAX_KEY_FLOATS", limit)
+        assert torch.equal(knn_edges(x, 4), rule(x, 4))
+        assert calls == [fused_calls, 0]
+        calls[0] = 0
+    for limit, fused_calls in ((20 * 16 - 1, 0), (20 * 16, 1)):  # 9 pooled keys
+        monkeypatch.setattr(knn, "FUSED_MAX_KEY_FLOATS", limit)
+        assert torch.equal(knn_edges(x, 4, reduce_ratio=2),
+                           rule(x, 4, keys=F.avg_pool2d(x, 2, 2)))
+        assert calls == [fused_calls, 0]
+        calls[0] = 0
     assert torch.equal(knn_edges(x.double(), 4), rule(x, 4))
     monkeypatch.setattr(knn, "fused", False)
     assert torch.equal(knn_edges(x, 4), rule(x, 4))
@@ -162,6 +164,25 @@ def test_where_it_steps_aside(calls, monkeypatch):
     monkeypatch.setattr(select, "native", False)
     assert torch.equal(knn_edges(x, 4), rule(x, 4))
     assert calls == [0, 0]
+
+
+def test_l2_cache_bytes_reads_sysfs(tmp_path):
+    """The level-2 data or unified cache of sysfs's cache/index* entries, in K or M; the
+    default where there is none."""
+    def entry(i, level, kind, size):
+        d = tmp_path / "cache" / f"index{i}"
+        d.mkdir(parents=True)
+        for name, value in (("level", level), ("type", kind), ("size", size)):
+            (d / name).write_text(value + "\n")
+
+    assert knn.l2_cache_bytes(123, str(tmp_path)) == 123
+    entry(0, "1", "Data", "48K")
+    entry(1, "1", "Instruction", "32K")
+    assert knn.l2_cache_bytes(123, str(tmp_path)) == 123
+    entry(2, "2", "Unified", "2048K")
+    assert knn.l2_cache_bytes(123, str(tmp_path)) == 2 << 20
+    (tmp_path / "cache" / "index2" / "size").write_text("1M\n")
+    assert knn.l2_cache_bytes(123, str(tmp_path)) == 1 << 20
 
 
 def test_portable_build(monkeypatch):

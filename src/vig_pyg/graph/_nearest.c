@@ -126,12 +126,6 @@ static int symmetric(const job_t* J) {
   return J->self && (J->n + ROWS) * padded(J->n) <= SYMMETRIC_MAX;
 }
 
-/* 1 when a job with these shapes takes the symmetric path, else 0. */
-int64_t vig_nearest_symmetric(int64_t n, int64_t m, int64_t self) {
-  job_t J = {.n = n, .self = self && n == m};
-  return symmetric(&J);
-}
-
 /* Floats of scratch one caller of vig_nearest needs. */
 int64_t vig_nearest_scratch(int64_t n, int64_t m, int64_t c, int64_t kd, int64_t self) {
   int64_t mp = padded(m);

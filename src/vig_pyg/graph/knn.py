@@ -25,11 +25,33 @@ BACKENDS = ("auto", "dense", "cluster")
 #: where it applies; ``False`` keeps the matmul + selection of :func:`_nearest` (tests and
 #: ``benchmarks/bench_knn.py`` compare the two).
 fused: bool = True
-#: Above this many channels (twice as many where the keys are the queries and the pass
-#: computes half the products) the matmul + selection is faster: BLAS's product beats the
-#: fused pass's once each distance takes enough products to hide the block's trip through
-#: memory (``benchmarks/bench_knn.py --fused``).
-FUSED_MAX_CHANNELS = 128
+
+
+def l2_cache_bytes(default: int = 1 << 20,
+                   cpu: str = "/sys/devices/system/cpu/cpu0") -> int:
+    """One core's L2 cache in bytes, from Linux's sysfs (``cpu``'s ``cache/index*``);
+    ``default`` where it cannot be read (other systems)."""
+    from pathlib import Path
+
+    for index in sorted(Path(cpu, "cache").glob("index*")):
+        try:
+            level, kind, size = (
+                (index / name).read_text().strip() for name in ("level", "type", "size"))
+        except OSError:
+            continue
+        if level == "2" and kind in ("Unified", "Data") and size[:-1].isdigit():
+            return int(size[:-1]) << {"K": 10, "M": 20}.get(size[-1], 0)
+    return default
+
+
+#: The fused pass holds one image's keys normalised and transposed (channels x keys,
+#: padded to 16) and reads them all for every eight queries, so it is faster than the
+#: matmul + selection while they stay in a core's L2 cache and slower once they do not:
+#: on this project's 2 MiB-L2 machine, 1.14-1.58x faster from 200k to 400k floats of keys
+#: and 0.50-0.80x from 530k up (detection-size maps with many keys), whatever the channel
+#: count (1.4-1.55x at 384-1024 channels on 49-196 nodes); ``benchmarks/bench_knn.py
+#: --fused``. Above this many floats the matmul path is taken.
+FUSED_MAX_KEY_FLOATS = l2_cache_bytes() // 4
 #: Products (rows x keys x channels) below which one thread does the whole fused pass.
 FUSED_WORK_PER_THREAD = 1 << 20
 
@@ -315,15 +337,13 @@ def _fused_nearest(queries: Tensor, keys: Tensor, relative_pos: Tensor | None, k
     ``offset``, the whole ``edge_index [2, G * N * keep]``: sources into all ``G * M`` keys,
     then targets (the layout :func:`knn_edges` returns). ``None`` where it does not
     apply (:data:`fused` off, not float32 on the CPU, the library off or unbuilt, ``kd``
-    beyond the selection's buffers, more channels than :data:`FUSED_MAX_CHANNELS`
-    allows)."""
+    beyond the selection's buffers, keys larger than :data:`FUSED_MAX_KEY_FLOATS`)."""
     g, n, c = queries.shape
     m = keys.size(1)
     lib = library_for(queries) if fused and kd <= select._MAX_KD else None
     if lib is None or queries.numel() == 0:
         return None
-    # the symmetric path computes about half the products (_nearest.c)
-    if c > FUSED_MAX_CHANNELS * (2 if lib.vig_nearest_symmetric(n, m, self_keys) else 1):
+    if c * -(-m // select._LANES) * select._LANES > FUSED_MAX_KEY_FLOATS:
         return None
     q = queries.contiguous()
     y = q if self_keys else keys.contiguous()

@@ -147,8 +147,6 @@ def _open(path: Path) -> ctypes.CDLL:
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
     lib.vig_nearest_scratch.argtypes = [i64] * 5
     lib.vig_nearest_scratch.restype = i64
-    lib.vig_nearest_symmetric.argtypes = [i64] * 3
-    lib.vig_nearest_symmetric.restype = i64
     lib.vig_nearest_split.argtypes = [i64] * 4
     lib.vig_nearest_split.restype = i64
     lib.vig_nearest.argtypes = [p] * 3 + [i64] * 10 + [p, p]
