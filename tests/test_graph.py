@@ -324,6 +324,33 @@ def test_fixed_degree_detection():
     assert fixed_degree(ei[:, :5], 3) is None
 
 
+def test_fixed_degree_trusts_knn_edges_until_written(monkeypatch):
+    """knn_edges marks its result, so fixed_degree does not read the target row back
+    (torch.equal is made to fail here), until an in-place write bumps the tensor's version;
+    inference tensors carry no version and are always read."""
+    fmap = torch.randn(2, 8, 4, 4)
+    ei = knn_edges(fmap, 3)
+    with torch.inference_mode():
+        ei_inference = knn_edges(fmap, 3)
+    real_equal = torch.equal
+
+    def no_reading(*args):
+        raise AssertionError("fixed_degree read a marked edge_index back")
+    monkeypatch.setattr(torch, "equal", no_reading)
+    assert fixed_degree(ei, 32) == 3
+    monkeypatch.setattr(torch, "equal", real_equal)
+    assert fixed_degree(ei, 48) is None  # another target count: read, not the layout
+    assert fixed_degree(ei_inference, 32) == 3  # read, and right
+    ei[0, 0] = ei[0, 0]  # same layout, but written: read again
+    monkeypatch.setattr(torch, "equal", no_reading)
+    with pytest.raises(AssertionError, match="read a marked"):
+        fixed_degree(ei, 32)
+    monkeypatch.setattr(torch, "equal", real_equal)
+    assert fixed_degree(ei, 32) == 3
+    ei[1, :3] = torch.tensor([1, 0, 0])  # the target row no longer in order
+    assert fixed_degree(ei, 32) is None
+
+
 # ---------------------------------------------------------------- bad input
 def test_bad_input_errors():
     fmap = torch.randn(2, 4, 3, 3)

@@ -76,9 +76,24 @@ def _cached_target_index(num_targets: int, k: int, device: torch.device) -> Tens
     return torch.arange(num_targets, device=device).repeat_interleave(k)
 
 
+def mark_fixed_degree(edge_index: Tensor, k: int) -> Tensor:
+    """``edge_index``, recorded as holding ``k`` edges per target in target order (the
+    layout :func:`knn_edges` returns), so that :func:`fixed_degree` takes it on trust
+    instead of reading the target row back, for as long as nothing writes to it (its
+    version counter unchanged). Reading it back costs a pass over the edges and, on a GPU,
+    a synchronisation for every graph convolution; a builder that makes this layout marks
+    its result. Inference tensors (``torch.inference_mode``) have no version counter, so
+    they are not marked and are checked as before; writes that bypass the counter (through
+    ``.data`` or a NumPy view) are not seen."""
+    if not tracing() and not edge_index.is_inference():
+        edge_index._vig_fixed_degree = (k, edge_index._version)
+    return edge_index
+
+
 def fixed_degree(edge_index: Tensor, num_targets: int) -> int | None:
     """``k`` if ``edge_index`` has exactly ``k`` edges per target, grouped by target in
-    order (the layout :func:`knn_edges` returns), else ``None``.
+    order (the layout :func:`knn_edges` returns), else ``None``: checked against the
+    target row, or trusted where :func:`mark_fixed_degree` recorded it.
 
     While tracing (:func:`torch.compile`, :func:`torch.export`, ONNX export) the values
     cannot be read, so ``num_edges = k * num_targets`` is taken as that layout: trace
@@ -88,6 +103,9 @@ def fixed_degree(edge_index: Tensor, num_targets: int) -> int | None:
         return None
     k = num_edges // num_targets
     if tracing():
+        return k
+    mark = getattr(edge_index, "_vig_fixed_degree", None)
+    if mark is not None and mark == (k, edge_index._version):
         return k
     if torch.equal(edge_index[1], _target_index(num_targets, k, edge_index.device)):
         return k
@@ -204,8 +222,9 @@ def knn_edges(x: Tensor, k: int, *, batch: Tensor | None = None, dilation: int =
                              f"the same B and C, got {tuple(keys.shape)}")
         queries = x.permute(0, 2, 3, 1).reshape(b, h * w, c)
         key_nodes = queries if keys is None else keys.permute(0, 2, 3, 1).reshape(b, -1, c)
-        return _knn_grid(queries, key_nodes, k, dilation, relative_pos, stochastic, epsilon,
-                         training, backend, max_chunk_elements, grid, keys is None)
+        return mark_fixed_degree(_knn_grid(
+            queries, key_nodes, k, dilation, relative_pos, stochastic, epsilon, training,
+            backend, max_chunk_elements, grid, keys is None), k)
     if x.dim() != 2:
         raise ValueError(f"x must be node features [N, C] or a feature map [B, C, H, W], got "
                          f"a {x.dim()}-D tensor of shape {tuple(x.shape)}")
@@ -236,9 +255,9 @@ def knn_edges(x: Tensor, k: int, *, batch: Tensor | None = None, dilation: int =
             raise ValueError("the dense kNN backend needs the same number of nodes in every "
                              "graph; use backend='cluster' for variable node counts")
         g, n, m = num_graphs, int(q_counts[0]), int(k_counts[0])
-        return _knn_grid(x.reshape(g, n, -1), key_nodes.reshape(g, m, -1), k, dilation,
-                         relative_pos, stochastic, epsilon, training, "dense",
-                         max_chunk_elements, None, self_keys)
+        return mark_fixed_degree(_knn_grid(
+            x.reshape(g, n, -1), key_nodes.reshape(g, m, -1), k, dilation, relative_pos,
+            stochastic, epsilon, training, "dense", max_chunk_elements, None, self_keys), k)
     _check_candidates(int(k_counts[q_counts > 0].min()) if bool((q_counts > 0).any()) else
                       k * dilation, k, dilation)
     _check_finite(x, "node features")
@@ -247,8 +266,9 @@ def knn_edges(x: Tensor, k: int, *, batch: Tensor | None = None, dilation: int =
     if relative_pos is not None:
         raise ValueError("a relative-position term on node features [N, C] needs the grid: "
                          "pass a [B, C, H, W] feature map, or use backend='dense'")
-    return _cluster(F.normalize(x, dim=-1), F.normalize(key_nodes, dim=-1), batch,
-                    key_batch, k, dilation, stochastic, epsilon, training)
+    return mark_fixed_degree(_cluster(
+        F.normalize(x, dim=-1), F.normalize(key_nodes, dim=-1), batch, key_batch, k,
+        dilation, stochastic, epsilon, training), k)
 
 
 def _check_candidates(num_keys: int, k: int, dilation: int) -> None:

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import VigPygError
-from ..knn import _target_index
+from ..knn import _target_index, mark_fixed_degree
 
 
 class GraphBuilderError(VigPygError):
@@ -98,7 +98,8 @@ def table_edges(table: Tensor, num_images: int, nodes: int,
     d = src.size(-1)
     if mask is None:
         src = src.expand(num_images, nodes, d).reshape(-1)
-        return torch.stack([src, _target_index(num_images * nodes, d, device)])
+        return mark_fixed_degree(
+            torch.stack([src, _target_index(num_images * nodes, d, device)]), d)
     src = src.expand(num_images, nodes, d)
     centre = torch.arange(num_images * nodes, device=device).view(num_images, nodes, 1)
     # boolean indexing walks [B, N, D] in row-major order: grouped by centre, columns in order
