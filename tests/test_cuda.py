@@ -247,9 +247,10 @@ def test_compiled_equals_eager_on_cuda(name):
     """In float64. In float32 the GPU's logits are not reproducible to 1e-4 even in eager
     mode: on an H200 eager float32 vig_ti was 6.0e-3 (relative to the largest logit) from
     its float64 twin, where the CPU's float32 is 1.2e-6, and compiled and eager float32
-    differed by 5.0e-3 (7.6e-4 for vig_ti and 8.0e-4 for pvig_ti in the test, in an earlier run). The likely cause is cuDNN's
-    convolutions, which default to TF32 (``torch.backends.cudnn.allow_tf32``), their
-    rounding passed on through kNN near-ties; not yet rerun with TF32 off."""
+    differed by 5.0e-3 (7.6e-4 for vig_ti and 8.0e-4 for pvig_ti in this test, in an
+    earlier run). The likely cause is cuDNN's convolutions, which default to TF32
+    (``torch.backends.cudnn.allow_tf32``), their rounding passed on through kNN near-ties;
+    not yet rerun with TF32 off."""
     from vig_pyg.models.compile import maybe_compile
     from test_compile_export import rel_err, small
 

@@ -299,7 +299,7 @@ def _knn_grid(queries: Tensor, keys: Tensor, k: int, dilation: int, relative_pos
     with torch.no_grad():
         kd = k * dilation
         ranks = _keep_ranks(k, dilation, stochastic, epsilon, training, queries.device)
-        every_dth = isinstance(ranks, slice)  # the fused pass then writes the edge sources
+        every_dth = isinstance(ranks, slice)  # the fused pass then writes the whole edge_index
         idx = None if tracing() else _fused_nearest(
             queries, keys, relative_pos, kd, self_keys,
             *((k, dilation) if every_dth else (kd, 1)), offset=every_dth)
