@@ -208,26 +208,42 @@ def knn_edges(x: Tensor, k: int, *, batch: Tensor | None = None, dilation: int =
                          f"{reduce_ratio}")
     _check_like(x, keys, "keys")
     _check_like(x, relative_pos, "relative_pos", dtype=False)
-    grid = None
+    rule = dict(k=k, dilation=dilation, relative_pos=relative_pos, stochastic=stochastic,
+                epsilon=epsilon, training=training, backend=backend,
+                max_chunk_elements=max_chunk_elements)
     if x.dim() == 4:
-        b, c, h, w = x.shape
-        grid = (h, w)
         if batch is not None or key_batch is not None:
             raise ValueError("`batch`/`key_batch` are implied by a 4-D feature map; pass "
                              "node features [N, C] to give them explicitly")
-        if keys is None and reduce_ratio > 1:
-            keys = F.avg_pool2d(x, reduce_ratio, reduce_ratio)
-        if keys is not None and (keys.dim() != 4 or keys.shape[:2] != x.shape[:2]):
-            raise ValueError(f"keys for a [B, C, H, W] map must be a [B, C, H', W'] map with "
-                             f"the same B and C, got {tuple(keys.shape)}")
-        queries = x.permute(0, 2, 3, 1).reshape(b, h * w, c)
-        key_nodes = queries if keys is None else keys.permute(0, 2, 3, 1).reshape(b, -1, c)
-        return mark_fixed_degree(_knn_grid(
-            queries, key_nodes, k, dilation, relative_pos, stochastic, epsilon, training,
-            backend, max_chunk_elements, grid, keys is None), k)
-    if x.dim() != 2:
+        edges = _knn_map(x, keys, reduce_ratio, **rule)
+    elif x.dim() == 2:
+        edges = _knn_nodes(x, batch, keys, key_batch, reduce_ratio, **rule)
+    else:
         raise ValueError(f"x must be node features [N, C] or a feature map [B, C, H, W], got "
                          f"a {x.dim()}-D tensor of shape {tuple(x.shape)}")
+    return mark_fixed_degree(edges, k)
+
+
+def _knn_map(x: Tensor, keys: Tensor | None, reduce_ratio: int, *, k, dilation,
+             relative_pos, stochastic, epsilon, training, backend,
+             max_chunk_elements) -> Tensor:
+    """:func:`knn_edges` of a feature map ``[B, C, H, W]``."""
+    b, c, h, w = x.shape
+    if keys is None and reduce_ratio > 1:
+        keys = F.avg_pool2d(x, reduce_ratio, reduce_ratio)
+    if keys is not None and (keys.dim() != 4 or keys.shape[:2] != x.shape[:2]):
+        raise ValueError(f"keys for a [B, C, H, W] map must be a [B, C, H', W'] map with "
+                         f"the same B and C, got {tuple(keys.shape)}")
+    queries = x.permute(0, 2, 3, 1).reshape(b, h * w, c)
+    key_nodes = queries if keys is None else keys.permute(0, 2, 3, 1).reshape(b, -1, c)
+    return _knn_grid(queries, key_nodes, k, dilation, relative_pos, stochastic, epsilon,
+                     training, backend, max_chunk_elements, (h, w), keys is None)
+
+
+def _knn_nodes(x: Tensor, batch: Tensor | None, keys: Tensor | None,
+               key_batch: Tensor | None, reduce_ratio: int, *, k, dilation, relative_pos,
+               stochastic, epsilon, training, backend, max_chunk_elements) -> Tensor:
+    """:func:`knn_edges` of node features ``[N, C]`` (graph ids in ``batch``)."""
     if reduce_ratio > 1 and keys is None:
         raise ValueError("reduce_ratio > 1 pools a grid: pass x as a [B, C, H, W] feature "
                          "map, or pass the pooled `keys` yourself")
@@ -255,9 +271,9 @@ def knn_edges(x: Tensor, k: int, *, batch: Tensor | None = None, dilation: int =
             raise ValueError("the dense kNN backend needs the same number of nodes in every "
                              "graph; use backend='cluster' for variable node counts")
         g, n, m = num_graphs, int(q_counts[0]), int(k_counts[0])
-        return mark_fixed_degree(_knn_grid(
-            x.reshape(g, n, -1), key_nodes.reshape(g, m, -1), k, dilation, relative_pos,
-            stochastic, epsilon, training, "dense", max_chunk_elements, None, self_keys), k)
+        return _knn_grid(x.reshape(g, n, -1), key_nodes.reshape(g, m, -1), k, dilation,
+                         relative_pos, stochastic, epsilon, training, "dense",
+                         max_chunk_elements, None, self_keys)
     _check_candidates(int(k_counts[q_counts > 0].min()) if bool((q_counts > 0).any()) else
                       k * dilation, k, dilation)
     _check_finite(x, "node features")
@@ -266,9 +282,8 @@ def knn_edges(x: Tensor, k: int, *, batch: Tensor | None = None, dilation: int =
     if relative_pos is not None:
         raise ValueError("a relative-position term on node features [N, C] needs the grid: "
                          "pass a [B, C, H, W] feature map, or use backend='dense'")
-    return mark_fixed_degree(_cluster(
-        F.normalize(x, dim=-1), F.normalize(key_nodes, dim=-1), batch, key_batch, k,
-        dilation, stochastic, epsilon, training), k)
+    return _cluster(F.normalize(x, dim=-1), F.normalize(key_nodes, dim=-1), batch,
+                    key_batch, k, dilation, stochastic, epsilon, training)
 
 
 def _check_candidates(num_keys: int, k: int, dilation: int) -> None:
