@@ -192,6 +192,20 @@ def test_fallback_where_native_does_not_apply(monkeypatch):
         smallest_k(dist, 31)
 
 
+@needs_cc
+def test_library_builds_where_a_compiler_exists(tmp_path, monkeypatch):
+    """Where there is a C compiler, the C files compile, with and without AVX-512: a
+    compile error in them must fail here, not only turn the kernels' tests into skips and
+    the library into its torch fallback."""
+    monkeypatch.setenv("VIG_PYG_CACHE", str(tmp_path))
+    for extra in (select._openmp_flags(), ("-DVIG_PORTABLE",)):
+        try:
+            lib = select._open(select._build(extra))
+        except select.subprocess.CalledProcessError as exc:
+            pytest.fail(f"the C files do not compile with {extra}:\n{exc.stderr}")
+        assert lib.vig_select_openmp() in (0, 1)
+
+
 def test_failed_build_warns_once_and_falls_back(monkeypatch, tmp_path):
     monkeypatch.setattr(select, "_lib", None)
     monkeypatch.setenv("VIG_PYG_CACHE", str(tmp_path))

@@ -126,13 +126,26 @@ static int symmetric(const job_t* J) {
   return J->self && (J->n + ROWS) * padded(J->n) <= SYMMETRIC_MAX;
 }
 
+/* Images whose keys a thread stages at once where the keys are not the queries: each block
+   of ROWS query rows then visits those images in turn, so that its rows of the relative-
+   position table b (the same for every image) are read from memory once for all of them
+   rather than once per image (b is [n, m]: 2.4 MB at pvig_ti's first stage, more than the
+   L2 cache). At most MAX_BLOCK_IMAGES, and keys of at most KEY_BLOCK_FLOATS in all. */
+#define MAX_BLOCK_IMAGES 8
+#define KEY_BLOCK_FLOATS (1 << 17)
+static int64_t block_images(int64_t m, int64_t c, int64_t self) {
+  int64_t fit = KEY_BLOCK_FLOATS / (c * padded(m) + padded(m));
+  return self || fit < 1 ? 1 : fit < MAX_BLOCK_IMAGES ? fit : MAX_BLOCK_IMAGES;
+}
+
 /* Floats of scratch one caller of vig_nearest needs. */
 int64_t vig_nearest_scratch(int64_t n, int64_t m, int64_t c, int64_t kd, int64_t self) {
   int64_t mp = padded(m);
   job_t J = {.n = n, .self = self && n == m};
-  int64_t rows = symmetric(&J) ? n + ROWS : ROWS;
-  return c * mp + 3 * mp + rows * mp + padded(m * c) + padded(n * c) + 2 * (m + LANES) +
-         2 * kd;
+  int64_t rows = symmetric(&J) ? n + ROWS : ROWS, images = block_images(m, c, J.self);
+  int64_t queries = n > ROWS ? n : ROWS;
+  return images * (c * mp + mp) + 2 * mp + rows * mp + padded(m * c) + padded(queries * c) +
+         2 * (m + LANES) + 2 * kd;
 }
 
 typedef struct {  /* one thread's part of the scratch */
@@ -142,16 +155,16 @@ typedef struct {  /* one thread's part of the scratch */
 } scratch_t;
 
 static scratch_t carve(const job_t* J, float* p) {
-  int64_t mp = padded(J->m);
+  int64_t mp = padded(J->m), images = block_images(J->m, J->c, J->self);
   scratch_t S;
-  S.yt = p;
-  S.sp = S.yt + J->c * mp;
-  S.zero = S.sp + mp;
+  S.yt = p;  /* images x [c, mp], then images x [mp] for sp */
+  S.sp = S.yt + images * J->c * mp;
+  S.zero = S.sp + images * mp;
   S.row = S.zero + mp;
   S.rows = S.row + mp;
   S.yn = S.rows + (symmetric(J) ? J->n + ROWS : ROWS) * mp;
   S.qn = S.yn + padded(J->m * J->c);  /* whole vectors: the int64 sel stays aligned */
-  S.cv = S.qn + padded(J->n * J->c);
+  S.cv = S.qn + padded((J->n > ROWS ? J->n : ROWS) * J->c);
   S.ci = (int32_t*)(S.cv + J->m + LANES);
   S.sel = (int64_t*)(S.ci + J->m + LANES);
   return S;
@@ -201,17 +214,18 @@ static void transpose_block(const float* src, int64_t ss, int64_t rows, int64_t 
 #endif
 }
 
-/* The keys of image g normalised (yn, and their squared norms padded in sp, as
-   _normalize.c computes them) and transposed to yt [c, mp] (zero past m). Returns 0 when
-   a key's norm is not finite. */
-static int stage_keys(const job_t* J, int64_t g, const scratch_t* S) {
+/* The keys of image g normalised (yn, and their squared norms padded in slot's sp, as
+   _normalize.c computes them) and transposed to slot's yt [c, mp] (zero past m). Returns
+   0 when a key's norm is not finite. */
+static int stage_keys(const job_t* J, int64_t g, const scratch_t* S, int64_t slot) {
   int64_t m = J->m, c = J->c, mp = padded(m);
-  memset(S->sp, 0, (size_t)mp * sizeof(float));
-  int finite = vig_normalize_rows(J->y + g * m * c, m, c, S->yn, S->sp, 1);
+  float *yt = S->yt + slot * c * mp, *sp = S->sp + slot * mp;
+  memset(sp, 0, (size_t)mp * sizeof(float));
+  int finite = vig_normalize_rows(J->y + g * m * c, m, c, S->yn, sp, 1);
   for (int64_t j = 0; j < mp; j += LANES)  /* every column block, so zero past m */
     for (int64_t k = 0; k < c; k += LANES)
       transpose_block(S->yn + j * c + k, c, m - j < LANES ? m - j : LANES,
-                      c - k < LANES ? c - k : LANES, S->yt + k * mp + j, mp);
+                      c - k < LANES ? c - k : LANES, yt + k * mp + j, mp);
   return finite;
 }
 
@@ -225,10 +239,11 @@ static void emit(const job_t* J, int64_t row, const float* d, const scratch_t* S
 }
 
 /* rows [r0, end) of image g (end at most the image's end), ROWS at a time, from the
-   normalised query rows qn (row r0 of the image at qn[0]) */
+   normalised query rows qn (row r0 of the image at qn[0]) and the keys staged in slot */
 static void rows_of(const job_t* J, int64_t g, int64_t r0, int64_t end, const float* qn,
-                    const scratch_t* S) {
+                    const scratch_t* S, int64_t slot) {
   int64_t mp = padded(J->m);
+  const float *yt = S->yt + slot * J->c * mp, *sp = S->sp + slot * mp;
   for (int64_t first = r0; r0 < end; r0 += ROWS) {
     const float *qr[ROWS], *br[ROWS];
     float* dr[ROWS];
@@ -238,7 +253,7 @@ static void rows_of(const job_t* J, int64_t g, int64_t r0, int64_t end, const fl
       br[r] = J->b ? J->b + (row - g * J->n) * J->m : NULL;
       dr[r] = S->rows + r * mp;
     }
-    distances(qr, S->yt, mp, J->c, S->sp, br, dr, J->m, mp);
+    distances(qr, yt, mp, J->c, sp, br, dr, J->m, mp);
     for (int r = 0; r < ROWS && r0 + r < end; ++r) emit(J, r0 + r, dr[r], S);
   }
 }
@@ -281,21 +296,46 @@ static void image_symmetric(const job_t* J, int64_t g, const scratch_t* S) {
   }
 }
 
+/* Whole images g .. g + images - 1 of a job with keys of their own and a table b, row
+   block by row block (see block_images); returns the flags of vig_nearest. */
+static int image_block(const job_t* J, int64_t g, int64_t images, const scratch_t* S) {
+  int64_t n = J->n, c = J->c;
+  int flags = 0;
+  for (int64_t i = 0; i < images; ++i)
+    if (!stage_keys(J, g + i, S, i)) flags |= 2;
+  for (int64_t i0 = 0; i0 < n; i0 += ROWS) {
+    int64_t rows = n - i0 < ROWS ? n - i0 : ROWS;
+    for (int64_t i = 0; i < images; ++i) {
+      int64_t r0 = (g + i) * n + i0;
+      if (!vig_normalize_rows(J->q + r0 * c, rows, c, S->qn, NULL, 1)) flags |= 1;
+      rows_of(J, g + i, r0, r0 + rows, S->qn, S, i);
+    }
+  }
+  return flags;
+}
+
 /* Query rows [row0, row1); returns the flags of vig_nearest. */
 static int run(const job_t* J, int64_t row0, int64_t row1, float* scratch) {
   scratch_t S = carve(J, scratch);
-  int64_t n = J->n, c = J->c;
+  int64_t n = J->n, c = J->c, block = J->b ? block_images(J->m, c, J->self) : 1;
   int flags = 0;
   for (int64_t r0 = row0; r0 < row1;) {
     int64_t g = r0 / n, end = (g + 1) * n < row1 ? (g + 1) * n : row1;  /* one image */
-    if (!stage_keys(J, g, &S)) flags |= J->self ? 1 : 2;
+    int64_t whole = r0 == g * n ? (row1 - r0) / n : 0;  /* whole images from here */
+    if (block > 1 && whole > 1) {
+      int64_t images = whole < block ? whole : block;
+      flags |= image_block(J, g, images, &S);
+      r0 = (g + images) * n;
+      continue;
+    }
+    if (!stage_keys(J, g, &S, 0)) flags |= J->self ? 1 : 2;
     if (J->self && symmetric(J) && r0 == g * n && end == (g + 1) * n) {
       image_symmetric(J, g, &S);
     } else if (J->self) {  /* the normalised keys are the rows */
-      rows_of(J, g, r0, end, S.yn + (r0 - g * n) * c, &S);
+      rows_of(J, g, r0, end, S.yn + (r0 - g * n) * c, &S, 0);
     } else {
       if (!vig_normalize_rows(J->q + r0 * c, end - r0, c, S.qn, NULL, 1)) flags |= 1;
-      rows_of(J, g, r0, end, S.qn, &S);
+      rows_of(J, g, r0, end, S.qn, &S, 0);
     }
     r0 = end;
   }

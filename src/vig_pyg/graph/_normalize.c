@@ -11,6 +11,7 @@
    float32 does not turn a finite row into an infinite norm. The pass is bound by memory,
    not by the double arithmetic. */
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #define LANES 16
@@ -35,20 +36,25 @@ static void scale(const float* v, int64_t c, float norm, float* out) {
 /* Returns 1 when every row's norm is finite in float32 (no NaN or infinity in x, no norm
    beyond the float range), else 0; such rows are written all the same. sq may be NULL
    (the fused kNN pass's queries, whose |q|^2 cannot change their neighbours' order). */
+static int normalize_row(const float* x, int64_t c, float* out, float* sq) {
+  float norm = (float)sqrt(sum_squares(x, c));
+  scale(x, c, norm < 1e-12f ? 1e-12f : norm, out);
+  if (sq) *sq = (float)sum_squares(out, c);
+  return isfinite(norm);  /* NaN or an infinity in the row, or overflow */
+}
+
 int vig_normalize_rows(const float* x, int64_t rows, int64_t c, float* out, float* sq,
                        int32_t threads) {
   int finite = 1;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(threads) reduction(&&: finite) \
-    if (threads > 1)
-#else
-  (void)threads;
-#endif
-  for (int64_t r = 0; r < rows; ++r) {
-    float norm = (float)sqrt(sum_squares(x + r * c, c));
-    finite = finite && isfinite(norm);  /* NaN or an infinity in the row, or overflow */
-    scale(x + r * c, c, norm < 1e-12f ? 1e-12f : norm, out + r * c);
-    if (sq) sq[r] = (float)sum_squares(out + r * c, c);
+  if (threads <= 1) {  /* no parallel region: the fused kNN pass calls this per few rows */
+    for (int64_t r = 0; r < rows; ++r)
+      finite &= normalize_row(x + r * c, c, out + r * c, sq ? sq + r : NULL);
+    return finite;
   }
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(threads) reduction(&&: finite)
+#endif
+  for (int64_t r = 0; r < rows; ++r)
+    finite = normalize_row(x + r * c, c, out + r * c, sq ? sq + r : NULL) && finite;
   return finite;
 }
