@@ -33,9 +33,7 @@ static void scale(const float* v, int64_t c, float norm, float* out) {
   for (int64_t j = 0; j < c; ++j) out[j] = v[j] / norm;
 }
 
-/* Returns 1 when every row's norm is finite in float32 (no NaN or infinity in x, no norm
-   beyond the float range), else 0; such rows are written all the same. sq may be NULL
-   (the fused kNN pass's queries, whose |q|^2 cannot change their neighbours' order). */
+/* one row: out = x / norm, *sq = |out|^2 (sq may be NULL); 1 when its norm is finite */
 static int normalize_row(const float* x, int64_t c, float* out, float* sq) {
   float norm = (float)sqrt(sum_squares(x, c));
   scale(x, c, norm < 1e-12f ? 1e-12f : norm, out);
@@ -43,6 +41,9 @@ static int normalize_row(const float* x, int64_t c, float* out, float* sq) {
   return isfinite(norm);  /* NaN or an infinity in the row, or overflow */
 }
 
+/* Returns 1 when every row's norm is finite in float32 (no NaN or infinity in x, no norm
+   beyond the float range), else 0; such rows are written all the same. sq may be NULL
+   (the fused kNN pass's queries, whose |q|^2 cannot change their neighbours' order). */
 int vig_normalize_rows(const float* x, int64_t rows, int64_t c, float* out, float* sq,
                        int32_t threads) {
   int finite = 1;
