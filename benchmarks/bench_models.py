@@ -51,6 +51,8 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from timing import synchronizer  # noqa: E402
 ROOT = os.path.dirname(HERE)
 TARGETS = {  # (inference, training) speed-up over the reference
     "vig_ti": (2.5, 2.0),
@@ -62,14 +64,6 @@ OFFICIAL = {"vig_ti": (16.8, 6.9), "pvig_ti": (10.5, 4.3)}
 def _rss_mb() -> float:
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
-
-
-def _sync(device: str):
-    """What makes a timer read the device's finished work: ``torch.cuda.synchronize`` on a
-    GPU (kernels run asynchronously), nothing on the CPU."""
-    import torch
-
-    return torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
 
 def _setup(model_name: str, batch: int, img: int, seed: int = 0, conv: str = "mr",
@@ -148,7 +142,7 @@ def time_worker(model_name: str, mode: str, conv: str, compiled: str, batch: int
     if threads:
         torch.set_num_threads(threads)
     timer = time.perf_counter if clock == "wall" else time.process_time
-    sync = _sync(device)
+    sync = synchronizer(device)
     impls = ("reference", "ours") + (("compiled",) if compiled == "1" else ())
     steps = {impl: _make_step(model_name, impl, mode, batch, img, conv, device)
              for impl in impls}
@@ -195,7 +189,7 @@ def breakdown_worker(model_name: str, conv: str, batch: int, img: int, iters: in
     if threads:
         torch.set_num_threads(threads)
     clock_timer = time.perf_counter if clock == "wall" else time.process_time
-    sync = _sync(device)
+    sync = synchronizer(device)
 
     def timer():
         sync()
@@ -338,7 +332,7 @@ def profile(model_name: str, batch: int, img: int, mode: str, conv: str = "mr",
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
         with tprofile(activities=activities) as prof:
             fn()
-            _sync(device)()
+            synchronizer(device)()
     sort = "self_cuda_time_total" if gpu else "self_cpu_time_total"
     print(prof.key_averages().table(sort_by=sort, row_limit=25))
 

@@ -60,6 +60,16 @@ def add_step_arguments(p) -> None:
                         "waits for the kernels queued before it")
 
 
+def synchronizer(device):
+    """What makes a timer read the device's finished work: ``torch.cuda.synchronize`` on a
+    GPU (kernels run asynchronously), nothing on the CPU."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
 def step_setup(args):
     """``(timer, images, labels)`` for those options (threads set, header printed; images
     and labels on ``--device``, and there the timer synchronises before it reads)."""
@@ -73,14 +83,13 @@ def step_setup(args):
     x = torch.randn(args.batch, 3, args.img, args.img, generator=g).to(args.device)
     y = torch.randint(0, 1000, (args.batch,), generator=g).to(args.device)
     clock = time.perf_counter if args.clock == "wall" else time.process_time
-    if x.is_cuda:
-        where = f"float32 on {torch.cuda.get_device_name(x.device)}"
+    sync = synchronizer(x.device)
 
-        def timer():
-            torch.cuda.synchronize(x.device)
-            return clock()
-    else:
-        where, timer = f"float32 on the CPU, {torch.get_num_threads()} thread(s)", clock
+    def timer():
+        sync()
+        return clock()
+    where = (f"float32 on {torch.cuda.get_device_name(x.device)}" if x.is_cuda else
+             f"float32 on the CPU, {torch.get_num_threads()} thread(s)")
     print(f"{args.model}, batch {args.batch}, {args.img} px, {where}, {args.clock} clock")
     return timer, x, y
 
