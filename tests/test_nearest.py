@@ -45,6 +45,9 @@ CASES = [  # (b, c, h, w, k, dilation, reduce_ratio, with rel)
     (1, 100, 11, 13, 20, 3, 1, False),
     (4, 1, 6, 6, 2, 1, 1, False),
     (2, 33, 16, 12, 5, 1, 4, True),
+    # k*d from 17 to 32: two vectors of group minima per row, both paths
+    (2, 20, 12, 12, 6, 3, 1, True),
+    (3, 24, 20, 20, 9, 2, 2, True),
 ]
 
 

@@ -149,6 +149,45 @@ def test_hard_rows_both_passes(native_calls):
     assert native_calls[0] == 5
 
 
+def _select_block(lib, dist: torch.Tensor, rows: int, kd: int) -> torch.Tensor:
+    """``vig_select_block`` on the first ``rows`` of eight rows of ``dist`` (its row pointers
+    in a C array, as the fused pass hands them over)."""
+    import ctypes
+
+    dist = dist.contiguous()
+    m = dist.size(1)
+    pointers = (ctypes.c_void_p * 8)(*(dist[r].data_ptr() for r in range(8)))
+    idx = torch.full((8, kd), -1, dtype=torch.long)
+    cv = torch.empty(m + 16)
+    ci = torch.empty(m + 16, dtype=torch.int32)
+    lib.vig_select_block(pointers, rows, m, kd, idx.data_ptr(), cv.data_ptr(), ci.data_ptr())
+    return idx[:rows]
+
+
+@needs_cc
+@pytest.mark.parametrize("kd", [1, 9, 16, 17, 27, 32, 40])
+def test_block_selection_is_the_stable_sort(kd):
+    """The fused pass's selection of eight rows at once (``vig_select_block``: the rows'
+    group-minima bounds found together where k*d <= 32, one or two vectors of minima;
+    per row otherwise): the rule's indices on random rows, on the hard rows (a row whose
+    bound is not finite goes through the one-row selection), and on a last, partial block
+    whose unselected rows are NaN."""
+    lib = select._load()
+    if lib is None:
+        pytest.skip("the native selection could not be built here")
+    g = torch.Generator().manual_seed(kd)
+    hard = _hard_rows(g)[:8]
+    hard[7, :100] = float("inf")  # more infinities than groups: an infinite bound
+    nan_tail = torch.randn(8, 217, generator=g)
+    nan_tail[3:] = float("nan")
+    plain = torch.randn(8, 213, generator=g)
+    plain[0] = torch.arange(213.0)  # the groups' minima are the smallest values: a bound
+    plain[1] = plain[0].flip(0)     # from too few groups would leave out some of the k*d
+    for dist, rows in [(plain, 8), (hard, 8), (nan_tail, 3),
+                       (torch.randint(0, 3, (8, 240), generator=g).float(), 5)]:
+        assert torch.equal(_select_block(lib, dist, rows, kd), _reference(dist[:rows], kd))
+
+
 @needs_cc
 def test_portable_build_is_the_stable_sort(monkeypatch):
     """The loops without AVX-512 (``-DVIG_PORTABLE``; the build on most other processors)

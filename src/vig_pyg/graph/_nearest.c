@@ -49,9 +49,12 @@
 
 typedef float vf16 __attribute__((vector_size(LANES * sizeof(float))));
 typedef char rows_divide_lanes[LANES % ROWS == 0 ? 1 : -1];
+typedef char rows_are_a_select_block[ROWS == 8 ? 1 : -1];  /* _select.c's BLOCK_ROWS */
 
 void vig_select_row(const float* d, int64_t m, int64_t kd, int64_t* idx, float* cv,
                     int32_t* ci);  /* _select.c */
+void vig_select_block(const float* const* d, int64_t rows, int64_t m, int64_t kd,
+                      int64_t* idx, float* cv, int32_t* ci);  /* _select.c, ROWS rows */
 
 static inline vf16 load16(const float* p) { vf16 v; memcpy(&v, p, sizeof v); return v; }
 /* *p in every lane: one load (vbroadcastss from memory) where the written-out form would
@@ -64,9 +67,21 @@ static inline vf16 splat(const float* p) { return (vf16){0} + *p; }
 static inline void store16(float* p, vf16 v) { memcpy(p, &v, sizeof v); }
 static inline int64_t padded(int64_t m) { return (m + LANES - 1) / LANES * LANES; }
 
-/* d_r[j] = s[j] - 2 acc (+ b_r[j]) for the keys j0 .. j0 + 15 that exist (j < m) */
+/* d_r[j] = s[j] - 2 acc (+ b_r[j]) for the keys j0 .. j0 + 15 that exist (j < m). With
+   AVX-512 the whole vector is stored: d's rows and s are padded to whole vectors (s with
+   zeros), so the lanes past m hold values the selection never reads, and the accumulators
+   stay in registers (the lane-by-lane tail below takes them through memory). */
 static inline void finish(vf16 acc, const float* s, const float* b, float* d, int64_t j0,
                           int64_t m) {
+#if defined(__AVX512F__) && !defined(VIG_PORTABLE)
+  vf16 v = load16(s + j0) + acc * -2.0f;
+  if (b) {
+    __mmask16 in = j0 + LANES <= m ? 0xFFFF : (__mmask16)((1u << (m - j0)) - 1);
+    v += (vf16)_mm512_maskz_loadu_ps(in, b + j0);
+  }
+  store16(d + j0, v);
+  return;
+#endif
   if (j0 + LANES <= m) {
     vf16 v = load16(s + j0) + acc * -2.0f;
     store16(d + j0, b ? v + load16(b + j0) : v);
@@ -144,14 +159,14 @@ int64_t vig_nearest_scratch(int64_t n, int64_t m, int64_t c, int64_t kd, int64_t
   job_t J = {.n = n, .self = self && n == m};
   int64_t rows = symmetric(&J) ? n + ROWS : ROWS, images = block_images(m, c, J.self);
   int64_t queries = n > ROWS ? n : ROWS;
-  return images * (c * mp + mp) + 2 * mp + rows * mp + padded(m * c) + padded(queries * c) +
-         2 * (m + LANES) + 2 * kd;
+  return images * (c * mp + mp) + mp + rows * mp + padded(m * c) + padded(queries * c) +
+         2 * (m + LANES) + 2 * ROWS * kd;
 }
 
 typedef struct {  /* one thread's part of the scratch */
-  float *yt, *sp, *zero, *row, *rows, *yn, *qn, *cv;
+  float *yt, *sp, *zero, *rows, *yn, *qn, *cv;
   int32_t* ci;
-  int64_t* sel;
+  int64_t* sel;  /* [ROWS, kd]: the selections of a block of rows */
 } scratch_t;
 
 static scratch_t carve(const job_t* J, float* p) {
@@ -160,8 +175,7 @@ static scratch_t carve(const job_t* J, float* p) {
   S.yt = p;  /* images x [c, mp], then images x [mp] for sp */
   S.sp = S.yt + images * J->c * mp;
   S.zero = S.sp + images * mp;
-  S.row = S.zero + mp;
-  S.rows = S.row + mp;
+  S.rows = S.zero + mp;
   S.yn = S.rows + (symmetric(J) ? J->n + ROWS : ROWS) * mp;
   S.qn = S.yn + padded(J->m * J->c);  /* whole vectors: the int64 sel stays aligned */
   S.cv = S.qn + padded((J->n > ROWS ? J->n : ROWS) * J->c);
@@ -229,11 +243,10 @@ static int stage_keys(const job_t* J, int64_t g, const scratch_t* S, int64_t slo
   return finite;
 }
 
-/* the selection of one row from its distances d, written out as the job asks */
-static void emit(const job_t* J, int64_t row, const float* d, const scratch_t* S) {
-  vig_select_row(d, J->m, J->kd, S->sel, S->cv, S->ci);
+/* one row's selection sel (its kd nearest, ascending), written out as the job asks */
+static void emit(const job_t* J, int64_t row, const int64_t* sel) {
   int64_t base = J->offset ? row / J->n * J->m : 0, *out = J->out + row * J->keep;
-  for (int64_t t = 0; t < J->keep; ++t) out[t] = S->sel[t * J->step] + base;
+  for (int64_t t = 0; t < J->keep; ++t) out[t] = sel[t * J->step] + base;
   if (J->offset)  /* the edge_index's target row, J->offset further on */
     for (int64_t t = 0; t < J->keep; ++t) out[J->offset + t] = row;
 }
@@ -254,7 +267,9 @@ static void rows_of(const job_t* J, int64_t g, int64_t r0, int64_t end, const fl
       dr[r] = S->rows + r * mp;
     }
     distances(qr, yt, mp, J->c, sp, br, dr, J->m, mp);
-    for (int r = 0; r < ROWS && r0 + r < end; ++r) emit(J, r0 + r, dr[r], S);
+    int64_t rows = end - r0 < ROWS ? end - r0 : ROWS;
+    vig_select_block((const float* const*)dr, rows, J->m, J->kd, S->sel, S->cv, S->ci);
+    for (int r = 0; r < rows; ++r) emit(J, r0 + r, S->sel + r * J->kd);
   }
 }
 
@@ -286,13 +301,19 @@ static void image_symmetric(const job_t* J, int64_t g, const scratch_t* S) {
     for (int64_t j0 = i0 + LANES; j0 < n; j0 += LANES)
       transpose_block(P + j0 * np + i0, np, n - j0 < LANES ? n - j0 : LANES,
                       n - i0 < LANES ? n - i0 : LANES, P + i0 * np + j0, np);
-  for (int64_t i = 0; i < n; ++i) {
+  for (int64_t i = 0; i < n; ++i) {  /* P's rows become the distances, in place */
     const float* b = J->b ? J->b + i * n : NULL;
     for (int64_t j = 0; j < n; ++j) {
       float v = S->sp[j] + P[i * np + j];  /* as finish: s_j - 2 q_i . q_j, then + b */
-      S->row[j] = b ? v + b[j] : v;
+      P[i * np + j] = b ? v + b[j] : v;
     }
-    emit(J, g * n + i, S->row, S);
+  }
+  for (int64_t i0 = 0; i0 < n; i0 += ROWS) {  /* rows past n are read, not selected */
+    const float* dr[ROWS];
+    int64_t rows = n - i0 < ROWS ? n - i0 : ROWS;
+    for (int r = 0; r < ROWS; ++r) dr[r] = P + (i0 + r) * np;
+    vig_select_block(dr, rows, n, J->kd, S->sel, S->cv, S->ci);
+    for (int r = 0; r < rows; ++r) emit(J, g * n + i0 + r, S->sel + r * J->kd);
   }
 }
 

@@ -293,6 +293,103 @@ void vig_select_row(const float* d, int64_t m, int64_t kd, int64_t* idx, float* 
   select_row(d, m, kd, idx, cv, ci);
 }
 
+#define BLOCK_ROWS 8  /* rows of vig_select_block */
+
+#ifdef VIG_AVX512
+/* bound() of `ROWS_AT` rows d[0 .. ROWS_AT - 1] at once, for G = NG * LANES (both
+   compile-time constants where inlined, so that the minima and counts stay in registers):
+   the same minima and the same kd-th smallest, with NaN as +inf (vminps returns its second
+   operand, the running minimum, when the first is NaN). One row's bound is a chain of
+   dependent minima, counts and a horizontal maximum, so a row at a time mostly waited on
+   latency (a third of the fused pass's selection at pvig_ti's first stage); several rows'
+   chains interleaved keep the vector units busy. */
+static inline __attribute__((always_inline)) void bounds_rows(
+    const float* const* d, int64_t m, int64_t kd, float* u, const int ROWS_AT, const int NG) {
+  const __m512i one = _mm512_set1_epi32(1);
+  __m512 lo[BLOCK_ROWS][2];
+  __m512i below[BLOCK_ROWS][2];
+  float at[BLOCK_ROWS][2 * LANES];
+  for (int r = 0; r < ROWS_AT; ++r)
+    for (int b = 0; b < NG; ++b) lo[r][b] = _mm512_set1_ps(INFINITY);
+  for (int64_t j = 0; j < m; j += NG * LANES)
+    for (int b = 0; b < NG; ++b) {
+      __mmask16 in = j + b * LANES < m ? tail_mask(j + b * LANES, m) : 0;
+      for (int r = 0; r < ROWS_AT; ++r)
+        lo[r][b] = _mm512_mask_min_ps(lo[r][b], in, _mm512_maskz_loadu_ps(
+            in, d[r] + j + b * LANES), lo[r][b]);
+    }
+  for (int r = 0; r < ROWS_AT; ++r)
+    for (int b = 0; b < NG; ++b) {
+      _mm512_storeu_ps(at[r] + b * LANES, lo[r][b]);
+      below[r][b] = _mm512_setzero_si512();
+    }
+  for (int s = 0; s < NG * LANES; ++s)
+    for (int r = 0; r < ROWS_AT; ++r) {
+      __m512 x = _mm512_set1_ps(at[r][s]);
+      for (int b = 0; b < NG; ++b)
+        below[r][b] = _mm512_mask_add_epi32(below[r][b], _mm512_cmp_ps_mask(
+            x, lo[r][b], _CMP_LT_OQ), below[r][b], one);
+    }
+  const __m512i kk = _mm512_set1_epi32((int32_t)kd);
+  for (int r = 0; r < ROWS_AT; ++r) {
+    float best = -INFINITY;
+    for (int b = 0; b < NG; ++b) {
+      float v = _mm512_mask_reduce_max_ps(_mm512_cmplt_epi32_mask(below[r][b], kk), lo[r][b]);
+      best = v > best ? v : best;
+    }
+    u[r] = best;
+  }
+}
+
+/* bounds_rows of BLOCK_ROWS rows where G is LANES or 2 LANES (kd <= 32); 0 elsewhere */
+static int bounds_block(const float* const* d, int64_t m, int64_t kd, float* u) {
+  if (kd <= LANES) {
+    bounds_rows(d, m, kd, u, BLOCK_ROWS, 1);
+    return 1;
+  }
+  if (kd <= 2 * LANES) {  /* twice the registers a row: half the rows at a time */
+    bounds_rows(d, m, kd, u, BLOCK_ROWS / 2, 2);
+    bounds_rows(d + BLOCK_ROWS / 2, m, kd, u + BLOCK_ROWS / 2, BLOCK_ROWS / 2, 2);
+    return 1;
+  }
+  return 0;
+}
+
+/* gather() for a finite u: a NaN compares false and is left out, as its key +inf is */
+static int64_t gather_finite(const float* d, int64_t m, float u, float* cv, int32_t* ci) {
+  const __m512 uu = _mm512_set1_ps(u);
+  int64_t c = 0;
+  for (int64_t j = 0; j < m; j += LANES) {
+    __mmask16 in = tail_mask(j, m);
+    __m512 v = _mm512_maskz_loadu_ps(in, d + j);
+    c = append_kept(_mm512_mask_cmp_ps_mask(in, v, uu, _CMP_LE_OQ), v, j, cv, ci, c);
+  }
+  return c;
+}
+#endif
+
+/* select_row for rows d[0 .. rows - 1] (rows <= BLOCK_ROWS; d holds BLOCK_ROWS readable
+   rows of m, the ones past `rows` only read), into idx[r * kd ...]: the same result, with
+   the bounds of the eight rows found together (bounds_block) where kd <= 32. A row
+   whose bound is not finite (an infinity or NaN among its nearest) goes through
+   select_row. */
+void vig_select_block(const float* const* d, int64_t rows, int64_t m, int64_t kd,
+                      int64_t* idx, float* cv, int32_t* ci) {
+#ifdef VIG_AVX512
+  float u[BLOCK_ROWS];
+  if (m >= SHORT_RATIO * kd && bounds_block(d, m, kd, u)) {
+    for (int64_t r = 0; r < rows; ++r) {
+      if (u[r] < INFINITY)
+        place_all(cv, ci, gather_finite(d[r], m, u[r], cv, ci), kd, idx + r * kd);
+      else
+        select_row(d[r], m, kd, idx + r * kd, cv, ci);
+    }
+    return;
+  }
+#endif
+  for (int64_t r = 0; r < rows; ++r) select_row(d[r], m, kd, idx + r * kd, cv, ci);
+}
+
 /* rows [0, rows) of a row-major [rows, m] float32 matrix; 1 <= kd <= min(m, 1024).
    scratch: 2 * (m + 16) words. */
 void vig_select_smallest(const float* dist, int64_t rows, int64_t m, int64_t kd,

@@ -145,6 +145,8 @@ def _open(path: Path) -> ctypes.CDLL:
     lib.vig_select_openmp.argtypes = []
     lib.vig_select_openmp.restype = ctypes.c_int
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
+    lib.vig_select_block.argtypes = [p, i64, i64, i64, p, p, p]
+    lib.vig_select_block.restype = None
     lib.vig_nearest_scratch.argtypes = [i64] * 5
     lib.vig_nearest_scratch.restype = i64
     lib.vig_nearest_split.argtypes = [i64] * 4
