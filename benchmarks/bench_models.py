@@ -176,9 +176,11 @@ def graph_breaks(model_name: str, mode: str, conv: str, batch: int, img: int,
 
 def breakdown_worker(model_name: str, conv: str, batch: int, img: int, iters: int,
                      threads: int, clock: str, device: str) -> dict:
-    """Seconds per inference forward spent in each part of ours (sums over ``iters``). On a
-    GPU every hook synchronises first, so each part is charged its own kernels (and the
-    forward is slower than unhooked: the shares, not the total, are the result)."""
+    """Seconds per inference forward spent in each part of ours: the median over ``iters``
+    forwards of each part and of the whole (a shared machine's bursts of load land on one
+    forward or one part, and move a mean more than a median). On a GPU every hook
+    synchronises first, so each part is charged its own kernels (and the forward is slower
+    than unhooked: the shares, not the total, are the result)."""
     import torch
 
     from vig_pyg.conv.base import GrapherConv
@@ -220,17 +222,18 @@ def breakdown_worker(model_name: str, conv: str, batch: int, img: int, iters: in
             pre, post = timed(part)
             m.register_forward_pre_hook(pre)
             m.register_forward_hook(post)
-    total = 0.0
+    forwards = []
     with torch.no_grad():
         model(x)
-        for key in spent:
-            spent[key] = 0.0
         for _ in range(iters):
+            for key in spent:
+                spent[key] = 0.0
             t0 = timer()
             model(x)
-            total += timer() - t0
-    spent["rest"] = total - sum(spent.values())
-    return {"total": total / iters, "parts": {k: v / iters for k, v in spent.items()}}
+            total = timer() - t0
+            forwards.append(dict(spent, rest=total - sum(spent.values()), total=total))
+    median = {key: statistics.median(f[key] for f in forwards) for key in forwards[0]}
+    return {"total": median.pop("total"), "parts": median}
 
 
 def memory_worker(model_name: str, impl: str, mode: str, conv: str, batch: int,
@@ -392,8 +395,8 @@ def _worker(args) -> int:
 def print_breakdown(args) -> None:
     parts = ("graph", "aggregation", "projections", "FFN", "rest")
     print(f"ours, inference, batch {args.batch}, {args.img} px, {_where(args)}, "
-          f"{args.clock} clock: share of the forward time (mean of {args.iters} "
-          f"forwards, every module call timed)")
+          f"{args.clock} clock: share of the forward time (each part's median over "
+          f"{args.iters} forwards against the forward's median; every module call timed)")
     header = f"{'model':8} {'conv':5} {'ms':>7} " + " ".join(f"{p:>11}" for p in parts)
     print(header)
     print("-" * len(header))

@@ -252,7 +252,6 @@ static void place_all(float* cv, const int32_t* ci, int64_t c, int64_t kd, int64
      s before the block counts where <= (it comes earlier), s after it where <, and s
      inside it by the full rule. No horizontal sums, no per-step masks to build. */
   const __m512i one = _mm512_set1_epi32(1);
-  const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   for (int64_t t0 = 0; t0 < c; t0 += LANES) {
     const __m512 v = _mm512_loadu_ps(cv + t0);
     __m512i place = _mm512_setzero_si512();
@@ -262,7 +261,7 @@ static void place_all(float* cv, const int32_t* ci, int64_t c, int64_t kd, int64
     int64_t end = t0 + LANES < c ? t0 + LANES : c;
     for (int64_t s = t0; s < end; ++s) {
       __m512 x = _mm512_set1_ps(cv[s]);
-      __mmask16 later = _mm512_cmpgt_epi32_mask(lane, _mm512_set1_epi32((int32_t)(s - t0)));
+      __mmask16 later = (__mmask16)(0xFFFEu << (s - t0));  /* the lanes after s's own */
       __mmask16 hit = _mm512_cmp_ps_mask(x, v, _CMP_LT_OQ) |
                       _mm512_mask_cmp_ps_mask(later, x, v, _CMP_EQ_OQ);
       place = _mm512_mask_add_epi32(place, hit, place, one);
