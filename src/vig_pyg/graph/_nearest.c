@@ -28,7 +28,8 @@
    When the keys are the queries (no pooling: vig_ti, pvig_ti's last stages) q_i . q_j is
    symmetric, and a whole image is done at once: the tiles on and below the diagonal
    (52% of the products on 196 nodes) fill -2 q_i . q_j into an [n, n] buffer, the rest is
-   copied across the diagonal, and then each row gets s_j (+ b_ij) and its selection. The
+   copied across the diagonal, and then the rows get s_j (+ b_ij) in place and their
+   selection, eight rows at a time (_select.c's vig_select_block, as on the row path). The
    buffer is kept to SYMMETRIC_MAX floats (1 MiB; a 500-node image), larger images take
    the row-by-row path. */
 #if defined(__GNUC__) && !defined(__clang__)

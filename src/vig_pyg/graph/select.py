@@ -34,6 +34,9 @@ about half the time, the selection took 1.8x as long on vig_ti's rows). The resu
 order (what ``torch.sort(stable=True)`` gives; ``torch.topk`` leaves the order of ties
 unspecified) and NaN after every number (as ``torch.topk`` with ``largest=False`` places
 it). ``benchmarks/bench_knn.py --select`` compares it with ``torch.topk`` on ViG's shapes.
+The fused kNN pass (``_nearest.c``) selects eight rows at a time (``vig_select_block``):
+pass 1 of the eight rows runs side by side where ``kd <= 32``, since one row's minima,
+counts and maximum are a chain of dependent steps that mostly waits on latency.
 Without AVX-512 (or with ``-DVIG_PORTABLE``) the same passes run as portable loops; the
 tests check both builds.
 
