@@ -169,9 +169,9 @@ def _select_block(lib, dist: torch.Tensor, rows: int, kd: int) -> torch.Tensor:
 def test_block_selection_is_the_stable_sort(kd):
     """The fused pass's selection of eight rows at once (``vig_select_block``: the rows'
     group-minima bounds found together where k*d <= 32, one or two vectors of minima;
-    per row otherwise): the rule's indices on random rows, on the hard rows (a row whose
-    bound is not finite goes through the one-row selection), and on a last, partial block
-    whose unselected rows are NaN."""
+    per row otherwise): the rule's indices on random rows, on the hard rows (one whose
+    bound is infinite, so that its NaN must be gathered as +inf), and on a last, partial
+    block whose unselected rows are NaN."""
     lib = select._load()
     if lib is None:
         pytest.skip("the native selection could not be built here")

@@ -353,36 +353,19 @@ static int bounds_block(const float* const* d, int64_t m, int64_t kd, float* u) 
   }
   return 0;
 }
-
-/* gather() for a finite u: a NaN compares false and is left out, as its key +inf is */
-static int64_t gather_finite(const float* d, int64_t m, float u, float* cv, int32_t* ci) {
-  const __m512 uu = _mm512_set1_ps(u);
-  int64_t c = 0;
-  for (int64_t j = 0; j < m; j += LANES) {
-    __mmask16 in = tail_mask(j, m);
-    __m512 v = _mm512_maskz_loadu_ps(in, d + j);
-    c = append_kept(_mm512_mask_cmp_ps_mask(in, v, uu, _CMP_LE_OQ), v, j, cv, ci, c);
-  }
-  return c;
-}
 #endif
 
 /* select_row for rows d[0 .. rows - 1] (rows <= BLOCK_ROWS; d holds BLOCK_ROWS readable
    rows of m, the ones past `rows` only read), into idx[r * kd ...]: the same result, with
-   the bounds of the eight rows found together (bounds_block) where kd <= 32. A row
-   whose bound is not finite (an infinity or NaN among its nearest) goes through
-   select_row. */
+   the bounds of the eight rows found together (bounds_block) where kd <= 32; the gather
+   and the places are select_row's. */
 void vig_select_block(const float* const* d, int64_t rows, int64_t m, int64_t kd,
                       int64_t* idx, float* cv, int32_t* ci) {
 #ifdef VIG_AVX512
   float u[BLOCK_ROWS];
   if (m >= SHORT_RATIO * kd && bounds_block(d, m, kd, u)) {
-    for (int64_t r = 0; r < rows; ++r) {
-      if (u[r] < INFINITY)
-        place_all(cv, ci, gather_finite(d[r], m, u[r], cv, ci), kd, idx + r * kd);
-      else
-        select_row(d[r], m, kd, idx + r * kd, cv, ci);
-    }
+    for (int64_t r = 0; r < rows; ++r)
+      place_all(cv, ci, gather(d[r], m, u[r], cv, ci), kd, idx + r * kd);
     return;
   }
 #endif
