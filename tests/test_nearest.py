@@ -66,6 +66,60 @@ def test_fused_matches_rule_and_matmul_path(calls, monkeypatch, b, c, h, w, k, d
     assert sum(calls) == 1
 
 
+@pytest.mark.parametrize("b,c,h,w,k,d,r,with_rel", CASES)
+def test_direct_call_of_channels_last_maps(calls, monkeypatch, b, c, h, w, k, d, r, with_rel):
+    """A channels-last map with channels-last pooled keys (a Grapher's call) goes to the
+    fused pass without the general path (``knn._fused_map``): the rule's edges, equal to the
+    general path's, the table given as the model's [1, N, M] too."""
+    general = []
+    monkeypatch.setattr(knn, "_knn_map", lambda *a, _f=knn._knn_map, **kw: (
+        general.append(1), _f(*a, **kw))[1])
+    g = torch.Generator().manual_seed(b * 10 + c)
+    x = torch.randn(b, c, h, w, generator=g).contiguous(memory_format=torch.channels_last)
+    keys = F.avg_pool2d(x, r, r) if r > 1 else None
+    m = (h // r) * (w // r)
+    rel = torch.randn(1, h * w, m, generator=g) * 0.3 if with_rel else None
+    got = knn_edges(x, k, dilation=d, keys=keys, relative_pos=rel)
+    assert calls[0] == 1 and not general
+    assert torch.equal(got, rule(x, k, d, keys, None if rel is None else rel[0]))
+    monkeypatch.setattr(knn, "direct", False)
+    assert torch.equal(got, knn_edges(x, k, dilation=d, keys=keys, relative_pos=rel))
+    assert calls[0] == 2 and general == [1]
+
+
+def test_direct_call_steps_aside(calls, monkeypatch):
+    """Everything but a channels-last float32 map with like keys and a float32 table of the
+    right shape goes the general way, which gives the same edges or names the problem."""
+    general = []
+    monkeypatch.setattr(knn, "_knn_map", lambda *a, _f=knn._knn_map, **kw: (
+        general.append(1), _f(*a, **kw))[1])
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(2, 8, 6, 6, generator=g)
+    cl = x.contiguous(memory_format=torch.channels_last)
+    rel = torch.randn(36, 36, generator=g) * 0.2
+    for kw in (dict(), dict(reduce_ratio=2), dict(relative_pos=rel.double()),
+               dict(relative_pos=rel.t().contiguous().t()),
+               dict(keys=F.avg_pool2d(x, 2, 2))):
+        before = len(general)
+        expect = rule(x, 3, 1, kw.get("keys", F.avg_pool2d(x, 2, 2) if "reduce_ratio" in kw
+                                          else None), kw.get("relative_pos"))
+        assert torch.equal(knn_edges(cl if "keys" in kw or "relative_pos" in kw else x, 3,
+                                     **kw), expect)
+        assert len(general) == before + 1
+    with pytest.raises(ValueError, match="exceeds the 36 candidate"):
+        knn_edges(cl, 37)
+    with pytest.raises(ValueError, match=r"relative_pos must be \[36, 9\]"):
+        knn_edges(cl, 3, keys=F.avg_pool2d(cl, 2, 2), relative_pos=rel)
+    bad = cl.clone()
+    bad[1, 2, 0, 1] = float("nan")
+    with pytest.raises(ValueError, match="node features contain NaN or Inf"):
+        knn_edges(bad, 4)
+    bad_keys = F.avg_pool2d(cl, 2, 2)
+    bad_keys[0, 3, 1, 1] = float("inf")
+    with pytest.raises(ValueError, match="key features contain NaN or Inf"):
+        knn_edges(cl, 4, keys=bad_keys)
+
+
 def test_every_candidate_kept_and_channels_last(calls):
     """k*d equal to the candidate count (the selection's whole row), a channels-last map."""
     g = torch.Generator().manual_seed(1)

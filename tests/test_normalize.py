@@ -45,6 +45,28 @@ def test_rows_and_squared_norms_match_float64(lib, shape):
     assert float(sq[0, 0]) == 0.0 and bool((y[0, 0] == 0).all())
 
 
+def test_rows_are_the_rounded_quotients_of_their_norms(lib):
+    """Each output entry is float32 division x / n with n the row's norm rounded to float32
+    (summed in double): the AVX-512 build multiplies by 1/n and corrects the quotient
+    instead of dividing, which must give the same bits. Rows of every scale (norms from
+    1e-30 to 1e30: the outer ones divide outright), with tiny, subnormal, zero and
+    negative-zero entries (lanes the correction leaves to a division)."""
+    g = torch.Generator().manual_seed(5)
+    rows, c = 4096, 48
+    x = torch.randn(rows, c, generator=g)
+    x *= torch.logspace(-30, 30, rows).view(rows, 1)[torch.randperm(rows, generator=g)]
+    x[::7, 3] = 1e-33
+    x[::11, 5] = 1e-40  # subnormal
+    x[::13, 8] = 0.0
+    x[::17, 9] = -0.0
+    x[::19] *= 1e-6  # quotients of every size within a row
+    y, _ = knn_mod._normalize(x, "node features")
+    norm = x.double().pow(2).sum(-1, keepdim=True).sqrt().float().clamp_min(1e-12)
+    expect = x / norm
+    assert torch.equal(y, expect)
+    assert bool((y.view(torch.int32) == expect.view(torch.int32)).all())  # -0.0 kept
+
+
 def test_non_contiguous_rows_and_threads(lib, monkeypatch):
     g = torch.Generator().manual_seed(1)
     fmap = torch.randn(2, 64, 40, 40, generator=g)  # channels-first: rows are strided

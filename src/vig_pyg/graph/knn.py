@@ -25,6 +25,10 @@ BACKENDS = ("auto", "dense", "cluster")
 #: where it applies; ``False`` keeps the matmul + selection of :func:`_nearest` (tests and
 #: ``benchmarks/bench_knn.py`` compare the two).
 fused: bool = True
+#: A channels-last float32 map on the CPU (every Grapher's) goes straight to the fused pass
+#: (:func:`_fused_map`), past the general path's reshapes, checks and fresh buffers;
+#: ``False`` sends it through the general path (the tests compare the two).
+direct: bool = True
 
 
 def l2_cache_bytes(default: int = 1 << 20,
@@ -206,6 +210,10 @@ def knn_edges(x: Tensor, k: int, *, batch: Tensor | None = None, dilation: int =
     if k < 1 or dilation < 1 or reduce_ratio < 1:
         raise ValueError(f"k, dilation and reduce_ratio must be >= 1, got {k}, {dilation}, "
                          f"{reduce_ratio}")
+    if direct and reduce_ratio == 1 and backend != "cluster" and not (stochastic and training):
+        edges = _fused_map(x, keys, k, dilation, relative_pos)
+        if edges is not None:
+            return edges
     _check_like(x, keys, "keys")
     _check_like(x, relative_pos, "relative_pos", dtype=False)
     rule = dict(k=k, dilation=dilation, relative_pos=relative_pos, stochastic=stochastic,
@@ -222,6 +230,46 @@ def knn_edges(x: Tensor, k: int, *, batch: Tensor | None = None, dilation: int =
         raise ValueError(f"x must be node features [N, C] or a feature map [B, C, H, W], got "
                          f"a {x.dim()}-D tensor of shape {tuple(x.shape)}")
     return mark_fixed_degree(edges, k)
+
+
+def _fused_map(x: Tensor, keys: Tensor | None, k: int, dilation: int,
+               relative_pos: Tensor | None) -> Tensor | None:
+    """:func:`knn_edges` of a channels-last float32 CPU map ``[B, C, H, W]`` (keys, if
+    any, the same kind of map) in one call of the fused pass, or ``None`` where anything
+    else holds: the general path then decides, errors included.
+
+    Inside a model each Python step and torch op of the general path costs several times
+    what it does in a loop (the convolutions between graphs leave the interpreter's caches
+    cold): about 0.22 ms a graph in pvig_ti at batch 16, where the fused pass itself
+    takes 0.37 ms at the last stage. This path reads the rows where the map holds them
+    (a channels-last map is node-major already), reuses its scratch, and only allocates
+    the edge_index."""
+    if not (x.dim() == 4 and x.dtype == torch.float32 and x.is_cpu and k >= 1
+            and dilation >= 1 and x.numel()
+            and x.is_contiguous(memory_format=torch.channels_last)):
+        return None
+    b, c, h, w = x.shape
+    n = m = h * w
+    if keys is not None:
+        if not (keys.dim() == 4 and keys.dtype == torch.float32 and keys.is_cpu
+                and keys.shape[:2] == x.shape[:2]
+                and keys.is_contiguous(memory_format=torch.channels_last)):
+            return None
+        m = keys.shape[2] * keys.shape[3]
+    rel = relative_pos
+    if rel is not None and not (rel.dtype == torch.float32 and rel.is_cpu
+                                and rel.shape[-2:] == (n, m) and rel.is_contiguous()
+                                and (rel.dim() == 2 or rel.dim() == 3 and rel.shape[0] == 1)):
+        return None
+    kd = k * dilation
+    lib = _fused_library(x, n, m, c, kd)
+    if lib is None:
+        return None
+    out = torch.empty(2, b * n * k, dtype=torch.long)
+    flags = _fused_run(lib, x, x if keys is None else keys, rel, b, n, m, c, kd,
+                       keys is None, k, dilation, b * n * k, out)
+    _raise_flags(flags, x, keys)
+    return mark_fixed_degree(out, k)
 
 
 def _knn_map(x: Tensor, keys: Tensor | None, reduce_ratio: int, *, k, dilation,
@@ -371,14 +419,11 @@ def _fused_nearest(queries: Tensor, keys: Tensor, relative_pos: Tensor | None, k
     step, ...`` of each query's ``kd`` nearest, as key indices within the image, or, with
     ``offset``, the whole ``edge_index [2, G * N * keep]``: sources into all ``G * M`` keys,
     then targets (the layout :func:`knn_edges` returns). ``None`` where it does not
-    apply (:data:`fused` off, not float32 on the CPU, the library off or unbuilt, ``kd``
-    beyond the selection's buffers, keys larger than :data:`FUSED_MAX_KEY_FLOATS`)."""
+    apply (:func:`_fused_library`)."""
     g, n, c = queries.shape
     m = keys.size(1)
-    lib = library_for(queries) if fused and kd <= select._MAX_KD else None
-    if lib is None or queries.numel() == 0:
-        return None
-    if c * -(-m // select._LANES) * select._LANES > FUSED_MAX_KEY_FLOATS:
+    lib = _fused_library(queries, n, m, c, kd) if queries.numel() else None
+    if lib is None:
         return None
     q = queries.contiguous()
     y = q if self_keys else keys.contiguous()
@@ -387,16 +432,58 @@ def _fused_nearest(queries: Tensor, keys: Tensor, relative_pos: Tensor | None, k
     # sources stacked with the cached target row would cost two more passes over the edges
     # and a second fresh tensor (7 MB at pvig_ti's first stage, faulted in page by page)
     out = torch.empty(2 if offset else 1, g * n * keep, dtype=torch.long)
+    flags = _fused_run(lib, q, y, rel, g, n, m, c, kd, self_keys, keep, step,
+                       g * n * keep if offset else 0, out)
+    _raise_flags(flags, queries, keys)
+    return out if offset else out.view(g, n, keep)
+
+
+def _fused_library(x: Tensor, n: int, m: int, c: int, kd: int):
+    """The compiled library where the fused pass applies to ``x``'s rows: :data:`fused` on,
+    float32 on the CPU with the library built (:func:`~.select.library_for`), ``kd``
+    within the selection's buffers and the candidates, and an image's keys (transposed,
+    padded to 16) within :data:`FUSED_MAX_KEY_FLOATS`; else ``None``."""
+    if not fused or not 0 < kd <= min(m, select._MAX_KD) or n == 0:
+        return None
+    if c * -(-m // select._LANES) * select._LANES > FUSED_MAX_KEY_FLOATS:
+        return None
+    return library_for(x)
+
+
+def _fused_run(lib, q: Tensor, y: Tensor, rel: Tensor | None, g: int, n: int, m: int,
+               c: int, kd: int, self_keys: bool, keep: int, step: int, offset: int,
+               out: Tensor) -> int:
+    """One call of the fused pass on node-major rows (``q`` [G*N, C] and ``y`` [G*M, C] in
+    memory; ``y`` is ``q`` for self keys) into ``out``, over as many threads as its work
+    asks; returns the pass's flags (1: a query's norm, 2: a key's norm was not finite)."""
     threads = max(1, min(torch.get_num_threads(), g * n * m * c // FUSED_WORK_PER_THREAD))
-    scratch = torch.empty(threads, lib.vig_nearest_scratch(n, m, c, kd, self_keys))
-    flags = _fused_call(lib, (q.data_ptr(), y.data_ptr(), 0 if rel is None else
-                              rel.data_ptr(), n, m, c, kd, self_keys, keep, step,
-                              g * n * keep if offset else 0), g, n, out, scratch)
+    scratch = _scratch(threads, _scratch_floats(lib, n, m, c, kd, self_keys))
+    args = (q.data_ptr(), y.data_ptr(), 0 if rel is None else rel.data_ptr(), n, m, c, kd,
+            self_keys, keep, step, offset)
+    return _fused_call(lib, args, g, n, out, scratch)
+
+
+@lru_cache(maxsize=256)
+def _scratch_floats(lib, n: int, m: int, c: int, kd: int, self_keys: bool) -> int:
+    return lib.vig_nearest_scratch(n, m, c, kd, self_keys)
+
+
+def _scratch(threads: int, floats: int) -> Tensor:
+    """``[threads, floats]`` of float scratch for the fused pass, this Python thread's
+    own and reused from call to call (the pass writes before it reads)."""
+    buf = getattr(_buffers, "scratch", None)
+    if buf is None or buf.numel() < threads * floats:
+        with torch.inference_mode(False):
+            buf = _buffers.scratch = torch.empty(threads * floats)
+    return buf[:threads * floats].view(threads, floats)
+
+
+def _raise_flags(flags: int, queries: Tensor, keys: Tensor | None) -> None:
+    """The fused pass's report of a NaN or an infinity, as :func:`_check_finite` words it."""
     if flags & 1 and _refuses_non_finite(queries):
         raise _not_finite("node features")
-    if flags & 2 and _refuses_non_finite(keys):
+    if flags & 2 and keys is not None and _refuses_non_finite(keys):
         raise _not_finite("key features")
-    return out if offset else out.view(g, n, keep)
 
 
 def _fused_call(lib, args: tuple, g: int, n: int, out: Tensor, scratch: Tensor) -> int:
