@@ -184,9 +184,32 @@ def test_block_selection_is_the_stable_sort(kd):
     plain = torch.randn(8, 213, generator=g)
     plain[0] = torch.arange(213.0)  # the groups' minima are the smallest values: a bound
     plain[1] = plain[0].flip(0)     # from too few groups would leave out some of the k*d
-    for dist, rows in [(plain, 8), (hard, 8), (nan_tail, 3),
+    zeros = torch.randn(8, 200, generator=g).abs() + 1
+    zeros[:, 5::7] = 0.0  # signed zeros are equal: the minima's order may mix them
+    zeros[:, 9::11] = -0.0
+    for dist, rows in [(plain, 8), (hard, 8), (nan_tail, 3), (zeros, 8),
                        (torch.randint(0, 3, (8, 240), generator=g).float(), 5)]:
         assert torch.equal(_select_block(lib, dist, rows, kd), _reference(dist[:rows], kd))
+
+
+def test_sorting_network_of_the_block_bounds_sorts():
+    """``NET16`` in ``_select.c`` (the compare-exchanges that sort each group of the eight
+    rows' minima, k*d <= 16) sorts all 2^16 inputs of zeros and ones, so it sorts every
+    input (Knuth's 0-1 principle). Read from the C source, applied here in NumPy."""
+    import re
+    from pathlib import Path
+
+    import numpy as np
+
+    source = (Path(select.__file__).with_name("_select.c")).read_text()
+    table = re.search(r"NET16\[(\d+)\]\[2\] = \{(.*?)\};", source, re.S)
+    pairs = [(int(a), int(b)) for a, b in re.findall(r"\{(\d+), (\d+)\}", table.group(2))]
+    assert len(pairs) == int(table.group(1)) == 63
+    v = (np.arange(1 << 16)[:, None] >> np.arange(16)) & 1  # every 0/1 input, a row each
+    for a, b in pairs:
+        assert a < b
+        v[:, a], v[:, b] = np.minimum(v[:, a], v[:, b]), np.maximum(v[:, a], v[:, b])
+    assert (np.diff(v, axis=1) >= 0).all()
 
 
 @needs_cc

@@ -329,6 +329,11 @@ static int image_block(const job_t* J, int64_t g, int64_t images, const scratch_
     int64_t rows = n - i0 < ROWS ? n - i0 : ROWS;
     for (int64_t i = 0; i < images; ++i) {
       int64_t r0 = (g + i) * n + i0;
+      if (i0 + ROWS < n) {  /* this image's next rows, read after the other images' */
+        const char* next = (const char*)(J->q + (r0 + ROWS) * c);
+        int64_t bytes = (n - i0 - ROWS < ROWS ? n - i0 - ROWS : ROWS) * c * sizeof(float);
+        for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(next + o);
+      }
       if (!vig_normalize_rows(J->q + r0 * c, rows, c, S->qn, NULL, 1)) flags |= 1;
       rows_of(J, g + i, r0, r0 + rows, S->qn, S, i);
     }

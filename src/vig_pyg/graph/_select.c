@@ -159,6 +159,48 @@ static int64_t gather(const float* d, int64_t m, float u, float* cv, int32_t* ci
   return c;
 }
 
+#ifdef VIG_AVX512
+/* gather() where u is finite (all but rows holding NaN or infinities): a NaN fails the
+   ordered compare with u, as it should (NaN counts as +inf), so the row is read as it
+   is. The compare and the compress of a vector take port 5 on Intel processors, and the
+   loop was bound by it (the values' compress, the indices' compress, their broadcast,
+   the NaN test): here only the indices are compressed, and the few kept values (a dozen
+   of 196 at pvig_ti's first stage) are then loaded by index, sixteen at a time. */
+static int64_t gather_below(const float* d, int64_t m, float u, float* cv, int32_t* ci) {
+  const __m512 uu = _mm512_set1_ps(u);
+  const __m512i step = _mm512_set1_epi32(LANES);
+  __m512i idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  int64_t c = 0, j = 0;
+  for (; j + LANES <= m; j += LANES) {
+    __mmask16 keep = _mm512_cmp_ps_mask(_mm512_loadu_ps(d + j), uu, _CMP_LE_OQ);
+    _mm512_storeu_si512((void*)(ci + c), _mm512_maskz_compress_epi32(keep, idx));
+    c += __builtin_popcount((unsigned)keep);
+    idx = _mm512_add_epi32(idx, step);
+  }
+  if (j < m) {
+    __mmask16 in = tail_mask(j, m);
+    __mmask16 keep = _mm512_mask_cmp_ps_mask(in, _mm512_maskz_loadu_ps(in, d + j), uu,
+                                             _CMP_LE_OQ);
+    _mm512_storeu_si512((void*)(ci + c), _mm512_maskz_compress_epi32(keep, idx));
+    c += __builtin_popcount((unsigned)keep);
+  }
+  for (int64_t t = 0; t < c; t += LANES) {
+    __mmask16 in = tail_mask(t, c);
+    __m512i at = _mm512_maskz_loadu_epi32(in, ci + t);
+    _mm512_storeu_ps(cv + t, _mm512_mask_i32gather_ps(_mm512_setzero_ps(), in, at, d, 4));
+  }
+  return c;
+}
+#endif
+
+/* gather(), by gather_below where it applies */
+static int64_t gather_any(const float* d, int64_t m, float u, float* cv, int32_t* ci) {
+#ifdef VIG_AVX512
+  if (u < INFINITY) return gather_below(d, m, u, cv, ci);
+#endif
+  return gather(d, m, u, cv, ci);
+}
+
 /* The short-row pass (m < SHORT_RATIO * kd), replacing passes 1 and 2: there the group
    minima bound prunes little (54 of 196: most of the row passes it). Instead: a histogram
    of the row over BUCKETS equal slices of [min, max], the first bucket b at which the
@@ -282,7 +324,7 @@ static void place_all(float* cv, const int32_t* ci, int64_t c, int64_t kd, int64
 static void select_row(const float* d, int64_t m, int64_t kd, int64_t* idx,
                        float* cv, int32_t* ci) {
   int64_t c = m < SHORT_RATIO * kd ? gather_short(d, m, kd, cv, ci)
-                                    : gather(d, m, bound(d, m, kd), cv, ci);
+                                    : gather_any(d, m, bound(d, m, kd), cv, ci);
   place_all(cv, ci, c, kd, idx);
 }
 
@@ -340,10 +382,77 @@ static inline __attribute__((always_inline)) void bounds_rows(
   }
 }
 
+/* Batcher's odd-even merge sort of 16 inputs: 63 compare-exchanges in 10 layers (a row
+   per layer), e.g. Knuth, TAOCP vol. 3, 5.3.4. test_select checks it sorts every 0/1
+   input, which proves it sorts everything (the 0-1 principle). */
+static const unsigned char NET16[63][2] = {
+    {0, 1}, {2, 3}, {4, 5}, {6, 7}, {8, 9}, {10, 11}, {12, 13}, {14, 15},
+    {0, 2}, {1, 3}, {4, 6}, {5, 7}, {8, 10}, {9, 11}, {12, 14}, {13, 15},
+    {1, 2}, {5, 6}, {9, 10}, {13, 14},
+    {0, 4}, {1, 5}, {2, 6}, {3, 7}, {8, 12}, {9, 13}, {10, 14}, {11, 15},
+    {2, 4}, {3, 5}, {10, 12}, {11, 13},
+    {1, 2}, {3, 4}, {5, 6}, {9, 10}, {11, 12}, {13, 14},
+    {0, 8}, {1, 9}, {2, 10}, {3, 11}, {4, 12}, {5, 13}, {6, 14}, {7, 15},
+    {4, 8}, {5, 9}, {6, 10}, {7, 11},
+    {2, 4}, {3, 5}, {6, 8}, {7, 9}, {10, 12}, {11, 13},
+    {1, 2}, {3, 4}, {5, 6}, {7, 8}, {9, 10}, {11, 12}, {13, 14}};
+
+/* v[0..15] sorted lane by lane (each lane its own 16 numbers; no NaN) */
+static inline __attribute__((always_inline)) void sort16(__m256* v) {
+#pragma GCC unroll 63
+  for (int i = 0; i < 63; ++i) {  /* unrolled, so v stays in registers */
+    __m256 a = v[NET16[i][0]], b = v[NET16[i][1]];
+    v[NET16[i][0]] = _mm256_min_ps(a, b);
+    v[NET16[i][1]] = _mm256_max_ps(a, b);
+  }
+}
+
+/* the 8 x 8 block r[0..7] (row i in r[i]) transposed into c[0..7] (column j in c[j]) */
+static inline void transpose8(const __m256* r, __m256* c) {
+  __m256 t[8], s[8];
+  for (int i = 0; i < 8; i += 2) {  /* t: pairs of rows interleaved */
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4)  /* s[i + j]: column j (and j + 4) of rows i .. i + 3 */
+    for (int h = 0; h < 2; ++h) {
+      s[i + 2 * h] = _mm256_shuffle_ps(t[i + h], t[i + h + 2], 0x44);
+      s[i + 2 * h + 1] = _mm256_shuffle_ps(t[i + h], t[i + h + 2], 0xEE);
+    }
+  for (int j = 0; j < 4; ++j) {  /* the two four-row halves of each column joined */
+    c[j] = _mm256_permute2f128_ps(s[j], s[j + 4], 0x20);
+    c[j + 4] = _mm256_permute2f128_ps(s[j], s[j + 4], 0x31);
+  }
+}
+
+/* bound() of BLOCK_ROWS rows where G = LANES (kd <= 16): the group minima as bounds_rows
+   finds them, then, instead of counting (16 compares a row, each on port 5, and a
+   horizontal maximum), the minima transposed so that each of 16 vectors holds one group
+   of the eight rows, and sorted across the vectors by a network of minima and maxima:
+   the kd-th vector holds the eight bounds. 91 -> ~40 cycles a row (C harness, pvig_ti's
+   first stage). */
+static void bounds_sorted(const float* const* d, int64_t m, int64_t kd, float* u) {
+  __m512 lo[BLOCK_ROWS];
+  for (int r = 0; r < BLOCK_ROWS; ++r) lo[r] = _mm512_set1_ps(INFINITY);
+  for (int64_t j = 0; j < m; j += LANES) {
+    __mmask16 in = tail_mask(j, m);
+    for (int r = 0; r < BLOCK_ROWS; ++r)
+      lo[r] = _mm512_mask_min_ps(lo[r], in, _mm512_maskz_loadu_ps(in, d[r] + j), lo[r]);
+  }
+  __m256 half[BLOCK_ROWS], v[2 * BLOCK_ROWS];
+  for (int r = 0; r < BLOCK_ROWS; ++r) half[r] = _mm512_castps512_ps256(lo[r]);
+  transpose8(half, v);
+  for (int r = 0; r < BLOCK_ROWS; ++r)
+    half[r] = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(lo[r]), 1));
+  transpose8(half, v + BLOCK_ROWS);
+  sort16(v);
+  _mm256_storeu_ps(u, v[kd - 1]);
+}
+
 /* bounds_rows of BLOCK_ROWS rows where G is LANES or 2 LANES (kd <= 32); 0 elsewhere */
 static int bounds_block(const float* const* d, int64_t m, int64_t kd, float* u) {
   if (kd <= LANES) {
-    bounds_rows(d, m, kd, u, BLOCK_ROWS, 1);
+    bounds_sorted(d, m, kd, u);
     return 1;
   }
   if (kd <= 2 * LANES) {  /* twice the registers a row: half the rows at a time */
@@ -365,7 +474,7 @@ void vig_select_block(const float* const* d, int64_t rows, int64_t m, int64_t kd
   float u[BLOCK_ROWS];
   if (m >= SHORT_RATIO * kd && bounds_block(d, m, kd, u)) {
     for (int64_t r = 0; r < rows; ++r)
-      place_all(cv, ci, gather(d[r], m, u[r], cv, ci), kd, idx + r * kd);
+      place_all(cv, ci, gather_any(d[r], m, u[r], cv, ci), kd, idx + r * kd);
     return;
   }
 #endif
