@@ -269,7 +269,9 @@ def _fused_map(x: Tensor, keys: Tensor | None, k: int, dilation: int,
     flags = _fused_run(lib, x, x if keys is None else keys, rel, b, n, m, c, kd,
                        keys is None, k, dilation, b * n * k, out)
     _raise_flags(flags, x, keys)
-    return mark_fixed_degree(out, k)
+    if not out.is_inference():  # mark_fixed_degree, with tracing ruled out already
+        out._vig_fixed_degree = (k, out._version)
+    return out
 
 
 def _knn_map(x: Tensor, keys: Tensor | None, reduce_ratio: int, *, k, dilation,
@@ -457,10 +459,11 @@ def _fused_run(lib, q: Tensor, y: Tensor, rel: Tensor | None, g: int, n: int, m:
     memory; ``y`` is ``q`` for self keys) into ``out``, over as many threads as its work
     asks; returns the pass's flags (1: a query's norm, 2: a key's norm was not finite)."""
     threads = max(1, min(torch.get_num_threads(), g * n * m * c // FUSED_WORK_PER_THREAD))
-    scratch = _scratch(threads, _scratch_floats(lib, n, m, c, kd, self_keys))
+    floats = _scratch_floats(lib, n, m, c, kd, self_keys)
     args = (q.data_ptr(), y.data_ptr(), 0 if rel is None else rel.data_ptr(), n, m, c, kd,
             self_keys, keep, step, offset)
-    return _fused_call(lib, args, g, n, out, scratch)
+    return _fused_call(lib, args, g, n, out.data_ptr(), _scratch(threads * floats), threads,
+                       floats)
 
 
 @lru_cache(maxsize=256)
@@ -468,14 +471,14 @@ def _scratch_floats(lib, n: int, m: int, c: int, kd: int, self_keys: bool) -> in
     return lib.vig_nearest_scratch(n, m, c, kd, self_keys)
 
 
-def _scratch(threads: int, floats: int) -> Tensor:
-    """``[threads, floats]`` of float scratch for the fused pass, this Python thread's
-    own and reused from call to call (the pass writes before it reads)."""
+def _scratch(floats: int) -> int:
+    """The address of at least ``floats`` floats of scratch for the fused pass, this Python
+    thread's own and reused from call to call (the pass writes before it reads)."""
     buf = getattr(_buffers, "scratch", None)
-    if buf is None or buf.numel() < threads * floats:
+    if buf is None or buf.numel() < floats:
         with torch.inference_mode(False):
-            buf = _buffers.scratch = torch.empty(threads * floats)
-    return buf[:threads * floats].view(threads, floats)
+            buf = _buffers.scratch = torch.empty(floats)
+    return buf.data_ptr()
 
 
 def _raise_flags(flags: int, queries: Tensor, keys: Tensor | None) -> None:
@@ -486,18 +489,18 @@ def _raise_flags(flags: int, queries: Tensor, keys: Tensor | None) -> None:
         raise _not_finite("key features")
 
 
-def _fused_call(lib, args: tuple, g: int, n: int, out: Tensor, scratch: Tensor) -> int:
-    """Runs the fused pass over ``scratch.size(0)`` threads: torch's OpenMP threads where
+def _fused_call(lib, args: tuple, g: int, n: int, out: int, scratch: int, threads: int,
+                floats: int) -> int:
+    """Runs the fused pass into the edges at address ``out`` over ``threads`` threads,
+    ``floats`` of scratch each from address ``scratch`` on: torch's OpenMP threads where
     the library joins them (``vig_nearest_rows``), else one ``vig_nearest`` call per thread
     of our pool on its part of the rows (``vig_nearest_split``). Returns the pass's flags
     (1: a query's norm, 2: a key's norm was not finite)."""
-    threads = scratch.size(0)
     if threads == 1 or lib.vig_select_openmp():
-        return lib.vig_nearest_rows(*args[:3], g, *args[3:], out.data_ptr(),
-                                    scratch.data_ptr(), threads)
+        return lib.vig_nearest_rows(*args[:3], g, *args[3:], out, scratch, threads)
     bounds = [lib.vig_nearest_split(g, n, threads, t) for t in range(threads + 1)]
     jobs = [select._executor().submit(lib.vig_nearest, *args, bounds[t], bounds[t + 1],
-                                      out.data_ptr(), scratch[t].data_ptr())
+                                      out, scratch + 4 * t * floats)
             for t in range(threads) if bounds[t] < bounds[t + 1]]
     flags = 0
     for job in jobs:
