@@ -244,9 +244,10 @@ static int stage_keys(const job_t* J, int64_t g, const scratch_t* S, int64_t slo
   return finite;
 }
 
-/* one row's selection sel (its kd nearest, ascending), written out as the job asks */
-static void emit(const job_t* J, int64_t row, const int64_t* sel) {
-  int64_t base = J->offset ? row / J->n * J->m : 0, *out = J->out + row * J->keep;
+/* one row's selection sel (its kd nearest, ascending), written out as the job asks, of
+   image g (whose keys start at g * m) */
+static void emit(const job_t* J, int64_t g, int64_t row, const int64_t* sel) {
+  int64_t base = J->offset ? g * J->m : 0, *out = J->out + row * J->keep;
   for (int64_t t = 0; t < J->keep; ++t) out[t] = sel[t * J->step] + base;
   if (J->offset)  /* the edge_index's target row, J->offset further on */
     for (int64_t t = 0; t < J->keep; ++t) out[J->offset + t] = row;
@@ -270,7 +271,7 @@ static void rows_of(const job_t* J, int64_t g, int64_t r0, int64_t end, const fl
     distances(qr, yt, mp, J->c, sp, br, dr, J->m, mp);
     int64_t rows = end - r0 < ROWS ? end - r0 : ROWS;
     vig_select_block((const float* const*)dr, rows, J->m, J->kd, S->sel, S->cv, S->ci);
-    for (int r = 0; r < rows; ++r) emit(J, r0 + r, S->sel + r * J->kd);
+    for (int r = 0; r < rows; ++r) emit(J, g, r0 + r, S->sel + r * J->kd);
   }
 }
 
@@ -314,7 +315,7 @@ static void image_symmetric(const job_t* J, int64_t g, const scratch_t* S) {
     int64_t rows = n - i0 < ROWS ? n - i0 : ROWS;
     for (int r = 0; r < ROWS; ++r) dr[r] = P + (i0 + r) * np;
     vig_select_block(dr, rows, n, J->kd, S->sel, S->cv, S->ci);
-    for (int r = 0; r < rows; ++r) emit(J, g * n + i0 + r, S->sel + r * J->kd);
+    for (int r = 0; r < rows; ++r) emit(J, g, g * n + i0 + r, S->sel + r * J->kd);
   }
 }
 
@@ -356,6 +357,11 @@ static int run(const job_t* J, int64_t row0, int64_t row1, float* scratch) {
       continue;
     }
     if (!stage_keys(J, g, &S, 0)) flags |= J->self ? 1 : 2;
+    if (J->self && end < row1) {  /* the next image's rows, read while this one is done */
+      const char* next = (const char*)(J->y + end * c);
+      int64_t bytes = ((row1 - end < n ? row1 - end : n) * c) * (int64_t)sizeof(float);
+      for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(next + o);
+    }
     if (J->self && symmetric(J) && r0 == g * n && end == (g + 1) * n) {
       image_symmetric(J, g, &S);
     } else if (J->self) {  /* the normalised keys are the rows */
