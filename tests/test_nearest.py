@@ -120,6 +120,87 @@ def test_direct_call_steps_aside(calls, monkeypatch):
         knn_edges(cl, 4, keys=bad_keys)
 
 
+# pooled keys with a table and at least 64 channels: the prefilter's jobs where AMX is here
+PREFILTER_CASES = [  # (b, c, h, w, k, dilation)
+    (2, 64, 28, 28, 9, 1),    # pvig_ti's second stage in small: 784 queries, 196 keys
+    (2, 96, 28, 28, 6, 3),    # k*d = 18: two vectors of group minima
+    (2, 70, 28, 28, 9, 4),    # k*d = 36: a bound per row; channels not a multiple of 32
+    (3, 150, 22, 18, 7, 1),   # two passes of channels (128 + 32); rows not a multiple of 16
+    (2, 130, 12, 12, 3, 1),   # 36 keys
+]
+
+
+def _needs_prefilter(x, keys, k, d):
+    lib = select._load()
+    b, c, h, w = x.shape
+    if lib is None or not lib.vig_nearest_prefilter(h * w, keys.shape[2] * keys.shape[3], c,
+                                                     k * d, 0, 1):
+        pytest.skip("no AMX with bfloat16 here (or the kernel withholds it): the float32 "
+                    "products run instead")
+
+
+@pytest.mark.parametrize("b,c,h,w,k,d", PREFILTER_CASES)
+@pytest.mark.parametrize("scale", [0.3, 1000.0])
+def test_prefilter_gives_the_rule(monkeypatch, b, c, h, w, k, d, scale):
+    """The bfloat16 prefilter (AMX) and the exact distances of the keys it admits: the
+    rule's edges, equal to the float32 products' (``knn.prefilter`` off), with a small
+    table and with one of large values (the window's relative part)."""
+    g = torch.Generator().manual_seed(c + h)
+    x = torch.randn(b, c, h, w, generator=g).contiguous(memory_format=torch.channels_last)
+    keys = F.avg_pool2d(x, 2, 2)
+    _needs_prefilter(x, keys, k, d)
+    m = keys.shape[2] * keys.shape[3]
+    rel = torch.randn(h * w, m, generator=g) * scale
+    got = knn_edges(x, k, dilation=d, keys=keys, relative_pos=rel)
+    assert torch.equal(got, rule(x, k, d, keys, rel))
+    monkeypatch.setattr(knn, "prefilter", False)
+    assert torch.equal(got, knn_edges(x, k, dilation=d, keys=keys, relative_pos=rel))
+
+
+def test_prefilter_on_keys_closer_than_its_error():
+    """Keys that all lie within a few hundredths of one direction: their distances to a
+    query are closer together than bfloat16's error, so the approximations alone would
+    order them wrongly and miss some of the nearest. Every row's kept distances (float64)
+    must be the k*d smallest, every d-th, to float32's rounding (so many near-equal
+    distances make exact ties in float32 here, whose order the rule's float64 may not
+    share)."""
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(2, 96, 28, 28, generator=g).contiguous(memory_format=torch.channels_last)
+    base = torch.randn(2, 96, 1, 1, generator=g)
+    keys = (base + 2e-3 * torch.randn(2, 96, 14, 14, generator=g)).contiguous(
+        memory_format=torch.channels_last)
+    _needs_prefilter(x, keys, 9, 2)
+    rel = torch.zeros(28 * 28, 196)
+    got = knn_edges(x, 9, dilation=2, keys=keys, relative_pos=rel)
+    q = F.normalize(x.double().permute(0, 2, 3, 1).reshape(2, 784, 96), dim=-1)
+    y = F.normalize(keys.double().permute(0, 2, 3, 1).reshape(2, 196, 96), dim=-1)
+    dist = (torch.cdist(q, y) ** 2).reshape(-1, 196)
+    kept = dist.gather(1, got[0].view(-1, 9) - torch.arange(2).repeat_interleave(784)
+                       .view(-1, 1) * 196)
+    best = dist.sort(dim=-1).values[:, :18:2]
+    assert (dist.sort(dim=-1).values[:, 17] - dist.sort(dim=-1).values[:, 0]).max() < 0.05
+    assert torch.allclose(kept, best, rtol=0, atol=1e-6)
+
+
+def test_prefilter_with_nan_and_infinities(monkeypatch):
+    """Under autocast (NaN lets the graph through, GradScaler's case) a NaN query row, a NaN
+    key and infinities in the table: the same edges as the float32 products."""
+    g = torch.Generator().manual_seed(13)
+    x = torch.randn(2, 64, 28, 28, generator=g).contiguous(memory_format=torch.channels_last)
+    keys = F.avg_pool2d(x, 2, 2)
+    _needs_prefilter(x, keys, 9, 1)
+    x[0, :, 3, 4] = float("nan")
+    keys[1, :, 5, 6] = float("nan")
+    rel = torch.randn(28 * 28, 196, generator=g)
+    rel[7, ::3] = float("inf")
+    rel[8, :190] = float("inf")  # fewer finite distances than kept: the bound is infinite
+    rel[9, 5] = -float("inf")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = knn_edges(x, 9, keys=keys, relative_pos=rel)
+        monkeypatch.setattr(knn, "prefilter", False)
+        assert torch.equal(got, knn_edges(x, 9, keys=keys, relative_pos=rel))
+
+
 def test_every_candidate_kept_and_channels_last(calls):
     """k*d equal to the candidate count (the selection's whole row), a channels-last map."""
     g = torch.Generator().manual_seed(1)

@@ -32,9 +32,15 @@
    selection, eight rows at a time (_select.c's vig_select_block, as on the row path). The
    buffer is kept to SYMMETRIC_MAX floats (1 MiB; a 500-node image), larger images take
    the row-by-row path. */
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__) && \
+    defined(__AVX512F__) && defined(__linux__) && !defined(VIG_PORTABLE)
+#define VIG_AMX 1           /* the prefilter (see "Prefiltered rows" below) */
+#define _DEFAULT_SOURCE 1   /* syscall() under -std=c99 */
+#endif
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC optimize("fp-contract=fast")  /* a * b + c as one fused multiply-add */
 #endif
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 #if defined(__AVX512F__) && !defined(VIG_PORTABLE)
@@ -42,6 +48,10 @@
 #endif
 #ifdef _OPENMP
 #include <omp.h>
+#endif
+#ifdef VIG_AMX
+#include <sys/syscall.h>
+#include <unistd.h>
 #endif
 
 #define LANES 16
@@ -56,6 +66,9 @@ void vig_select_row(const float* d, int64_t m, int64_t kd, int64_t* idx, float* 
                     int32_t* ci);  /* _select.c */
 void vig_select_block(const float* const* d, int64_t rows, int64_t m, int64_t kd,
                       int64_t* idx, float* cv, int32_t* ci);  /* _select.c, ROWS rows */
+void vig_select_bounds(const float* const* d, int64_t m, int64_t kd, float* u);
+int64_t vig_select_gather(const float* d, int64_t m, float u, float* cv, int32_t* ci);
+void vig_select_place(float* cv, const int32_t* ci, int64_t c, int64_t kd, int64_t* idx);
 
 static inline vf16 load16(const float* p) { vf16 v; memcpy(&v, p, sizeof v); return v; }
 /* *p in every lane: one load (vbroadcastss from memory) where the written-out form would
@@ -136,6 +149,7 @@ typedef struct {
   const float *q, *y, *b;  /* raw queries [g * n, c] and keys [g * m, c] (y == q: self) */
   int64_t n, m, c, kd, self, keep, step, offset;
   int64_t* out;
+  int64_t prefilter;  /* the row path's prefiltered rows where they apply (VIG_AMX) */
 } job_t;
 
 static int symmetric(const job_t* J) {
@@ -154,34 +168,71 @@ static int64_t block_images(int64_t m, int64_t c, int64_t self) {
   return self || fit < 1 ? 1 : fit < MAX_BLOCK_IMAGES ? fit : MAX_BLOCK_IMAGES;
 }
 
+#define AMX_ROWS 16     /* query rows of a tile of the prefilter */
+#define AMX_MIN_C 64    /* fewer channels: the float32 products are cheaper than the
+                           prefilter's approximations, bounds and exact distances */
+#ifdef VIG_AMX
+#define ROW_BLOCK AMX_ROWS  /* rows of the row path's distance buffer */
+#else
+#define ROW_BLOCK ROWS
+#endif
+static int64_t amx_k(int64_t c) { return (c + 31) / 32 * 32; }
+
+/* the scratch's parts in floats (one caller of vig_nearest) */
+typedef struct { int64_t yt, sp, zero, rows, yn, qn, cv, ci, sel, ynk, kb, qa, pairs; } layout_t;
+
+static layout_t layout(int64_t n, int64_t m, int64_t c, int64_t kd, int64_t self) {
+  int64_t mp = padded(m), images = block_images(m, c, self);
+  job_t J = {.n = n, .self = self};
+  int64_t queries = n > ROW_BLOCK ? n : ROW_BLOCK;
+  layout_t L = {.yt = images * c * mp, .sp = images * mp, .zero = mp,
+                .rows = (symmetric(&J) ? n + ROWS : ROW_BLOCK) * mp, .yn = padded(m * c),
+                .qn = padded(queries * c), .cv = m + LANES, .ci = m + LANES,
+                .sel = 2 * ROWS * kd};
+#ifdef VIG_AMX
+  if (!self && c >= AMX_MIN_C) {  /* the prefilter's keys, both ways, and query tiles */
+    L.ynk = images * padded(m * c);
+    L.kb = images * amx_k(c) / 2 * mp;
+    L.qa = AMX_ROWS * amx_k(c) / 2;
+    L.pairs = mp * amx_k(c) / 2;
+  }
+#endif
+  return L;
+}
+
 /* Floats of scratch one caller of vig_nearest needs. */
 int64_t vig_nearest_scratch(int64_t n, int64_t m, int64_t c, int64_t kd, int64_t self) {
-  int64_t mp = padded(m);
-  job_t J = {.n = n, .self = self && n == m};
-  int64_t rows = symmetric(&J) ? n + ROWS : ROWS, images = block_images(m, c, J.self);
-  int64_t queries = n > ROWS ? n : ROWS;
-  return images * (c * mp + mp) + mp + rows * mp + padded(m * c) + padded(queries * c) +
-         2 * (m + LANES) + 2 * ROWS * kd;
+  layout_t L = layout(n, m, c, kd, self && n == m);
+  return L.yt + L.sp + L.zero + L.rows + L.yn + L.qn + L.cv + L.ci + L.sel + L.ynk + L.kb +
+         L.qa + L.pairs;
 }
 
 typedef struct {  /* one thread's part of the scratch */
   float *yt, *sp, *zero, *rows, *yn, *qn, *cv;
   int32_t* ci;
   int64_t* sel;  /* [ROWS, kd]: the selections of a block of rows */
+  float* ynk;    /* the prefilter's: images x the normalised keys [m, c], */
+  uint32_t* kb;  /* images x [c / 2, mp] their channel pairs in bfloat16, */
+  uint16_t* qa;  /* [AMX_ROWS, c] a block of queries in bfloat16 (c padded to 32), */
+  uint16_t* pairs;  /* [mp, c] an image's keys in bfloat16, before their transpose */
 } scratch_t;
 
 static scratch_t carve(const job_t* J, float* p) {
-  int64_t mp = padded(J->m), images = block_images(J->m, J->c, J->self);
+  layout_t L = layout(J->n, J->m, J->c, J->kd, J->self);
   scratch_t S;
   S.yt = p;  /* images x [c, mp], then images x [mp] for sp */
-  S.sp = S.yt + images * J->c * mp;
-  S.zero = S.sp + images * mp;
-  S.rows = S.zero + mp;
-  S.yn = S.rows + (symmetric(J) ? J->n + ROWS : ROWS) * mp;
-  S.qn = S.yn + padded(J->m * J->c);  /* whole vectors: the int64 sel stays aligned */
-  S.cv = S.qn + padded((J->n > ROWS ? J->n : ROWS) * J->c);
-  S.ci = (int32_t*)(S.cv + J->m + LANES);
-  S.sel = (int64_t*)(S.ci + J->m + LANES);
+  S.sp = S.yt + L.yt;
+  S.zero = S.sp + L.sp;
+  S.rows = S.zero + L.zero;
+  S.yn = S.rows + L.rows;
+  S.qn = S.yn + L.yn;  /* whole vectors: the int64 sel stays aligned */
+  S.cv = S.qn + L.qn;
+  S.ci = (int32_t*)(S.cv + L.cv);
+  S.sel = (int64_t*)(S.ci + L.ci);
+  S.ynk = (float*)S.sel + L.sel;
+  S.kb = (uint32_t*)(S.ynk + L.ynk);
+  S.qa = (uint16_t*)((float*)S.kb + L.kb);
+  S.pairs = (uint16_t*)((float*)S.qa + L.qa);
   return S;
 }
 
@@ -342,26 +393,260 @@ static int image_block(const job_t* J, int64_t g, int64_t images, const scratch_
   return flags;
 }
 
+/* Prefiltered rows (VIG_AMX: processors with AMX tiles and bfloat16, on Linux).
+
+   On the row path with a table b (pvig_ti's first two stages: 3136 and 784 queries
+   against 196 pooled keys of 48 and 96 channels), the products are most of the work and
+   the selection keeps 9 of 196. Here AMX computes every product in bfloat16 (the tiles'
+   dot products, accumulated in float32), which gives approximate distances a_ij; each
+   row's bound u (the selection's, on the a_ij) then admits the keys with
+
+       a_ij <= u + 2 E + 2^-16 (|u| + 8),
+
+   E = 2 (2^-7 + 2^-16) + 2^-17 the error of a distance: rounding both unit vectors to
+   bfloat16 (8 significant bits) moves each product q_k y_k by at most 2^-8 |q_k y_k| for
+   each factor, and sum_k |q_k y_k| <= |q| |y| <= 1, so a dot product by at most
+   2^-7 + 2^-16 and a distance, -2 q.y, twice that; 2^-17 covers the float32 sums in the
+   tiles and in the exact distances (at most 128 terms of at most 1 in all), and the last
+   term the rounding of s_j and b_ij added in float32 (relative, so it grows with them).
+   Every key among the kd nearest is admitted: its approximation is at most E above its
+   distance, which is at most the kd-th smallest distance, and that is at most E above
+   the kd-th smallest approximation, which is at most u. The admitted keys (a dozen or
+   two of 196) get their distances in float32 as the tile path computes them, and the
+   selection proper runs on those: the same kd nearest, in the same order.
+
+   Rows holding NaN or an infinity keep the rule too: an approximation is NaN or infinite
+   exactly where its distance is (the same b, the same non-finite normalised rows), and
+   an infinite bound admits every key. */
+#ifdef VIG_AMX
+typedef struct {
+  uint8_t palette, start_row, reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+} tile_config_t;
+
+/* 1 where the kernel lets this process use AMX tile data (asked once: Linux keeps the
+   large register state off until a process asks for it); else 0, and the tile path */
+static int amx_permitted(void) {
+  static int state = 0;  /* 0: not asked yet, 1: yes, -1: no */
+  int now = __atomic_load_n(&state, __ATOMIC_ACQUIRE);
+  if (!now) {
+    now = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */,
+                  18 /* XFEATURE_XTILEDATA */) == 0 ? 1 : -1;
+    __atomic_store_n(&state, now, __ATOMIC_RELEASE);
+  }
+  return now > 0;
+}
+
+/* whether a job's whole images take the prefilter: enough channels, and rows long
+   enough for the selection's bound to admit few keys (as its histogram pass decides) */
+static int prefiltered(const job_t* J) {
+  return J->prefilter && !J->self && J->b && J->c >= AMX_MIN_C && J->m >= 5 * J->kd &&
+         amx_permitted();
+}
+
+/* tiles 0-3: AMX_ROWS queries x 32 channels each; 4, 6: AMX_ROWS x 16 float32 products;
+   5, 7: 16 channel pairs x 16 keys */
+static void amx_configure(void) {
+  tile_config_t cfg;
+  memset(&cfg, 0, sizeof cfg);
+  cfg.palette = 1;
+  for (int t = 0; t < 8; ++t) {
+    cfg.rows[t] = t == 5 || t == 7 ? 16 : AMX_ROWS;
+    cfg.colsb[t] = 64;
+  }
+  _tile_loadconfig(&cfg);
+}
+
+/* n floats of x as n / 2 bfloat16 pairs (n a multiple of 32; x readable that far) */
+static void to_bf16(const float* x, int64_t c, int64_t kp, uint16_t* out) {
+  for (int64_t k = 0; k < kp; k += 32) {
+    __mmask16 lo = k < c ? (c - k >= 16 ? 0xFFFF : (__mmask16)((1u << (c - k)) - 1)) : 0;
+    __mmask16 hi = k + 16 < c ? (c - k - 16 >= 16 ? 0xFFFF : (__mmask16)((1u << (c - k - 16)) - 1)) : 0;
+    __m512bh v = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(hi, x + k + 16),
+                                     _mm512_maskz_loadu_ps(lo, x + k));
+    _mm512_storeu_si512((void*)(out + k), (__m512i)v);
+  }
+}
+
+/* The keys of image g for the prefilter, in slot: normalised rows (ynk, for the exact
+   distances), s_j, and their channel pairs in bfloat16 transposed to [c / 2, mp] (kb,
+   the layout of AMX's second operand: a row of 16 keys x one pair). 0 when a key's norm
+   is not finite. The rows of yt are not made: nothing reads them here. */
+static int stage_keys_amx(const job_t* J, int64_t g, const scratch_t* S, int64_t slot) {
+  int64_t m = J->m, c = J->c, mp = padded(m), kp = amx_k(c);
+  float *yn = S->ynk + slot * padded(m * c), *sp = S->sp + slot * mp;
+  uint32_t* kb = S->kb + slot * kp / 2 * mp;
+  memset(sp, 0, (size_t)mp * sizeof(float));
+  int finite = vig_normalize_rows(J->y + g * m * c, m, c, yn, sp, 1);
+  uint16_t* pairs = S->pairs;  /* [mp, kp] bfloat16: a key's pairs in a row */
+  for (int64_t j = 0; j < mp; ++j) {
+    if (j < m) to_bf16(yn + j * c, c, kp, pairs + j * kp);
+    else memset(pairs + j * kp, 0, (size_t)kp * sizeof(uint16_t));
+  }
+  for (int64_t j = 0; j < mp; j += LANES)  /* pairs as 32-bit words, transposed */
+    for (int64_t k = 0; k < kp / 2; k += LANES)
+      transpose_block((const float*)pairs + j * kp / 2 + k, kp / 2, LANES,
+                      kp / 2 - k < LANES ? kp / 2 - k : LANES, (float*)kb + k * mp + j, mp);
+  return finite;
+}
+
+/* the approximate distances of AMX_ROWS normalised query rows qn (rows past `rows`
+   repeat the last) to the keys in slot, into d (AMX_ROWS rows of mp) */
+static void approximate(const job_t* J, const float* qn, int64_t rows, const float* b,
+                        const scratch_t* S, int64_t slot, float* d) {
+  int64_t c = J->c, m = J->m, mp = padded(m), kp = amx_k(c);
+  const uint32_t* kb = S->kb + slot * kp / 2 * mp;
+  const float* sp = S->sp + slot * mp;
+  for (int64_t r = 0; r < AMX_ROWS; ++r)
+    to_bf16(qn + (r < rows ? r : rows - 1) * c, c, kp, S->qa + r * kp);
+  /* passes of up to 128 channels (four query tiles); after the first, the sums so far
+     come back from d. Two blocks of 16 keys at a time, in tiles 4 and 6 (keys in 5 and
+     7), so that one's chain of dependent products overlaps the other's. */
+  for (int64_t p0 = 0; p0 < kp; p0 += 128) {
+    int64_t tiles = (kp - p0) / 32 < 4 ? (kp - p0) / 32 : 4;
+    for (int64_t t = 0; t < tiles; ++t) {
+      const uint16_t* a = S->qa + p0 + 32 * t;
+      switch (t) {  /* tile numbers are immediates */
+        case 0: _tile_loadd(0, a, kp * 2); break;
+        case 1: _tile_loadd(1, a, kp * 2); break;
+        case 2: _tile_loadd(2, a, kp * 2); break;
+        default: _tile_loadd(3, a, kp * 2); break;
+      }
+    }
+    for (int64_t j0 = 0; j0 < mp; j0 += 2 * LANES) {
+      int two = j0 + LANES < mp;
+      if (p0) {
+        _tile_loadd(6, d + j0, mp * 4);
+        if (two) _tile_loadd(4, d + j0 + LANES, mp * 4);
+      } else {
+        _tile_zero(6);
+        _tile_zero(4);
+      }
+      for (int64_t t = 0; t < tiles; ++t) {
+        const uint32_t* k = kb + (p0 / 2 + 16 * t) * mp + j0;
+        _tile_loadd(7, k, mp * 4);
+        if (two) _tile_loadd(5, k + LANES, mp * 4);
+        switch (t) {
+          case 0: _tile_dpbf16ps(6, 0, 7); if (two) _tile_dpbf16ps(4, 0, 5); break;
+          case 1: _tile_dpbf16ps(6, 1, 7); if (two) _tile_dpbf16ps(4, 1, 5); break;
+          case 2: _tile_dpbf16ps(6, 2, 7); if (two) _tile_dpbf16ps(4, 2, 5); break;
+          default: _tile_dpbf16ps(6, 3, 7); if (two) _tile_dpbf16ps(4, 3, 5); break;
+        }
+      }
+      _tile_stored(6, d + j0, mp * 4);
+      if (two) _tile_stored(4, d + j0 + LANES, mp * 4);
+    }
+  }
+  for (int64_t r = 0; r < AMX_ROWS; ++r) {  /* as finish: s_j - 2 a_ij, then + b_ij */
+    const float* br = b ? b + (r < rows ? r : rows - 1) * m : NULL;
+    float* dr = d + r * mp;
+    for (int64_t j = 0; j < mp; j += LANES) {
+      __mmask16 in = j + LANES <= m ? 0xFFFF : j < m ? (__mmask16)((1u << (m - j)) - 1) : 0;
+      vf16 v = load16(sp + j) + load16(dr + j) * -2.0f;
+      store16(dr + j, br ? v + (vf16)_mm512_maskz_loadu_ps(in, br + j) : v);
+    }
+  }
+}
+
+/* s_j - 2 q . y_j + b_j in float32 (q, y_j normalised rows of c); NaN as +inf, as the
+   selection reads it. (Sixteen keys at a time, their sums added across vectors, measured
+   no faster.) */
+static inline float exact_distance(const float* q, const float* y, int64_t c, float s,
+                                   float b) {
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t k = 0; k < c; k += LANES) {
+    __mmask16 in = k + LANES <= c ? 0xFFFF : (__mmask16)((1u << (c - k)) - 1);
+    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(in, q + k), _mm512_maskz_loadu_ps(in, y + k),
+                          acc);
+  }
+  float v = (s + _mm512_reduce_add_ps(acc) * -2.0f) + b;
+  return v != v ? INFINITY : v;
+}
+
+/* ROWS rows (the first `rows` selected) of approximate distances d, their queries qr
+   and table rows br: each row's admitted keys, their exact distances, their places */
+static void select_prefiltered(const job_t* J, const float* const* d, int64_t rows,
+                               const float* const* qr, const float* const* br,
+                               const scratch_t* S, int64_t slot) {
+  int64_t c = J->c, m = J->m;
+  const float *yn = S->ynk + slot * padded(m * c), *sp = S->sp + slot * padded(m);
+  const float E = 2.0f * (0x1p-7f + 0x1p-16f) + 0x1p-17f;
+  float u[ROWS];
+  vig_select_bounds(d, m, J->kd, u);
+  for (int64_t r = 0; r < rows; ++r) {
+    float t = isfinite(u[r]) ? u[r] + 2.0f * E + 0x1p-16f * (fabsf(u[r]) + 8.0f) : u[r];
+    int64_t n = vig_select_gather(d[r], m, t, S->cv, S->ci);
+    for (int64_t i = 0; i < n; ++i) {
+      int64_t j = S->ci[i];
+      S->cv[i] = exact_distance(qr[r], yn + j * c, c, sp[j], br[r] ? br[r][j] : 0.0f);
+    }
+    vig_select_place(S->cv, S->ci, n, J->kd, S->sel + r * J->kd);
+  }
+}
+
+/* image_block with the prefilter: AMX_ROWS query rows of each image at a time */
+static int image_block_amx(const job_t* J, int64_t g, int64_t images, const scratch_t* S) {
+  int64_t n = J->n, c = J->c, mp = padded(J->m);
+  int flags = 0;
+  for (int64_t i = 0; i < images; ++i)
+    if (!stage_keys_amx(J, g + i, S, i)) flags |= 2;
+  for (int64_t i0 = 0; i0 < n; i0 += AMX_ROWS) {
+    int64_t rows = n - i0 < AMX_ROWS ? n - i0 : AMX_ROWS;
+    for (int64_t i = 0; i < images; ++i) {
+      int64_t r0 = (g + i) * n + i0;
+      if (!vig_normalize_rows(J->q + r0 * c, rows, c, S->qn, NULL, 1)) flags |= 1;
+      approximate(J, S->qn, rows, J->b + i0 * J->m, S, i, S->rows);
+      for (int64_t h = 0; h < rows; h += ROWS) {  /* the selection, ROWS rows at a time */
+        const float *dr[ROWS], *qr[ROWS], *br[ROWS];
+        for (int r = 0; r < ROWS; ++r) {
+          int64_t k = h + r < rows ? h + r : rows - 1;
+          dr[r] = S->rows + (h + r) * mp;  /* rows past `rows` repeat the last */
+          qr[r] = S->qn + k * c;
+          br[r] = J->b + (i0 + k) * J->m;
+        }
+        int64_t sel = rows - h < ROWS ? rows - h : ROWS;
+        select_prefiltered(J, dr, sel, qr, br, S, i);
+        for (int r = 0; r < sel; ++r) emit(J, g + i, r0 + h + r, S->sel + r * J->kd);
+      }
+    }
+  }
+  return flags;
+}
+#endif
+
 /* Query rows [row0, row1); returns the flags of vig_nearest. */
 static int run(const job_t* J, int64_t row0, int64_t row1, float* scratch) {
   scratch_t S = carve(J, scratch);
   int64_t n = J->n, c = J->c, block = J->b ? block_images(J->m, c, J->self) : 1;
   int flags = 0;
+#ifdef VIG_AMX
+  int amx = prefiltered(J);
+  if (amx) amx_configure();
+#endif
   for (int64_t r0 = row0; r0 < row1;) {
     int64_t g = r0 / n, end = (g + 1) * n < row1 ? (g + 1) * n : row1;  /* one image */
     int64_t whole = r0 == g * n ? (row1 - r0) / n : 0;  /* whole images from here */
+#ifdef VIG_AMX
+    if (amx && whole >= 1) {  /* (prefiltered: a table, so block >= 1) */
+      int64_t images = whole < block ? whole : block;
+      flags |= image_block_amx(J, g, images, &S);
+      r0 = (g + images) * n;
+      continue;
+    }
+#endif
     if (block > 1 && whole > 1) {
       int64_t images = whole < block ? whole : block;
       flags |= image_block(J, g, images, &S);
       r0 = (g + images) * n;
       continue;
     }
-    if (!stage_keys(J, g, &S, 0)) flags |= J->self ? 1 : 2;
     if (J->self && end < row1) {  /* the next image's rows, read while this one is done */
       const char* next = (const char*)(J->y + end * c);
       int64_t bytes = ((row1 - end < n ? row1 - end : n) * c) * (int64_t)sizeof(float);
       for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(next + o);
     }
+    if (!stage_keys(J, g, &S, 0)) flags |= J->self ? 1 : 2;
     if (J->self && symmetric(J) && r0 == g * n && end == (g + 1) * n) {
       image_symmetric(J, g, &S);
     } else if (J->self) {  /* the normalised keys are the rows */
@@ -372,6 +657,9 @@ static int run(const job_t* J, int64_t row0, int64_t row1, float* scratch) {
     }
     r0 = end;
   }
+#ifdef VIG_AMX
+  if (amx) _tile_release();  /* the large register state off again */
+#endif
   return flags;
 }
 
@@ -384,8 +672,10 @@ static int run(const job_t* J, int64_t row0, int64_t row1, float* scratch) {
    finite (NaN or an infinity in it; the rows are done all the same), else 0. */
 int vig_nearest(const float* q, const float* y, const float* b, int64_t n, int64_t m,
                 int64_t c, int64_t kd, int64_t self, int64_t keep, int64_t step,
-                int64_t offset, int64_t row0, int64_t row1, int64_t* out, float* scratch) {
-  job_t J = {q, y, b, n, m, c, kd, self && n == m && q == y, keep, step, offset, out};
+                int64_t offset, int64_t prefilter, int64_t row0, int64_t row1, int64_t* out,
+                float* scratch) {
+  job_t J = {q, y, b, n, m, c, kd, self && n == m && q == y, keep, step, offset, out,
+             prefilter};
   return run(&J, row0, row1, scratch);
 }
 
@@ -401,9 +691,13 @@ int64_t vig_nearest_split(int64_t g, int64_t n, int64_t threads, int64_t t) {
    vig_nearest_scratch floats of scratch); the flags of every part or-ed. */
 int vig_nearest_rows(const float* q, const float* y, const float* b, int64_t g, int64_t n,
                      int64_t m, int64_t c, int64_t kd, int64_t self, int64_t keep,
-                     int64_t step, int64_t offset, int64_t* out, float* scratch,
-                     int32_t threads) {
-  job_t J = {q, y, b, n, m, c, kd, self && n == m && q == y, keep, step, offset, out};
+                     int64_t step, int64_t offset, int64_t prefilter, int64_t* out,
+                     float* scratch, int32_t threads) {
+  job_t J = {q, y, b, n, m, c, kd, self && n == m && q == y, keep, step, offset, out,
+             prefilter};
+#ifdef VIG_AMX
+  if (prefilter) amx_permitted();  /* asked here, before the threads start */
+#endif
   int64_t per = vig_nearest_scratch(n, m, c, kd, self);
   int flags = 0;
 #ifdef _OPENMP
@@ -419,4 +713,20 @@ int vig_nearest_rows(const float* q, const float* y, const float* b, int64_t g, 
   flags = run(&J, 0, g * n, scratch);
 #endif
   return flags;
+}
+
+/* 1 where a job of these shapes (a table b or not) takes the prefilter for its whole
+   images: built with AMX and bfloat16, the kernel lets this process use the tiles, and
+   the job is one prefiltered() takes; else 0 */
+int vig_nearest_prefilter(int64_t n, int64_t m, int64_t c, int64_t kd, int64_t self,
+                          int64_t with_b) {
+#ifdef VIG_AMX
+  static const float table = 0.0f;
+  job_t J = {.n = n, .m = m, .c = c, .kd = kd, .self = self && n == m,
+             .b = with_b ? &table : NULL, .prefilter = 1};
+  return prefiltered(&J);
+#else
+  (void)n, (void)m, (void)c, (void)kd, (void)self, (void)with_b;
+  return 0;
+#endif
 }

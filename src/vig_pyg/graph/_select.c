@@ -481,6 +481,28 @@ void vig_select_block(const float* const* d, int64_t rows, int64_t m, int64_t kd
   for (int64_t r = 0; r < rows; ++r) select_row(d[r], m, kd, idx + r * kd, cv, ci);
 }
 
+/* The parts of the selection, for the fused pass's prefiltered rows (_nearest.c), where
+   the values gathered are approximations and the kept ones are recomputed before their
+   places are found. u[r]: a bound at or above the kd-th smallest of row d[r] (NaN as
+   +inf), for BLOCK_ROWS readable rows. */
+void vig_select_bounds(const float* const* d, int64_t m, int64_t kd, float* u) {
+#ifdef VIG_AVX512
+  if (bounds_block(d, m, kd, u)) return;
+#endif
+  for (int r = 0; r < BLOCK_ROWS; ++r) u[r] = bound(d[r], m, kd);
+}
+
+/* the values of d <= u and their indices, in index order (NaN as +inf); returns the count */
+int64_t vig_select_gather(const float* d, int64_t m, float u, float* cv, int32_t* ci) {
+  return gather_any(d, m, u, cv, ci);
+}
+
+/* idx[0:kd]: the indices ci of the kd smallest of cv[0:c] (no NaN), ascending, ties in
+   the order of ci; cv needs LANES slots of room after c. */
+void vig_select_place(float* cv, const int32_t* ci, int64_t c, int64_t kd, int64_t* idx) {
+  place_all(cv, ci, c, kd, idx);
+}
+
 /* rows [0, rows) of a row-major [rows, m] float32 matrix; 1 <= kd <= min(m, 1024).
    scratch: 2 * (m + 16) words. */
 void vig_select_smallest(const float* dist, int64_t rows, int64_t m, int64_t kd,

@@ -29,6 +29,12 @@ fused: bool = True
 #: (:func:`_fused_map`), past the general path's reshapes, checks and fresh buffers;
 #: ``False`` sends it through the general path (the tests compare the two).
 direct: bool = True
+#: Where the processor has AMX tiles with bfloat16 (and the kernel allows them), the fused
+#: pass's row path with a relative-position table (pvig_ti's first two stages) first
+#: approximates every distance in bfloat16 and computes in float32 only those of the keys
+#: that can be among the nearest, with the same edges (``_nearest.c``, "Prefiltered
+#: rows"); ``False`` computes them all in float32 (the tests compare the two).
+prefilter: bool = True
 
 
 def l2_cache_bytes(default: int = 1 << 20,
@@ -461,7 +467,7 @@ def _fused_run(lib, q: Tensor, y: Tensor, rel: Tensor | None, g: int, n: int, m:
     threads = max(1, min(torch.get_num_threads(), g * n * m * c // FUSED_WORK_PER_THREAD))
     floats = _scratch_floats(lib, n, m, c, kd, self_keys)
     args = (q.data_ptr(), y.data_ptr(), 0 if rel is None else rel.data_ptr(), n, m, c, kd,
-            self_keys, keep, step, offset)
+            self_keys, keep, step, offset, prefilter)
     return _fused_call(lib, args, g, n, out.data_ptr(), _scratch(threads * floats), threads,
                        floats)
 

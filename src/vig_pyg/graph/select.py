@@ -154,10 +154,12 @@ def _open(path: Path) -> ctypes.CDLL:
     lib.vig_nearest_scratch.restype = i64
     lib.vig_nearest_split.argtypes = [i64] * 4
     lib.vig_nearest_split.restype = i64
-    lib.vig_nearest.argtypes = [p] * 3 + [i64] * 10 + [p, p]
+    lib.vig_nearest.argtypes = [p] * 3 + [i64] * 11 + [p, p]
     lib.vig_nearest.restype = ctypes.c_int
-    lib.vig_nearest_rows.argtypes = [p] * 3 + [i64] * 9 + [p, p, i32]
+    lib.vig_nearest_rows.argtypes = [p] * 3 + [i64] * 10 + [p, p, i32]
     lib.vig_nearest_rows.restype = ctypes.c_int
+    lib.vig_nearest_prefilter.argtypes = [i64] * 6
+    lib.vig_nearest_prefilter.restype = ctypes.c_int
     lib.vig_normalize_rows.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
                                        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32]
     lib.vig_normalize_rows.restype = ctypes.c_int
