@@ -201,6 +201,23 @@ def test_prefilter_with_nan_and_infinities(monkeypatch):
         assert torch.equal(got, knn_edges(x, 9, keys=keys, relative_pos=rel))
 
 
+def test_prefilter_leaves_other_tile_users_working():
+    """The pass configures AMX tiles on torch's threads and puts back what it found, so
+    torch's bfloat16 matrix products (oneDNN, on the same tiles where AMX is there) give
+    the same result before, between and after prefiltered passes."""
+    g = torch.Generator().manual_seed(14)
+    x = torch.randn(2, 64, 28, 28, generator=g).contiguous(memory_format=torch.channels_last)
+    keys = F.avg_pool2d(x, 2, 2)
+    _needs_prefilter(x, keys, 9, 1)
+    a = torch.randn(2, 256, 256, generator=g).to(torch.bfloat16)
+    before = torch.bmm(a, a)
+    rel = torch.randn(28 * 28, 196, generator=g)
+    for _ in range(2):
+        edges = knn_edges(x, 9, keys=keys, relative_pos=rel)
+        assert torch.equal(torch.bmm(a, a), before)
+    assert torch.equal(edges, rule(x, 9, 1, keys, rel))
+
+
 def test_every_candidate_kept_and_channels_last(calls):
     """k*d equal to the candidate count (the selection's whole row), a channels-last map."""
     g = torch.Generator().manual_seed(1)

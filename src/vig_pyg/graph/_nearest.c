@@ -31,7 +31,10 @@
    copied across the diagonal, and then the rows get s_j (+ b_ij) in place and their
    selection, eight rows at a time (_select.c's vig_select_block, as on the row path). The
    buffer is kept to SYMMETRIC_MAX floats (1 MiB; a 500-node image), larger images take
-   the row-by-row path. */
+   the row-by-row path.
+
+   On processors with AMX, rows with pooled keys, a table and enough channels are first
+   prefiltered in bfloat16 ("Prefiltered rows", below). */
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__) && \
     defined(__AVX512F__) && defined(__linux__) && !defined(VIG_PORTABLE)
 #define VIG_AMX 1           /* the prefilter (see "Prefiltered rows" below) */
@@ -370,24 +373,39 @@ static void image_symmetric(const job_t* J, int64_t g, const scratch_t* S) {
   }
 }
 
-/* Whole images g .. g + images - 1 of a job with keys of their own and a table b, row
-   block by row block (see block_images); returns the flags of vig_nearest. */
-static int image_block(const job_t* J, int64_t g, int64_t images, const scratch_t* S) {
+/* How image_block stages an image's keys in a slot (0 when a norm is not finite), and
+   what it does with `rows` normalised query rows (S->qn) of image g from its row i0. */
+typedef int stage_fn(const job_t* J, int64_t g, const scratch_t* S, int64_t slot);
+typedef void block_fn(const job_t* J, int64_t g, int64_t i0, int64_t rows,
+                      const scratch_t* S, int64_t slot);
+
+/* the float32 products and selection of such a block (rows_of) */
+static void block_float32(const job_t* J, int64_t g, int64_t i0, int64_t rows,
+                          const scratch_t* S, int64_t slot) {
+  int64_t r0 = g * J->n + i0;
+  rows_of(J, g, r0, r0 + rows, S->qn, S, slot);
+}
+
+/* Whole images g .. g + images - 1 of a job with keys of their own and a table b, `step`
+   query rows of each image at a time (see block_images); returns the flags of
+   vig_nearest. */
+static int image_block(const job_t* J, int64_t g, int64_t images, const scratch_t* S,
+                       int64_t step, stage_fn* stage, block_fn* block) {
   int64_t n = J->n, c = J->c;
   int flags = 0;
   for (int64_t i = 0; i < images; ++i)
-    if (!stage_keys(J, g + i, S, i)) flags |= 2;
-  for (int64_t i0 = 0; i0 < n; i0 += ROWS) {
-    int64_t rows = n - i0 < ROWS ? n - i0 : ROWS;
+    if (!stage(J, g + i, S, i)) flags |= 2;
+  for (int64_t i0 = 0; i0 < n; i0 += step) {
+    int64_t rows = n - i0 < step ? n - i0 : step;
     for (int64_t i = 0; i < images; ++i) {
       int64_t r0 = (g + i) * n + i0;
-      if (i0 + ROWS < n) {  /* this image's next rows, read after the other images' */
-        const char* next = (const char*)(J->q + (r0 + ROWS) * c);
-        int64_t bytes = (n - i0 - ROWS < ROWS ? n - i0 - ROWS : ROWS) * c * sizeof(float);
+      if (i0 + step < n) {  /* this image's next rows, read after the other images' */
+        const char* next = (const char*)(J->q + (r0 + step) * c);
+        int64_t bytes = (n - i0 - step < step ? n - i0 - step : step) * c * sizeof(float);
         for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(next + o);
       }
       if (!vig_normalize_rows(J->q + r0 * c, rows, c, S->qn, NULL, 1)) flags |= 1;
-      rows_of(J, g + i, r0, r0 + rows, S->qn, S, i);
+      block(J, g + i, i0, rows, S, i);
     }
   }
   return flags;
@@ -446,9 +464,12 @@ static int prefiltered(const job_t* J) {
 }
 
 /* tiles 0-3: AMX_ROWS queries x 32 channels each; 4, 6: AMX_ROWS x 16 float32 products;
-   5, 7: 16 channel pairs x 16 keys */
-static void amx_configure(void) {
+   5, 7: 16 channel pairs x 16 keys. The thread's configuration before (oneDNN's, where
+   torch ran bfloat16 or int8 kernels on AMX here) is saved in *saved, for amx_restore:
+   a kernel that configured the tiles once need not expect anyone else to touch them. */
+static void amx_configure(tile_config_t* saved) {
   tile_config_t cfg;
+  _tile_storeconfig(saved);
   memset(&cfg, 0, sizeof cfg);
   cfg.palette = 1;
   for (int t = 0; t < 8; ++t) {
@@ -458,13 +479,23 @@ static void amx_configure(void) {
   _tile_loadconfig(&cfg);
 }
 
-/* n floats of x as n / 2 bfloat16 pairs (n a multiple of 32; x readable that far) */
+/* the configuration amx_configure found, or none (the large register state off) */
+static void amx_restore(const tile_config_t* saved) {
+  if (saved->palette) _tile_loadconfig(saved);
+  else _tile_release();
+}
+
+/* the lanes of the 16 values from k on that lie below c */
+static inline __mmask16 below(int64_t k, int64_t c) {
+  return k >= c ? 0 : c - k >= LANES ? 0xFFFF : (__mmask16)((1u << (c - k)) - 1);
+}
+
+/* the c floats of x in bfloat16 (rounded to nearest even), zero from c up to kp (a
+   multiple of 32) */
 static void to_bf16(const float* x, int64_t c, int64_t kp, uint16_t* out) {
   for (int64_t k = 0; k < kp; k += 32) {
-    __mmask16 lo = k < c ? (c - k >= 16 ? 0xFFFF : (__mmask16)((1u << (c - k)) - 1)) : 0;
-    __mmask16 hi = k + 16 < c ? (c - k - 16 >= 16 ? 0xFFFF : (__mmask16)((1u << (c - k - 16)) - 1)) : 0;
-    __m512bh v = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(hi, x + k + 16),
-                                     _mm512_maskz_loadu_ps(lo, x + k));
+    __m512bh v = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(below(k + 16, c), x + k + 16),
+                                     _mm512_maskz_loadu_ps(below(k, c), x + k));
     _mm512_storeu_si512((void*)(out + k), (__m512i)v);
   }
 }
@@ -585,33 +616,24 @@ static void select_prefiltered(const job_t* J, const float* const* d, int64_t ro
   }
 }
 
-/* image_block with the prefilter: AMX_ROWS query rows of each image at a time */
-static int image_block_amx(const job_t* J, int64_t g, int64_t images, const scratch_t* S) {
-  int64_t n = J->n, c = J->c, mp = padded(J->m);
-  int flags = 0;
-  for (int64_t i = 0; i < images; ++i)
-    if (!stage_keys_amx(J, g + i, S, i)) flags |= 2;
-  for (int64_t i0 = 0; i0 < n; i0 += AMX_ROWS) {
-    int64_t rows = n - i0 < AMX_ROWS ? n - i0 : AMX_ROWS;
-    for (int64_t i = 0; i < images; ++i) {
-      int64_t r0 = (g + i) * n + i0;
-      if (!vig_normalize_rows(J->q + r0 * c, rows, c, S->qn, NULL, 1)) flags |= 1;
-      approximate(J, S->qn, rows, J->b + i0 * J->m, S, i, S->rows);
-      for (int64_t h = 0; h < rows; h += ROWS) {  /* the selection, ROWS rows at a time */
-        const float *dr[ROWS], *qr[ROWS], *br[ROWS];
-        for (int r = 0; r < ROWS; ++r) {
-          int64_t k = h + r < rows ? h + r : rows - 1;
-          dr[r] = S->rows + (h + r) * mp;  /* rows past `rows` repeat the last */
-          qr[r] = S->qn + k * c;
-          br[r] = J->b + (i0 + k) * J->m;
-        }
-        int64_t sel = rows - h < ROWS ? rows - h : ROWS;
-        select_prefiltered(J, dr, sel, qr, br, S, i);
-        for (int r = 0; r < sel; ++r) emit(J, g + i, r0 + h + r, S->sel + r * J->kd);
-      }
+/* block_fn of the prefilter: the approximations of AMX_ROWS rows, then their selection
+   ROWS rows at a time */
+static void block_prefiltered(const job_t* J, int64_t g, int64_t i0, int64_t rows,
+                              const scratch_t* S, int64_t slot) {
+  int64_t c = J->c, mp = padded(J->m);
+  approximate(J, S->qn, rows, J->b + i0 * J->m, S, slot, S->rows);
+  for (int64_t h = 0; h < rows; h += ROWS) {
+    const float *dr[ROWS], *qr[ROWS], *br[ROWS];
+    for (int r = 0; r < ROWS; ++r) {
+      int64_t k = h + r < rows ? h + r : rows - 1;
+      dr[r] = S->rows + (h + r) * mp;  /* rows past `rows` repeat the last */
+      qr[r] = S->qn + k * c;
+      br[r] = J->b + (i0 + k) * J->m;
     }
+    int64_t sel = rows - h < ROWS ? rows - h : ROWS;
+    select_prefiltered(J, dr, sel, qr, br, S, slot);
+    for (int r = 0; r < sel; ++r) emit(J, g, g * J->n + i0 + h + r, S->sel + r * J->kd);
   }
-  return flags;
 }
 #endif
 
@@ -621,8 +643,9 @@ static int run(const job_t* J, int64_t row0, int64_t row1, float* scratch) {
   int64_t n = J->n, c = J->c, block = J->b ? block_images(J->m, c, J->self) : 1;
   int flags = 0;
 #ifdef VIG_AMX
+  tile_config_t saved;
   int amx = prefiltered(J);
-  if (amx) amx_configure();
+  if (amx) amx_configure(&saved);
 #endif
   for (int64_t r0 = row0; r0 < row1;) {
     int64_t g = r0 / n, end = (g + 1) * n < row1 ? (g + 1) * n : row1;  /* one image */
@@ -630,14 +653,15 @@ static int run(const job_t* J, int64_t row0, int64_t row1, float* scratch) {
 #ifdef VIG_AMX
     if (amx && whole >= 1) {  /* (prefiltered: a table, so block >= 1) */
       int64_t images = whole < block ? whole : block;
-      flags |= image_block_amx(J, g, images, &S);
+      flags |= image_block(J, g, images, &S, AMX_ROWS, stage_keys_amx,
+                           block_prefiltered);
       r0 = (g + images) * n;
       continue;
     }
 #endif
     if (block > 1 && whole > 1) {
       int64_t images = whole < block ? whole : block;
-      flags |= image_block(J, g, images, &S);
+      flags |= image_block(J, g, images, &S, ROWS, stage_keys, block_float32);
       r0 = (g + images) * n;
       continue;
     }
@@ -658,7 +682,7 @@ static int run(const job_t* J, int64_t row0, int64_t row1, float* scratch) {
     r0 = end;
   }
 #ifdef VIG_AMX
-  if (amx) _tile_release();  /* the large register state off again */
+  if (amx) amx_restore(&saved);
 #endif
   return flags;
 }
