@@ -71,7 +71,7 @@ def peak_rss_child(max_elements, fused=False):
 SHAPES = [  # name, feature map, k, dilation, reduce ratio (vig_ti, pvig_ti stages 1 and 2)
     ("16 x 196 nodes x 192 ch, k=9 d=2 (k*d=18)", (16, 192, 14, 14), 9, 2, 1),
     ("16 x 56x56 nodes x 48 ch, r=4 keys, k=9", (16, 48, 56, 56), 9, 1, 4),
-    ("16 x 28x28 nodes x 96 ch, r=2 keys, k*d=18", (16, 96, 28, 28), 9, 2, 2),
+    ("16 x 28x28 nodes x 96 ch, r=2 keys, k=9", (16, 96, 28, 28), 9, 1, 2),
     # vig_ti's last blocks and pvig_ti's last stage: rows shorter than 5 x k*d, where
     # select's histogram pass replaces the group-minima bound
     ("16 x 196 nodes x 192 ch, k=15 d=3 (k*d=45)", (16, 192, 14, 14), 15, 3, 1),
@@ -167,7 +167,10 @@ def compare_fused(repeats):
     (``knn._fused_nearest``) against the matmul + selection, on the models' block shapes
     with pvig_ti's relative-position term where it has one, and on wider and larger maps.
     Both run above ``knn.FUSED_MAX_KEY_FLOATS`` here too, to show where the bound comes
-    from: the last column says which path the builder takes."""
+    from: the last column says which path the builder takes. The fused pass runs as the
+    builder takes it (with the bfloat16 prefilter where ``_nearest.c`` takes that: AMX,
+    pooled keys with a table, >= 64 channels) and with every product in float32
+    (``knn.prefilter`` off): "prefilter" is the float32 pass's time over the default's."""
     from vig_pyg.graph import knn
 
     if not select.native_available():
@@ -176,7 +179,8 @@ def compare_fused(repeats):
     print(f"\nfused distances + selection, best of {repeats} alternating calls (ms); "
           f"the builder takes it while an image's keys (channels x keys padded to 16) are "
           f"at most {knn.FUSED_MAX_KEY_FLOATS} floats (a core's L2 cache)")
-    print(f"{'shape':<44} {'matmul':>8} {'fused':>8} {'ratio':>6}  key floats, taken")
+    print(f"{'shape':<44} {'matmul':>8} {'fused':>8} {'ratio':>6} {'float32':>8} "
+          f"{'prefilter':>9}  key floats, taken")
     for name, shape, k, d, r in SHAPES + WIDE_SHAPES:
         x = torch.randn(*shape).contiguous(memory_format=torch.channels_last)
         n, m = shape[2] * shape[3], (shape[2] // r) * (shape[3] // r)
@@ -184,15 +188,18 @@ def compare_fused(repeats):
 
         def build():
             knn_edges(x, k, dilation=d, reduce_ratio=r, relative_pos=rel)
+        fused = switched(knn, "FUSED_MAX_KEY_FLOATS", 1 << 62, build)
         with torch.no_grad():
             t = time_alternately({
                 "matmul": switched(knn, "fused", False, build),
-                "fused": switched(knn, "FUSED_MAX_KEY_FLOATS", 1 << 62, build),
+                "fused": fused,
+                "float32": switched(knn, "prefilter", False, fused),
             }, repeats if shape[0] > 2 else min(repeats, 3), time.perf_counter)
         b = {key: 1e3 * min(v) for key, v in t.items()}
         floats = shape[1] * -(-m // 16) * 16
         print(f"{name:<44} {b['matmul']:8.2f} {b['fused']:8.2f} "
-              f"{b['matmul'] / b['fused']:5.2f}x  {floats:>9}, "
+              f"{b['matmul'] / b['fused']:5.2f}x {b['float32']:8.2f} "
+              f"{b['float32'] / b['fused']:8.2f}x  {floats:>9}, "
               f"{'fused' if floats <= knn.FUSED_MAX_KEY_FLOATS else 'matmul'}", flush=True)
 
 

@@ -157,6 +157,46 @@ def test_prefilter_gives_the_rule(monkeypatch, b, c, h, w, k, d, scale):
     assert torch.equal(got, knn_edges(x, k, dilation=d, keys=keys, relative_pos=rel))
 
 
+@pytest.mark.parametrize("images", [1, 3])
+def test_prefilter_on_thread_splits(monkeypatch, images):
+    """Rows of one image split between threads (fewer images than threads), and whole
+    images: the prefilter's edges are the rule's either way."""
+    monkeypatch.setattr(knn, "FUSED_WORK_PER_THREAD", 1)
+    g = torch.Generator().manual_seed(15 + images)
+    x = torch.randn(images, 64, 20, 20, generator=g).contiguous(
+        memory_format=torch.channels_last)
+    keys = F.avg_pool2d(x, 2, 2)
+    _needs_prefilter(x, keys, 5, 1)
+    rel = torch.randn(400, 100, generator=g)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        got = knn_edges(x, 5, keys=keys, relative_pos=rel)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(got, rule(x, 5, 1, keys, rel))
+
+
+def test_prefilter_takes_larger_keys(calls, monkeypatch):
+    """Prefiltered jobs take the fused pass up to four times FUSED_MAX_KEY_FLOATS (their
+    keys are read in bfloat16), the others only up to it."""
+    g = torch.Generator().manual_seed(16)
+    x = torch.randn(2, 64, 16, 16, generator=g).contiguous(memory_format=torch.channels_last)
+    keys = F.avg_pool2d(x, 2, 2)  # 64 keys x 64 channels: 4096 floats
+    _needs_prefilter(x, keys, 4, 1)
+    rel = torch.randn(256, 64, generator=g)
+    monkeypatch.setattr(knn, "FUSED_MAX_KEY_FLOATS", 4096 // 4)
+    assert torch.equal(knn_edges(x, 4, keys=keys, relative_pos=rel), rule(x, 4, 1, keys, rel))
+    assert calls[0] == 1
+    assert torch.equal(knn_edges(x, 4, keys=keys), rule(x, 4, 1, keys))  # no table
+    monkeypatch.setattr(knn, "prefilter", False)
+    assert torch.equal(knn_edges(x, 4, keys=keys, relative_pos=rel), rule(x, 4, 1, keys, rel))
+    monkeypatch.setattr(knn, "prefilter", True)
+    monkeypatch.setattr(knn, "FUSED_MAX_KEY_FLOATS", 4096 // 4 - 1)
+    assert torch.equal(knn_edges(x, 4, keys=keys, relative_pos=rel), rule(x, 4, 1, keys, rel))
+    assert calls[0] == 1  # none of the last three took the pass
+
+
 def test_prefilter_on_keys_closer_than_its_error():
     """Keys that all lie within a few hundredths of one direction: their distances to a
     query are closer together than bfloat16's error, so the approximations alone would

@@ -386,22 +386,24 @@ static void block_float32(const job_t* J, int64_t g, int64_t i0, int64_t rows,
   rows_of(J, g, r0, r0 + rows, S->qn, S, slot);
 }
 
-/* Whole images g .. g + images - 1 of a job with keys of their own and a table b, `step`
-   query rows of each image at a time (see block_images); returns the flags of
-   vig_nearest. */
+/* Rows [first, last) of images g .. g + images - 1 of a job with keys of their own and a
+   table b, `step` query rows of each image at a time (see block_images); returns the
+   flags of vig_nearest. */
 static int image_block(const job_t* J, int64_t g, int64_t images, const scratch_t* S,
-                       int64_t step, stage_fn* stage, block_fn* block) {
+                       int64_t step, stage_fn* stage, block_fn* block, int64_t first,
+                       int64_t last) {
   int64_t n = J->n, c = J->c;
   int flags = 0;
   for (int64_t i = 0; i < images; ++i)
     if (!stage(J, g + i, S, i)) flags |= 2;
-  for (int64_t i0 = 0; i0 < n; i0 += step) {
-    int64_t rows = n - i0 < step ? n - i0 : step;
+  for (int64_t i0 = first; i0 < last; i0 += step) {
+    int64_t rows = last - i0 < step ? last - i0 : step;
     for (int64_t i = 0; i < images; ++i) {
       int64_t r0 = (g + i) * n + i0;
-      if (i0 + step < n) {  /* this image's next rows, read after the other images' */
+      if (i0 + step < last) {  /* this image's next rows, read after the other images' */
         const char* next = (const char*)(J->q + (r0 + step) * c);
-        int64_t bytes = (n - i0 - step < step ? n - i0 - step : step) * c * sizeof(float);
+        int64_t bytes = (last - i0 - step < step ? last - i0 - step : step) * c *
+                        (int64_t)sizeof(float);
         for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(next + o);
       }
       if (!vig_normalize_rows(J->q + r0 * c, rows, c, S->qn, NULL, 1)) flags |= 1;
@@ -651,17 +653,18 @@ static int run(const job_t* J, int64_t row0, int64_t row1, float* scratch) {
     int64_t g = r0 / n, end = (g + 1) * n < row1 ? (g + 1) * n : row1;  /* one image */
     int64_t whole = r0 == g * n ? (row1 - r0) / n : 0;  /* whole images from here */
 #ifdef VIG_AMX
-    if (amx && whole >= 1) {  /* (prefiltered: a table, so block >= 1) */
-      int64_t images = whole < block ? whole : block;
-      flags |= image_block(J, g, images, &S, AMX_ROWS, stage_keys_amx,
-                           block_prefiltered);
-      r0 = (g + images) * n;
+    if (amx) {  /* whole images (prefiltered: a table, so block >= 1), or part of one */
+      int64_t images = whole < 1 ? 1 : whole < block ? whole : block;
+      int64_t first = whole < 1 ? r0 - g * n : 0, last = whole < 1 ? end - g * n : n;
+      flags |= image_block(J, g, images, &S, AMX_ROWS, stage_keys_amx, block_prefiltered,
+                           first, last);
+      r0 = whole < 1 ? end : (g + images) * n;
       continue;
     }
 #endif
     if (block > 1 && whole > 1) {
       int64_t images = whole < block ? whole : block;
-      flags |= image_block(J, g, images, &S, ROWS, stage_keys, block_float32);
+      flags |= image_block(J, g, images, &S, ROWS, stage_keys, block_float32, 0, n);
       r0 = (g + images) * n;
       continue;
     }

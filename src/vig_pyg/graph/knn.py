@@ -268,7 +268,7 @@ def _fused_map(x: Tensor, keys: Tensor | None, k: int, dilation: int,
                                 and (rel.dim() == 2 or rel.dim() == 3 and rel.shape[0] == 1)):
         return None
     kd = k * dilation
-    lib = _fused_library(x, n, m, c, kd)
+    lib = _fused_library(x, n, m, c, kd, keys is None, rel is not None)
     if lib is None:
         return None
     out = torch.empty(2, b * n * k, dtype=torch.long)
@@ -430,7 +430,8 @@ def _fused_nearest(queries: Tensor, keys: Tensor, relative_pos: Tensor | None, k
     apply (:func:`_fused_library`)."""
     g, n, c = queries.shape
     m = keys.size(1)
-    lib = _fused_library(queries, n, m, c, kd) if queries.numel() else None
+    lib = (_fused_library(queries, n, m, c, kd, self_keys, relative_pos is not None)
+           if queries.numel() else None)
     if lib is None:
         return None
     q = queries.contiguous()
@@ -446,16 +447,24 @@ def _fused_nearest(queries: Tensor, keys: Tensor, relative_pos: Tensor | None, k
     return out if offset else out.view(g, n, keep)
 
 
-def _fused_library(x: Tensor, n: int, m: int, c: int, kd: int):
+def _fused_library(x: Tensor, n: int, m: int, c: int, kd: int, self_keys: bool,
+                   table: bool):
     """The compiled library where the fused pass applies to ``x``'s rows: :data:`fused` on,
     float32 on the CPU with the library built (:func:`~.select.library_for`), ``kd``
     within the selection's buffers and the candidates, and an image's keys (transposed,
-    padded to 16) within :data:`FUSED_MAX_KEY_FLOATS`; else ``None``."""
+    padded to 16) within :data:`FUSED_MAX_KEY_FLOATS`, or within four times that where
+    the pass prefilters the job (:data:`prefilter`; ``table``: a relative-position term);
+    else ``None``."""
     if not fused or not 0 < kd <= min(m, select._MAX_KD) or n == 0:
         return None
-    if c * -(-m // select._LANES) * select._LANES > FUSED_MAX_KEY_FLOATS:
-        return None
-    return library_for(x)
+    floats = c * -(-m // select._LANES) * select._LANES
+    if floats <= FUSED_MAX_KEY_FLOATS:
+        return library_for(x)
+    lib = library_for(x) if prefilter and floats <= 4 * FUSED_MAX_KEY_FLOATS else None
+    # the prefilter reads the keys in bfloat16 and the float32 rows of a few keys a query:
+    # 2.1-2.4x faster than the matmul path at 0.67-2.1M floats of keys (detection-size
+    # maps, benchmarks/bench_knn.py --fused)
+    return lib if lib and lib.vig_nearest_prefilter(n, m, c, kd, self_keys, table) else None
 
 
 def _fused_run(lib, q: Tensor, y: Tensor, rel: Tensor | None, g: int, n: int, m: int,
