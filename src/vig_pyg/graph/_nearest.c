@@ -302,6 +302,18 @@ static int stage_keys(const job_t* J, int64_t g, const scratch_t* S, int64_t slo
    image g (whose keys start at g * m) */
 static void emit(const job_t* J, int64_t g, int64_t row, const int64_t* sel) {
   int64_t base = J->offset ? g * J->m : 0, *out = J->out + row * J->keep;
+#if defined(__AVX512F__) && !defined(VIG_PORTABLE)
+  if (J->step == 1) {  /* eight at a time (a strided gather for other steps was slower) */
+    for (int64_t t = 0; t < J->keep; t += 8) {
+      __mmask8 in = J->keep - t >= 8 ? 0xFF : (__mmask8)((1u << (J->keep - t)) - 1);
+      __m512i v = _mm512_maskz_loadu_epi64(in, sel + t);
+      _mm512_mask_storeu_epi64(out + t, in, _mm512_add_epi64(v, _mm512_set1_epi64(base)));
+      if (J->offset)  /* the edge_index's target row, J->offset further on */
+        _mm512_mask_storeu_epi64(out + J->offset + t, in, _mm512_set1_epi64(row));
+    }
+    return;
+  }
+#endif
   for (int64_t t = 0; t < J->keep; ++t) out[t] = sel[t * J->step] + base;
   if (J->offset)  /* the edge_index's target row, J->offset further on */
     for (int64_t t = 0; t < J->keep; ++t) out[J->offset + t] = row;
