@@ -435,17 +435,19 @@ static int image_block(const job_t* J, int64_t g, int64_t images, const scratch_
 
        a_ij <= u + 2 E + 2^-16 (|u| + 8),
 
-   E = 2 (2^-7 + 2^-16) + 2^-17 the error of a distance: rounding both unit vectors to
-   bfloat16 (8 significant bits) moves each product q_k y_k by at most 2^-8 |q_k y_k| for
-   each factor, and sum_k |q_k y_k| <= |q| |y| <= 1, so a dot product by at most
-   2^-7 + 2^-16 and a distance, -2 q.y, twice that; 2^-17 covers the float32 sums in the
-   tiles and in the exact distances (at most 128 terms of at most 1 in all), and the last
-   term the rounding of s_j and b_ij added in float32 (relative, so it grows with them).
+   E = 2 (2^-7 + 2^-16) + K 2^-22 the error of a distance (K: the channels, padded to 32):
+   rounding both unit vectors to bfloat16 (8 significant bits) moves each product
+   q_k y_k by at most (2^-8 + 2^-8 + 2^-16) |q_k y_k|, and sum_k |q_k y_k| <= |q| |y| <= 1,
+   so a dot product by at most 2^-7 + 2^-16 and a distance, -2 q.y, twice that; the
+   float32 sums of K terms in the tiles and in the exact distances are each at most
+   K 2^-24 off (terms of at most 1 in all), twice that in a distance; the last term
+   covers the rounding of s_j and b_ij added in float32 (relative, so it grows with them).
    Every key among the kd nearest is admitted: its approximation is at most E above its
    distance, which is at most the kd-th smallest distance, and that is at most E above
    the kd-th smallest approximation, which is at most u. The admitted keys (a dozen or
-   two of 196) get their distances in float32 as the tile path computes them, and the
-   selection proper runs on those: the same kd nearest, in the same order.
+   two of 196) get float32 distances (summed in sixteen lanes, an order of their own: a
+   float32 near-tie may fall the other way than on the tile path), and the selection
+   proper runs on those: the kd nearest.
 
    Rows holding NaN or an infinity keep the rule too: an approximation is NaN or infinite
    exactly where its distance is (the same b, the same non-finite normalised rows), and
@@ -629,7 +631,7 @@ static void select_prefiltered(const job_t* J, const float* const* d, int64_t ro
                                const scratch_t* S, int64_t slot) {
   int64_t c = J->c, m = J->m;
   const float *yn = S->ynk + slot * padded(m * c), *sp = S->sp + slot * padded(m);
-  const float E = 2.0f * (0x1p-7f + 0x1p-16f) + 0x1p-17f;
+  const float E = 2.0f * (0x1p-7f + 0x1p-16f) + (float)amx_k(c) * 0x1p-22f;
   float u[ROWS];
   vig_select_bounds(d, m, J->kd, u);
   for (int64_t r = 0; r < rows; ++r) {
