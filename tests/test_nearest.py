@@ -127,6 +127,7 @@ PREFILTER_CASES = [  # (b, c, h, w, k, dilation)
     (2, 70, 28, 28, 9, 4),    # k*d = 36: a bound per row; channels not a multiple of 32
     (3, 150, 22, 18, 7, 1),   # two passes of channels (128 + 32); rows not a multiple of 16
     (2, 130, 12, 12, 3, 1),   # 36 keys
+    (2, 300, 12, 12, 4, 1),   # three passes (128 + 128 + 64 channels)
 ]
 
 
