@@ -259,6 +259,22 @@ def test_prefilter_leaves_other_tile_users_working():
     assert torch.equal(edges, rule(x, 9, 1, keys, rel))
 
 
+def test_scratch_kept_only_up_to_its_bound(calls, monkeypatch):
+    """The pass's scratch is kept per thread for jobs up to SCRATCH_KEPT_FLOATS and fresh
+    beyond (so a detection-size graph does not leave tens of MiB held); the edges are the
+    rule's either way."""
+    g = torch.Generator().manual_seed(17)
+    x = torch.randn(2, 16, 12, 12, generator=g).contiguous(memory_format=torch.channels_last)
+    knn._buffers.__dict__.pop("scratch", None)
+    assert torch.equal(knn_edges(x, 5), rule(x, 5))
+    kept = knn._buffers.scratch
+    assert 0 < kept.numel() <= knn.SCRATCH_KEPT_FLOATS
+    monkeypatch.setattr(knn, "SCRATCH_KEPT_FLOATS", 16)
+    y = torch.randn(2, 32, 14, 14, generator=g).contiguous(memory_format=torch.channels_last)
+    assert torch.equal(knn_edges(y, 6), rule(y, 6))
+    assert knn._buffers.scratch is kept and calls[0] == 2
+
+
 def test_every_candidate_kept_and_channels_last(calls):
     """k*d equal to the candidate count (the selection's whole row), a channels-last map."""
     g = torch.Generator().manual_seed(1)

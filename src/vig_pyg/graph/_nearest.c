@@ -589,9 +589,8 @@ static void approximate(const job_t* J, const float* qn, int64_t rows, const flo
     const float* br = b ? b + (r < rows ? r : rows - 1) * m : NULL;
     float* dr = d + r * mp;
     for (int64_t j = 0; j < mp; j += LANES) {
-      __mmask16 in = j + LANES <= m ? 0xFFFF : j < m ? (__mmask16)((1u << (m - j)) - 1) : 0;
       vf16 v = load16(sp + j) + load16(dr + j) * -2.0f;
-      store16(dr + j, br ? v + (vf16)_mm512_maskz_loadu_ps(in, br + j) : v);
+      store16(dr + j, br ? v + (vf16)_mm512_maskz_loadu_ps(below(j, m), br + j) : v);
     }
   }
 }

@@ -275,9 +275,7 @@ def _fused_map(x: Tensor, keys: Tensor | None, k: int, dilation: int,
     flags = _fused_run(lib, x, x if keys is None else keys, rel, b, n, m, c, kd,
                        keys is None, k, dilation, b * n * k, out)
     _raise_flags(flags, x, keys)
-    if not out.is_inference():  # mark_fixed_degree, with tracing ruled out already
-        out._vig_fixed_degree = (k, out._version)
-    return out
+    return mark_fixed_degree(out, k)
 
 
 def _knn_map(x: Tensor, keys: Tensor | None, reduce_ratio: int, *, k, dilation,
@@ -475,10 +473,10 @@ def _fused_run(lib, q: Tensor, y: Tensor, rel: Tensor | None, g: int, n: int, m:
     asks; returns the pass's flags (1: a query's norm, 2: a key's norm was not finite)."""
     threads = max(1, min(torch.get_num_threads(), g * n * m * c // FUSED_WORK_PER_THREAD))
     floats = _scratch_floats(lib, n, m, c, kd, self_keys)
+    scratch = _scratch(threads * floats)  # held by this name for the whole call
     args = (q.data_ptr(), y.data_ptr(), 0 if rel is None else rel.data_ptr(), n, m, c, kd,
             self_keys, keep, step, offset, prefilter)
-    return _fused_call(lib, args, g, n, out.data_ptr(), _scratch(threads * floats), threads,
-                       floats)
+    return _fused_call(lib, args, g, n, out.data_ptr(), scratch.data_ptr(), threads, floats)
 
 
 @lru_cache(maxsize=256)
@@ -486,14 +484,23 @@ def _scratch_floats(lib, n: int, m: int, c: int, kd: int, self_keys: bool) -> in
     return lib.vig_nearest_scratch(n, m, c, kd, self_keys)
 
 
-def _scratch(floats: int) -> int:
-    """The address of at least ``floats`` floats of scratch for the fused pass, this Python
-    thread's own and reused from call to call (the pass writes before it reads)."""
+#: Floats of fused-pass scratch a Python thread keeps from call to call (4 MiB): the zoo's
+#: blocks at batch 16 need at most about 3 MiB over two threads; larger jobs (detection-size
+#: maps: about 20 MiB a thread) get a fresh buffer each call and hand it back.
+SCRATCH_KEPT_FLOATS = 1 << 20
+
+
+def _scratch(floats: int) -> Tensor:
+    """At least ``floats`` floats of scratch for the fused pass: this Python thread's own,
+    reused from call to call (the pass writes before it reads), up to
+    :data:`SCRATCH_KEPT_FLOATS`; a fresh tensor beyond."""
+    if floats > SCRATCH_KEPT_FLOATS:
+        return torch.empty(floats)
     buf = getattr(_buffers, "scratch", None)
     if buf is None or buf.numel() < floats:
         with torch.inference_mode(False):
             buf = _buffers.scratch = torch.empty(floats)
-    return buf.data_ptr()
+    return buf
 
 
 def _raise_flags(flags: int, queries: Tensor, keys: Tensor | None) -> None:
