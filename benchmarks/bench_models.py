@@ -397,14 +397,17 @@ def print_breakdown(args) -> None:
     print(f"ours, inference, batch {args.batch}, {args.img} px, {_where(args)}, "
           f"{args.clock} clock: share of the forward time (each part's median over "
           f"{args.iters} forwards against the forward's median; every module call timed)")
-    header = f"{'model':8} {'conv':5} {'ms':>7} " + " ".join(f"{p:>11}" for p in parts)
+    # the graph's own milliseconds too: its share moves with how fast the host runs the rest
+    header = (f"{'model':8} {'conv':5} {'ms':>7} " + " ".join(f"{p:>11}" for p in parts)
+              + f" {'graph ms':>9}")
     print(header)
     print("-" * len(header))
     for name in args.models:
         for conv in args.convs:
             res = _run(args, "breakdown", name, conv)
             shares = " ".join(f"{100 * res['parts'][p] / res['total']:10.1f}%" for p in parts)
-            print(f"{name:8} {conv:5} {1e3 * res['total']:7.1f} {shares}", flush=True)
+            print(f"{name:8} {conv:5} {1e3 * res['total']:7.1f} {shares} "
+                  f"{1e3 * res['parts']['graph']:9.1f}", flush=True)
 
 
 def _where(args) -> str:
