@@ -472,8 +472,9 @@ static int amx_permitted(void) {
   return now > 0;
 }
 
-/* whether a job's whole images take the prefilter: enough channels, and rows long
-   enough for the selection's bound to admit few keys (as its histogram pass decides) */
+/* whether a job's rows take the prefilter: pooled keys with a table, enough channels,
+   and rows long enough for the selection's bound to admit few keys (as its histogram
+   pass decides) */
 static int prefiltered(const job_t* J) {
   return J->prefilter && !J->self && J->b && J->c >= AMX_MIN_C && J->m >= 5 * J->kd &&
          amx_permitted();
@@ -539,7 +540,8 @@ static int stage_keys_amx(const job_t* J, int64_t g, const scratch_t* S, int64_t
 }
 
 /* the approximate distances of AMX_ROWS normalised query rows qn (rows past `rows`
-   repeat the last) to the keys in slot, into d (AMX_ROWS rows of mp) */
+   repeat the last) to the keys in slot, plus their rows of the table b, into d
+   (AMX_ROWS rows of mp) */
 static void approximate(const job_t* J, const float* qn, int64_t rows, const float* b,
                         const scratch_t* S, int64_t slot, float* d) {
   int64_t c = J->c, m = J->m, mp = padded(m), kp = amx_k(c);
@@ -586,18 +588,18 @@ static void approximate(const job_t* J, const float* qn, int64_t rows, const flo
     }
   }
   for (int64_t r = 0; r < AMX_ROWS; ++r) {  /* as finish: s_j - 2 a_ij, then + b_ij */
-    const float* br = b ? b + (r < rows ? r : rows - 1) * m : NULL;
+    const float* br = b + (r < rows ? r : rows - 1) * m;
     float* dr = d + r * mp;
     for (int64_t j = 0; j < mp; j += LANES) {
       vf16 v = load16(sp + j) + load16(dr + j) * -2.0f;
-      store16(dr + j, br ? v + (vf16)_mm512_maskz_loadu_ps(below(j, m), br + j) : v);
+      store16(dr + j, v + (vf16)_mm512_maskz_loadu_ps(below(j, m), br + j));
     }
   }
 }
 
 /* cv[i] = s_j - 2 q . y_j + b_j in float32 for the keys j = ci[i], i < count (q and the
-   rows y_j of yn normalised, c channels; b NULL for none), NaN as +inf (as the selection
-   reads it). Four keys at a time, so that four chains of dependent multiply-adds overlap
+   rows y_j of yn normalised, c channels; b the query's row of the table), NaN as +inf
+   (as the selection reads it). Four keys at a time, so that four chains of dependent multiply-adds overlap
    and each vector of q serves four. (Sixteen keys at a time, their sums added across
    vectors, measured no faster.) */
 static void exact_distances(const float* q, const float* yn, int64_t c, const float* sp,
@@ -617,7 +619,7 @@ static void exact_distances(const float* q, const float* yn, int64_t c, const fl
     }
     for (int t = 0; t < 4 && i + t < count; ++t) {
       int64_t j = ci[i + t];
-      float v = (sp[j] + _mm512_reduce_add_ps(acc[t]) * -2.0f) + (b ? b[j] : 0.0f);
+      float v = (sp[j] + _mm512_reduce_add_ps(acc[t]) * -2.0f) + b[j];
       cv[i + t] = v != v ? INFINITY : v;
     }
   }
@@ -765,9 +767,9 @@ int vig_nearest_rows(const float* q, const float* y, const float* b, int64_t g, 
   return flags;
 }
 
-/* 1 where a job of these shapes (a table b or not) takes the prefilter for its whole
-   images: built with AMX and bfloat16, the kernel lets this process use the tiles, and
-   the job is one prefiltered() takes; else 0 */
+/* 1 where a job of these shapes (a table b or not) takes the prefilter: built with AMX
+   and bfloat16, the kernel lets this process use the tiles, and the job is one
+   prefiltered() takes; else 0 */
 int vig_nearest_prefilter(int64_t n, int64_t m, int64_t c, int64_t kd, int64_t self,
                           int64_t with_b) {
 #ifdef VIG_AMX
