@@ -181,7 +181,11 @@ static int64_t block_images(int64_t m, int64_t c, int64_t self) {
 #endif
 static int64_t amx_k(int64_t c) { return (c + 31) / 32 * 32; }
 
-/* the scratch's parts in floats (one caller of vig_nearest) */
+/* the scratch's parts in floats (one caller of vig_nearest), each a whole number of
+   vectors, so that every part starts on a 64-byte line where the scratch does: a tile
+   row (64 bytes) read from a part 32 bytes off a line spans two lines, which made the
+   prefilter's tiles take twice as long (its key and query tiles came after cv, ci and
+   sel, whose sizes were not whole vectors) */
 typedef struct { int64_t yt, sp, zero, rows, yn, qn, cv, ci, sel, ynk, kb, qa, pairs; } layout_t;
 
 static layout_t layout(int64_t n, int64_t m, int64_t c, int64_t kd, int64_t self) {
@@ -190,8 +194,8 @@ static layout_t layout(int64_t n, int64_t m, int64_t c, int64_t kd, int64_t self
   int64_t queries = n > ROW_BLOCK ? n : ROW_BLOCK;
   layout_t L = {.yt = images * c * mp, .sp = images * mp, .zero = mp,
                 .rows = (symmetric(&J) ? n + ROWS : ROW_BLOCK) * mp, .yn = padded(m * c),
-                .qn = padded(queries * c), .cv = m + LANES, .ci = m + LANES,
-                .sel = 2 * ROWS * kd};
+                .qn = padded(queries * c), .cv = padded(m + LANES), .ci = padded(m + LANES),
+                .sel = padded(2 * ROWS * kd)};
 #ifdef VIG_AMX
   if (!self && c >= AMX_MIN_C) {  /* the prefilter's keys, both ways, and query tiles */
     L.ynk = images * padded(m * c);
