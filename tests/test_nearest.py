@@ -3,6 +3,7 @@
 selection path it replaces, on every thread split and in the build without AVX-512."""
 from __future__ import annotations
 
+import math
 import os
 import shutil
 
@@ -120,8 +121,12 @@ def test_direct_call_steps_aside(calls, monkeypatch):
         knn_edges(cl, 4, keys=bad_keys)
 
 
-# pooled keys with a table and at least 64 channels: the prefilter's jobs where AMX is here
+# pooled keys with a table and at least 32 channels: the prefilter's jobs where AMX is here
+# (below 64 channels each value in two bfloat16 parts, "split")
 PREFILTER_CASES = [  # (b, c, h, w, k, dilation)
+    (2, 48, 28, 28, 9, 1),    # split: pvig_ti's first stage's channels
+    (3, 33, 22, 18, 6, 3),    # split, k*d = 18; channels not a multiple of 16
+    (2, 63, 28, 28, 9, 4),    # split, k*d = 36
     (2, 64, 28, 28, 9, 1),    # pvig_ti's second stage in small: 784 queries, 196 keys
     (2, 96, 28, 28, 6, 3),    # k*d = 18: two vectors of group minima
     (2, 70, 28, 28, 9, 4),    # k*d = 36: a bound per row; channels not a multiple of 32
@@ -156,6 +161,46 @@ def test_prefilter_gives_the_rule(monkeypatch, b, c, h, w, k, d, scale):
     assert torch.equal(got, rule(x, k, d, keys, rel))
     monkeypatch.setattr(knn, "prefilter", False)
     assert torch.equal(got, knn_edges(x, k, dilation=d, keys=keys, relative_pos=rel))
+
+
+def _approximations(x, keys, rel):
+    """The prefilter's approximations [n, m] of one image's rows and each row's window 2E
+    (``vig_nearest_approximations``), or a skip where AMX is not here."""
+    lib = select._load()
+    n, c = x.shape
+    m = keys.shape[0]
+    out, w = torch.empty(n, m), torch.empty(n)
+    scratch = torch.empty(lib.vig_nearest_scratch(n, m, c, 1, 0)) if lib else None
+    if lib is None or not lib.vig_nearest_approximations(
+            x.data_ptr(), keys.data_ptr(), rel.data_ptr(), n, m, c, out.data_ptr(),
+            w.data_ptr(), scratch.data_ptr()):
+        pytest.skip("no AMX with bfloat16 here (or the kernel withholds it)")
+    return out, w
+
+
+@pytest.mark.parametrize("c", [32, 48, 63, 64, 96, 150, 300])
+@pytest.mark.parametrize("scale", [0.3, 1000.0])
+def test_prefilter_approximations_within_their_window(c, scale):
+    """Every approximation lies within E (half the window the selection admits by) of its
+    distance, computed here in float64 from the same float32 unit rows: rows and keys
+    drawn at random and as values just off bfloat16's rounding midpoints (the largest
+    rounding errors), keys that are zero rows, a table of small and of large values."""
+    g = torch.Generator().manual_seed(c)
+    n, m = 300, 70
+    x = torch.randn(n, c, generator=g)
+    y = torch.randn(m, c, generator=g)
+    # values 1 + (2k + 1) 2^-8 (1 - 2^-20): just below a midpoint between two bfloat16s
+    mid = (1 + (2 * torch.randint(0, 64, (m // 2, c), generator=g) + 1) * 2.0 ** -8
+           * (1 - 2.0 ** -20)) * torch.randn(m // 2, c, generator=g).sign()
+    y[: m // 2] = mid
+    x[: n // 2] = mid.repeat(n // m + 1, 1)[: n // 2]
+    y[-1] = 0.0
+    rel = torch.randn(n, m, generator=g) * scale
+    approx, window = _approximations(x, y, rel)
+    q, k = F.normalize(x, dim=-1).double(), F.normalize(y, dim=-1).double()
+    dist = (k * k).sum(-1) - 2 * q @ k.T + rel.double()
+    error = (approx.double() - dist).abs()
+    assert (error <= window.double()[:, None] / 2).all(), (error / window[:, None]).max()
 
 
 @pytest.mark.parametrize("images", [1, 3])
@@ -199,7 +244,7 @@ def test_prefilter_takes_larger_keys(calls, monkeypatch):
 
 
 def test_prefilter_on_keys_closer_than_its_error():
-    """Keys that all lie within a few hundredths of one direction: their distances to a
+    """Keys that all lie within a few thousandths of one direction: their distances to a
     query are closer together than bfloat16's error, so the approximations alone would
     order them wrongly and miss some of the nearest. Every row's kept distances (float64)
     must be the k*d smallest, every d-th, to float32's rounding (so many near-equal
@@ -211,23 +256,54 @@ def test_prefilter_on_keys_closer_than_its_error():
     keys = (base + 2e-3 * torch.randn(2, 96, 14, 14, generator=g)).contiguous(
         memory_format=torch.channels_last)
     _needs_prefilter(x, keys, 9, 2)
-    rel = torch.zeros(28 * 28, 196)
-    got = knn_edges(x, 9, dilation=2, keys=keys, relative_pos=rel)
-    q = F.normalize(x.double().permute(0, 2, 3, 1).reshape(2, 784, 96), dim=-1)
-    y = F.normalize(keys.double().permute(0, 2, 3, 1).reshape(2, 196, 96), dim=-1)
-    dist = (torch.cdist(q, y) ** 2).reshape(-1, 196)
-    kept = dist.gather(1, got[0].view(-1, 9) - torch.arange(2).repeat_interleave(784)
-                       .view(-1, 1) * 196)
-    best = dist.sort(dim=-1).values[:, :18:2]
-    assert (dist.sort(dim=-1).values[:, 17] - dist.sort(dim=-1).values[:, 0]).max() < 0.05
-    assert torch.allclose(kept, best, rtol=0, atol=1e-6)
+    _assert_nearest_kept(x, keys, 9, 2, limit=0.05)
 
 
-def test_prefilter_with_nan_and_infinities(monkeypatch):
+def test_split_prefilter_on_distances_closer_than_its_error():
+    """With 48 channels (each value in two bfloat16 parts: errors of about 1e-5) keys at
+    one angle from a direction q0, each a different way round it, and queries within 1e-3
+    of q0: the distances of a query to the keys lie a few 1e-6 apart, closer than the
+    approximations' error, while the keys' bfloat16 parts differ (keys near one another,
+    as in the test above, round alike). Ordering by the approximations alone keeps wrong
+    keys in hundreds of rows."""
+    g = torch.Generator().manual_seed(21)
+    c = 48
+    q0 = F.normalize(torch.randn(c, generator=g, dtype=torch.float64), dim=0)
+    v = torch.randn(196, c, generator=g, dtype=torch.float64)
+    v = F.normalize(v - (v @ q0)[:, None] * q0, dim=1)  # unit, at right angles to q0
+    y = math.cos(1.0) * q0 + math.sin(1.0) * v
+    x = q0 + 1e-3 * F.normalize(torch.randn(2, 784, c, generator=g, dtype=torch.float64),
+                                dim=-1)
+    x = x.float().reshape(2, 28, 28, c).permute(0, 3, 1, 2).contiguous(
+        memory_format=torch.channels_last)
+    keys = y.float().repeat(2, 1, 1).reshape(2, 14, 14, c).permute(0, 3, 1, 2).contiguous(
+        memory_format=torch.channels_last)
+    _needs_prefilter(x, keys, 9, 2)
+    _assert_nearest_kept(x, keys, 9, 2, limit=1e-3)
+
+
+def _assert_nearest_kept(x, keys, k, d, limit):
+    """knn_edges with a zero table keeps, in every row, distances (float64) equal to the
+    k*d smallest, every d-th, to float32's rounding; the k*d smallest lie within limit."""
+    b, c, h, w = x.shape
+    m = keys.shape[2] * keys.shape[3]
+    got = knn_edges(x, k, dilation=d, keys=keys, relative_pos=torch.zeros(h * w, m))
+    q = F.normalize(x.double().permute(0, 2, 3, 1).reshape(b, h * w, c), dim=-1)
+    y = F.normalize(keys.double().permute(0, 2, 3, 1).reshape(b, m, c), dim=-1)
+    dist = (torch.cdist(q, y) ** 2).reshape(-1, m)
+    kept = dist.gather(1, got[0].view(-1, k) - torch.arange(b).repeat_interleave(h * w)
+                       .view(-1, 1) * m)
+    near = dist.sort(dim=-1).values[:, :k * d]
+    assert (near[:, -1] - near[:, 0]).max() < limit
+    assert torch.allclose(kept, near[:, ::d], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("c", [64, 48])
+def test_prefilter_with_nan_and_infinities(monkeypatch, c):
     """Under autocast (NaN lets the graph through, GradScaler's case) a NaN query row, a NaN
-    key and infinities in the table: the same edges as the float32 products."""
+    key, NaN and infinities in the table: the same edges as the float32 products."""
     g = torch.Generator().manual_seed(13)
-    x = torch.randn(2, 64, 28, 28, generator=g).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(2, c, 28, 28, generator=g).contiguous(memory_format=torch.channels_last)
     keys = F.avg_pool2d(x, 2, 2)
     _needs_prefilter(x, keys, 9, 1)
     x[0, :, 3, 4] = float("nan")
@@ -236,6 +312,7 @@ def test_prefilter_with_nan_and_infinities(monkeypatch):
     rel[7, ::3] = float("inf")
     rel[8, :190] = float("inf")  # fewer finite distances than kept: the bound is infinite
     rel[9, 5] = -float("inf")
+    rel[10, 3] = float("nan")  # NaN in a row of the table: that key last, the rest as before
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = knn_edges(x, 9, keys=keys, relative_pos=rel)
         monkeypatch.setattr(knn, "prefilter", False)

@@ -36,7 +36,8 @@
    On processors with AMX, rows with pooled keys, a table and enough channels are first
    prefiltered in bfloat16 ("Prefiltered rows", below). */
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__) && \
-    defined(__AVX512F__) && defined(__linux__) && !defined(VIG_PORTABLE)
+    defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && \
+    defined(__linux__) && !defined(VIG_PORTABLE)
 #define VIG_AMX 1           /* the prefilter (see "Prefiltered rows" below) */
 #define _DEFAULT_SOURCE 1   /* syscall() under -std=c99 */
 #endif
@@ -172,36 +173,47 @@ static int64_t block_images(int64_t m, int64_t c, int64_t self) {
 }
 
 #define AMX_ROWS 16     /* query rows of a tile of the prefilter */
-#define AMX_MIN_C 64    /* fewer channels: the float32 products are cheaper than the
+#define AMX_BLOCK 256   /* query rows of an image the prefilter's tiles take at once: AMX
+                           sleeps when idle and took about twice as long a block of 32
+                           rows woken between blocks (C harness) */
+#define AMX_MIN_C 32    /* fewer channels: the float32 products are cheaper than the
                            prefilter's approximations, bounds and exact distances */
-#ifdef VIG_AMX
-#define ROW_BLOCK AMX_ROWS  /* rows of the row path's distance buffer */
-#else
-#define ROW_BLOCK ROWS
-#endif
-static int64_t amx_k(int64_t c) { return (c + 31) / 32 * 32; }
+#define SPLIT_MAX_C 64  /* fewer channels: each value as two bfloat16 parts (see below) */
+static int64_t split(int64_t c) { return c < SPLIT_MAX_C; }
+/* the K of the prefilter's tile products (a multiple of 32): the channels as split() has
+   them, and two for s_j */
+static int64_t amx_k(int64_t c) { return ((split(c) ? 3 * c : c) + 2 + 31) / 32 * 32; }
+static int64_t prefilter_shape(int64_t c, int64_t self) { return !self && c >= AMX_MIN_C; }
 
 /* the scratch's parts in floats (one caller of vig_nearest), each a whole number of
    vectors, so that every part starts on a 64-byte line where the scratch does: a tile
    row (64 bytes) read from a part 32 bytes off a line spans two lines, which made the
    prefilter's tiles take twice as long (its key and query tiles came after cv, ci and
    sel, whose sizes were not whole vectors) */
-typedef struct { int64_t yt, sp, zero, rows, yn, qn, cv, ci, sel, ynk, kb, qa, pairs; } layout_t;
+typedef struct {
+  int64_t yt, sp, zero, rows, yn, qn, cv, ci, sel, ynk, kb, qa, pairs, bt, bmax;
+} layout_t;
 
 static layout_t layout(int64_t n, int64_t m, int64_t c, int64_t kd, int64_t self) {
   int64_t mp = padded(m), images = block_images(m, c, self);
   job_t J = {.n = n, .self = self};
-  int64_t queries = n > ROW_BLOCK ? n : ROW_BLOCK;
+  int64_t block = ROWS;
+#ifdef VIG_AMX
+  if (prefilter_shape(c, self)) block = AMX_BLOCK;
+#endif
+  int64_t queries = n > block ? n : block;
   layout_t L = {.yt = images * c * mp, .sp = images * mp, .zero = mp,
-                .rows = (symmetric(&J) ? n + ROWS : ROW_BLOCK) * mp, .yn = padded(m * c),
+                .rows = (symmetric(&J) ? n + ROWS : block) * mp, .yn = padded(m * c),
                 .qn = padded(queries * c), .cv = padded(m + LANES), .ci = padded(m + LANES),
                 .sel = padded(2 * ROWS * kd)};
 #ifdef VIG_AMX
-  if (!self && c >= AMX_MIN_C) {  /* the prefilter's keys, both ways, and query tiles */
+  if (prefilter_shape(c, self)) {  /* the prefilter's keys both ways, queries, table */
     L.ynk = images * padded(m * c);
     L.kb = images * amx_k(c) / 2 * mp;
-    L.qa = AMX_ROWS * amx_k(c) / 2;
+    L.qa = AMX_BLOCK * amx_k(c) / 2;
     L.pairs = mp * amx_k(c) / 2;
+    L.bt = AMX_BLOCK * mp;
+    L.bmax = AMX_BLOCK;
   }
 #endif
   return L;
@@ -211,7 +223,7 @@ static layout_t layout(int64_t n, int64_t m, int64_t c, int64_t kd, int64_t self
 int64_t vig_nearest_scratch(int64_t n, int64_t m, int64_t c, int64_t kd, int64_t self) {
   layout_t L = layout(n, m, c, kd, self && n == m);
   return L.yt + L.sp + L.zero + L.rows + L.yn + L.qn + L.cv + L.ci + L.sel + L.ynk + L.kb +
-         L.qa + L.pairs;
+         L.qa + L.pairs + L.bt + L.bmax;
 }
 
 typedef struct {  /* one thread's part of the scratch */
@@ -219,9 +231,11 @@ typedef struct {  /* one thread's part of the scratch */
   int32_t* ci;
   int64_t* sel;  /* [ROWS, kd]: the selections of a block of rows */
   float* ynk;    /* the prefilter's: images x the normalised keys [m, c], */
-  uint32_t* kb;  /* images x [c / 2, mp] their channel pairs in bfloat16, */
-  uint16_t* qa;  /* [AMX_ROWS, c] a block of queries in bfloat16 (c padded to 32), */
-  uint16_t* pairs;  /* [mp, c] an image's keys in bfloat16, before their transpose */
+  uint32_t* kb;  /* images x [K / 2, mp] their bfloat16 pairs (K = amx_k), */
+  uint16_t* qa;  /* [AMX_BLOCK, K] a block of queries in bfloat16, */
+  uint16_t* pairs;  /* [mp, K] an image's keys in bfloat16, before their transpose, */
+  float* bt;     /* [AMX_BLOCK, mp] the block's rows of the table, zero past m, */
+  float* bmax;   /* [AMX_BLOCK] and the largest |b_ij| of each (NaN left out) */
 } scratch_t;
 
 static scratch_t carve(const job_t* J, float* p) {
@@ -240,6 +254,8 @@ static scratch_t carve(const job_t* J, float* p) {
   S.kb = (uint32_t*)(S.ynk + L.ynk);
   S.qa = (uint16_t*)((float*)S.kb + L.kb);
   S.pairs = (uint16_t*)((float*)S.qa + L.qa);
+  S.bt = (float*)S.pairs + L.pairs;
+  S.bmax = S.bt + L.bt;
   return S;
 }
 
@@ -433,29 +449,54 @@ static int image_block(const job_t* J, int64_t g, int64_t images, const scratch_
 
    On the row path with a table b (pvig_ti's first two stages: 3136 and 784 queries
    against 196 pooled keys of 48 and 96 channels), the products are most of the work and
-   the selection keeps 9 of 196. Here AMX computes every product in bfloat16 (the tiles'
-   dot products, accumulated in float32), which gives approximate distances a_ij; each
-   row's bound u (the selection's, on the a_ij) then admits the keys with
+   the selection keeps 9 of 196. Here AMX's tiles compute every distance from bfloat16
+   values (8 significant bits; products summed in float32), which gives approximations
+   a_ij, and the selection runs on those with a window that no approximation's error can
+   cross.
 
-       a_ij <= u + 2 E + 2^-16 (|u| + 8),
+   The tiles hold a_ij itself: each starts from b_ij (the block's table rows, copied to
+   whole lines: bt) and sums the products of a query row [-2 q', 1, 1] and a key row
+   [y', sh_j, sl_j], where sh_j + sl_j is s_j in two bfloat16 parts and q', y' are the
+   channels in bfloat16. With fewer than SPLIT_MAX_C channels (pvig_ti's 48) each value
+   is split too, x = xh + xl + r with xh = bf16(x), xl = bf16(x - xh): q' = [qh, qh, ql]
+   against y' = [yh, yl, yh], three times the products, which AMX does at about fifteen
+   times the rate of float32 multiply-adds. With more channels q' = qh, y' = yh.
 
-   E = 2 (2^-7 + 2^-16) + K 2^-22 the error of a distance (K: the channels, padded to 32):
-   rounding both unit vectors to bfloat16 (8 significant bits) moves each product
-   q_k y_k by at most (2^-8 + 2^-8 + 2^-16) |q_k y_k|, and sum_k |q_k y_k| <= |q| |y| <= 1,
-   so a dot product by at most 2^-7 + 2^-16 and a distance, -2 q.y, twice that; the
-   float32 sums of K terms in the tiles and in the exact distances are each at most
-   K 2^-24 off (terms of at most 1 in all), twice that in a distance; the last term
-   covers the rounding of s_j and b_ij added in float32 (relative, so it grows with them).
-   Every key among the kd nearest is admitted: its approximation is at most E above its
-   distance, which is at most the kd-th smallest distance, and that is at most E above
-   the kd-th smallest approximation, which is at most u. The admitted keys (a dozen or
-   two of 196) get float32 distances (summed in sixteen lanes, an order of their own: a
-   float32 near-tie may fall the other way than on the tile path), and the selection
-   proper runs on those: the kd nearest.
+   E, the most an approximation is off from its distance (both s_j - 2 q.y + b_ij in
+   exact arithmetic and the float32 value of the exact distances below), for a row whose
+   table entries are at most B in size (B the row's largest |b_ij|, NaN left out;
+   infinite B: infinite E):
+
+       E = P + 2^-15 + K 2^-24 (B + 4) + 2^-23 (c + B + 4)
+
+   P, the products: rounding to bfloat16 moves each value by at most 2^-8 of itself, so
+   q_k y_k by at most (2^-7 + 2^-16) |q_k y_k| and, as sum_k |q_k y_k| <= |q| |y| <= 1 for
+   the unit rows, -2 q.y by at most P = 2 (2^-7 + 2^-16) = 2^-6 + 2^-15. Split, what is
+   left out (ql yl, qh ry and rq yh, about 2^-16 |q_k y_k| each, and smaller terms) is
+   below 2^-14 |q_k y_k|: P = 2^-13. 2^-15: s_j in two parts is off by at most 2^-16 s_j.
+   The tiles' float32 sums of K terms (K = amx_k; each product of two bfloat16 values is
+   exact in float32), whose partial sums stay below B + 4, are off by at most
+   K 2^-24 (B + 4) (AMX flushes subnormal results to zero: 2^-126 each, far inside the
+   slack); the exact distances' float32 sums of c products (twice, in a distance) and
+   the two additions of s_j and b_ij, by at most 2^-23 (c + B + 4). (Test
+   test_prefilter_approximations_within_their_window: errors up to 0.16 E.)
+
+   A row's bound u (the selection's, on the approximations) admits the keys with
+   a_ij <= u + 2E. Every key among the kd nearest is admitted: its approximation is at
+   most E above its distance, which is at most the kd-th smallest distance, and that is
+   at most E above the kd-th smallest approximation, which is at most u. The admitted
+   keys (a dozen or two of 196 with bfloat16 values, barely more than kd split) are
+   placed by their approximations, and where every gap between consecutive ones of the
+   kd nearest is above 2E and no other admitted key lies within 2E of the last, the
+   distances are in the same order as the approximations: those are the kd nearest, in
+   order ("clear"; split rows mostly are). The other rows (every row with more channels)
+   get the admitted keys' float32 distances (summed in sixteen lanes, an order of their
+   own: a float32 near-tie may fall the other way than on the tile path), and the
+   selection proper runs on those.
 
    Rows holding NaN or an infinity keep the rule too: an approximation is NaN or infinite
-   exactly where its distance is (the same b, the same non-finite normalised rows), and
-   an infinite bound admits every key. */
+   exactly where its distance is (the same b, the same non-finite normalised rows), an
+   infinite bound admits every key, and no such row is clear. */
 #ifdef VIG_AMX
 typedef struct {
   uint8_t palette, start_row, reserved[14];
@@ -478,23 +519,24 @@ static int amx_permitted(void) {
 
 /* whether a job's rows take the prefilter: pooled keys with a table, enough channels,
    and rows long enough for the selection's bound to admit few keys (as its histogram
-   pass decides) */
+   pass's rule), where AMX is allowed */
 static int prefiltered(const job_t* J) {
-  return J->prefilter && !J->self && J->b && J->c >= AMX_MIN_C && J->m >= 5 * J->kd &&
+  return J->prefilter && prefilter_shape(J->c, J->self) && J->b && J->m >= 5 * J->kd &&
          amx_permitted();
 }
 
-/* tiles 0-3: AMX_ROWS queries x 32 channels each; 4, 6: AMX_ROWS x 16 float32 products;
-   5, 7: 16 channel pairs x 16 keys. The thread's configuration before (oneDNN's, where
-   torch ran bfloat16 or int8 kernels on AMX here) is saved in *saved, for amx_restore:
-   a kernel that configured the tiles once need not expect anyone else to touch them. */
+/* tiles 0, 1: AMX_ROWS queries x 32 values; 2, 3: 16 value pairs x 16 keys; 4-7: the
+   AMX_ROWS x 16 sums of two query tiles by two key tiles. The thread's configuration
+   before (oneDNN's, where torch ran bfloat16 or int8 kernels on AMX here) is saved in
+   *saved, for amx_restore: a kernel that configured the tiles once need not expect
+   anyone else to touch them. */
 static void amx_configure(tile_config_t* saved) {
   tile_config_t cfg;
   _tile_storeconfig(saved);
   memset(&cfg, 0, sizeof cfg);
   cfg.palette = 1;
   for (int t = 0; t < 8; ++t) {
-    cfg.rows[t] = t == 5 || t == 7 ? 16 : AMX_ROWS;
+    cfg.rows[t] = AMX_ROWS;
     cfg.colsb[t] = 64;
   }
   _tile_loadconfig(&cfg);
@@ -511,29 +553,52 @@ static inline __mmask16 below(int64_t k, int64_t c) {
   return k >= c ? 0 : c - k >= LANES ? 0xFFFF : (__mmask16)((1u << (c - k)) - 1);
 }
 
-/* the c floats of x in bfloat16 (rounded to nearest even), zero from c up to kp (a
-   multiple of 32) */
-static void to_bf16(const float* x, int64_t c, int64_t kp, uint16_t* out) {
-  for (int64_t k = 0; k < kp; k += 32) {
-    __m512bh v = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(below(k + 16, c), x + k + 16),
-                                     _mm512_maskz_loadu_ps(below(k, c), x + k));
-    _mm512_storeu_si512((void*)(out + k), (__m512i)v);
+/* v rounded to bfloat16 (nearest even), as float32 */
+static inline __m512 bf16_part(__m512 v) {
+  __m256bh h = _mm512_cvtneps_pbh(v);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)h), 16));
+}
+
+/* the bfloat16 of v's lanes (nearest even) */
+static inline __m256i bf16_bits(__m512 v) { return (__m256i)_mm512_cvtneps_pbh(v); }
+
+/* A tile row of the prefilter (see its comment): the c values x scaled by `scale` (exact:
+   1 or -2) as the job's K values [x', e0, e1] in bfloat16, zero up to kp, where x' is xh,
+   or with split(c) [xh, xh, xl] for a query and [xh, xl, xh] for a key (`key`). */
+static void encode(const float* x, int64_t c, float scale, int key, float e0, float e1,
+                   int64_t kp, uint16_t* out) {
+  int64_t n = split(c) ? 3 * c : c;
+  for (int64_t k = 0; k < c; k += LANES) {
+    __mmask16 in = below(k, c);
+    __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(in, x + k), _mm512_set1_ps(scale));
+    __m256i h = bf16_bits(v);
+    _mm256_mask_storeu_epi16(out + k, in, h);
+    if (n == c) continue;
+    __m512 hf = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    __m256i l = bf16_bits(_mm512_sub_ps(v, hf));  /* x - xh is exact; then rounded */
+    _mm256_mask_storeu_epi16(out + c + k, in, key ? l : h);
+    _mm256_mask_storeu_epi16(out + 2 * c + k, in, key ? h : l);
   }
+  __m256i e = bf16_bits(_mm512_setr_ps(e0, e1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0));
+  for (int64_t k = n; k < kp; k += LANES)  /* e0, e1, then zeros */
+    _mm256_mask_storeu_epi16(out + k, below(k, kp), k == n ? e : _mm256_setzero_si256());
 }
 
 /* The keys of image g for the prefilter, in slot: normalised rows (ynk, for the exact
-   distances), s_j, and their channel pairs in bfloat16 transposed to [c / 2, mp] (kb,
-   the layout of AMX's second operand: a row of 16 keys x one pair). 0 when a key's norm
-   is not finite. The rows of yt are not made: nothing reads them here. */
+   distances), s_j, and their tile rows [yh (, yl, yh), sh_j, sl_j] in bfloat16 pairs
+   transposed to [K / 2, mp] (kb, the layout of AMX's second operand: a row of 16 keys x
+   one pair; zero past m). 0 when a key's norm is not finite. The rows of yt are not
+   made: nothing reads them here. */
 static int stage_keys_amx(const job_t* J, int64_t g, const scratch_t* S, int64_t slot) {
   int64_t m = J->m, c = J->c, mp = padded(m), kp = amx_k(c);
   float *yn = S->ynk + slot * padded(m * c), *sp = S->sp + slot * mp;
   uint32_t* kb = S->kb + slot * kp / 2 * mp;
   memset(sp, 0, (size_t)mp * sizeof(float));
   int finite = vig_normalize_rows(J->y + g * m * c, m, c, yn, sp, 1);
-  uint16_t* pairs = S->pairs;  /* [mp, kp] bfloat16: a key's pairs in a row */
+  uint16_t* pairs = S->pairs;  /* [mp, kp] bfloat16: a key's values in a row */
   for (int64_t j = 0; j < mp; ++j) {
-    if (j < m) to_bf16(yn + j * c, c, kp, pairs + j * kp);
+    float sh = _mm512_cvtss_f32(bf16_part(_mm512_set1_ps(sp[j])));
+    if (j < m) encode(yn + j * c, c, 1.0f, 1, sh, sp[j] - sh, kp, pairs + j * kp);
     else memset(pairs + j * kp, 0, (size_t)kp * sizeof(uint16_t));
   }
   for (int64_t j = 0; j < mp; j += LANES)  /* pairs as 32-bit words, transposed */
@@ -543,69 +608,74 @@ static int stage_keys_amx(const job_t* J, int64_t g, const scratch_t* S, int64_t
   return finite;
 }
 
-/* the approximate distances of AMX_ROWS normalised query rows qn (rows past `rows`
-   repeat the last) to the keys in slot, plus their rows of the table b, into d
-   (AMX_ROWS rows of mp) */
-static void approximate(const job_t* J, const float* qn, int64_t rows, const float* b,
-                        const scratch_t* S, int64_t slot, float* d) {
-  int64_t c = J->c, m = J->m, mp = padded(m), kp = amx_k(c);
-  const uint32_t* kb = S->kb + slot * kp / 2 * mp;
-  const float* sp = S->sp + slot * mp;
-  for (int64_t r = 0; r < AMX_ROWS; ++r)
-    to_bf16(qn + (r < rows ? r : rows - 1) * c, c, kp, S->qa + r * kp);
-  /* passes of up to 128 channels (four query tiles); after the first, the sums so far
-     come back from d. Two blocks of 16 keys at a time, in tiles 4 and 6 (keys in 5 and
-     7), so that one's chain of dependent products overlaps the other's. */
-  for (int64_t p0 = 0; p0 < kp; p0 += 128) {
-    int64_t tiles = (kp - p0) / 32 < 4 ? (kp - p0) / 32 : 4;
-    for (int64_t t = 0; t < tiles; ++t) {
-      const uint16_t* a = S->qa + p0 + 32 * t;
-      switch (t) {  /* tile numbers are immediates */
-        case 0: _tile_loadd(0, a, kp * 2); break;
-        case 1: _tile_loadd(1, a, kp * 2); break;
-        case 2: _tile_loadd(2, a, kp * 2); break;
-        default: _tile_loadd(3, a, kp * 2); break;
-      }
+/* The table's rows i0 .. i0 + rows - 1 for the tiles (bt, whole lines of mp, zero past
+   m; rows up to a whole tile repeat the last) and the largest |b_ij| of each (bmax; NaN
+   left out: it reaches no other entry's sum). Once per block of rows: every image of an
+   image block reads them. */
+static void stage_table(const job_t* J, int64_t i0, int64_t rows, const scratch_t* S) {
+  int64_t m = J->m, mp = padded(m), tiles = (rows + AMX_ROWS - 1) / AMX_ROWS * AMX_ROWS;
+  for (int64_t r = 0; r < tiles; ++r) {
+    const float* b = J->b + (i0 + (r < rows ? r : rows - 1)) * m;
+    __m512 big = _mm512_setzero_ps();
+    for (int64_t j = 0; j < mp; j += LANES) {
+      __m512 v = _mm512_maskz_loadu_ps(below(j, m), b + j);
+      _mm512_storeu_ps(S->bt + r * mp + j, v);
+      big = _mm512_max_ps(_mm512_abs_ps(v), big);  /* a NaN lane keeps big's value */
     }
+    S->bmax[r] = _mm512_reduce_max_ps(big);
+  }
+}
+
+/* The approximations a_ij of `rows` normalised query rows qn (a block of an image: rows
+   up to a whole tile repeat the last) to the keys in slot, in d (rows of mp). Two query
+   tiles by two key tiles at a time, so that each tile loaded serves two products; each
+   sum starts from its rows of the table (bt). */
+static void approximate(const job_t* J, const float* qn, int64_t rows, const scratch_t* S,
+                        int64_t slot, float* d) {
+  int64_t c = J->c, mp = padded(J->m), kp = amx_k(c), tiles = (rows + 15) / AMX_ROWS;
+  const uint32_t* kb = S->kb + slot * kp / 2 * mp;
+  for (int64_t r = 0; r < tiles * AMX_ROWS; ++r)
+    encode(qn + (r < rows ? r : rows - 1) * c, c, -2.0f, 0, 1.0f, 1.0f, kp, S->qa + r * kp);
+  int64_t as = kp * 2, ks = mp * 4, tile = AMX_ROWS * mp;
+  for (int64_t t = 0; t < tiles; t += 2) {
+    const uint16_t* a = S->qa + t * AMX_ROWS * kp;
+    const float* b = S->bt + t * tile;
+    float* out = d + t * tile;
+    int both = t + 1 < tiles;  /* a second query tile */
     for (int64_t j0 = 0; j0 < mp; j0 += 2 * LANES) {
-      int two = j0 + LANES < mp;
-      if (p0) {
-        _tile_loadd(6, d + j0, mp * 4);
-        if (two) _tile_loadd(4, d + j0 + LANES, mp * 4);
-      } else {
-        _tile_zero(6);
-        _tile_zero(4);
-      }
-      for (int64_t t = 0; t < tiles; ++t) {
-        const uint32_t* k = kb + (p0 / 2 + 16 * t) * mp + j0;
-        _tile_loadd(7, k, mp * 4);
-        if (two) _tile_loadd(5, k + LANES, mp * 4);
-        switch (t) {
-          case 0: _tile_dpbf16ps(6, 0, 7); if (two) _tile_dpbf16ps(4, 0, 5); break;
-          case 1: _tile_dpbf16ps(6, 1, 7); if (two) _tile_dpbf16ps(4, 1, 5); break;
-          case 2: _tile_dpbf16ps(6, 2, 7); if (two) _tile_dpbf16ps(4, 2, 5); break;
-          default: _tile_dpbf16ps(6, 3, 7); if (two) _tile_dpbf16ps(4, 3, 5); break;
+      int two = j0 + LANES < mp;  /* a second key tile */
+      _tile_loadd(4, b + j0, ks);
+      if (two) _tile_loadd(5, b + j0 + LANES, ks);
+      if (both) _tile_loadd(6, b + tile + j0, ks);
+      if (both && two) _tile_loadd(7, b + tile + j0 + LANES, ks);
+      for (int64_t k = 0; k < kp / 32; ++k) {
+        const uint32_t* y = kb + 16 * k * mp + j0;
+        _tile_loadd(0, a + 32 * k, as);
+        _tile_loadd(2, y, ks);
+        _tile_dpbf16ps(4, 0, 2);
+        if (two) {
+          _tile_loadd(3, y + LANES, ks);
+          _tile_dpbf16ps(5, 0, 3);
+        }
+        if (both) {
+          _tile_loadd(1, a + AMX_ROWS * kp + 32 * k, as);
+          _tile_dpbf16ps(6, 1, 2);
+          if (two) _tile_dpbf16ps(7, 1, 3);
         }
       }
-      _tile_stored(6, d + j0, mp * 4);
-      if (two) _tile_stored(4, d + j0 + LANES, mp * 4);
-    }
-  }
-  for (int64_t r = 0; r < AMX_ROWS; ++r) {  /* as finish: s_j - 2 a_ij, then + b_ij */
-    const float* br = b + (r < rows ? r : rows - 1) * m;
-    float* dr = d + r * mp;
-    for (int64_t j = 0; j < mp; j += LANES) {
-      vf16 v = load16(sp + j) + load16(dr + j) * -2.0f;
-      store16(dr + j, v + (vf16)_mm512_maskz_loadu_ps(below(j, m), br + j));
+      _tile_stored(4, out + j0, ks);
+      if (two) _tile_stored(5, out + j0 + LANES, ks);
+      if (both) _tile_stored(6, out + tile + j0, ks);
+      if (both && two) _tile_stored(7, out + tile + j0 + LANES, ks);
     }
   }
 }
 
 /* cv[i] = s_j - 2 q . y_j + b_j in float32 for the keys j = ci[i], i < count (q and the
    rows y_j of yn normalised, c channels; b the query's row of the table), NaN as +inf
-   (as the selection reads it). Four keys at a time, so that four chains of dependent multiply-adds overlap
-   and each vector of q serves four. (Sixteen keys at a time, their sums added across
-   vectors, measured no faster.) */
+   (as the selection reads it). Four keys at a time, so that four chains of dependent
+   multiply-adds overlap and each vector of q serves four. (Sixteen keys at a time, their
+   sums added across vectors, measured no faster.) */
 static void exact_distances(const float* q, const float* yn, int64_t c, const float* sp,
                             const float* b, const int32_t* ci, int64_t count, float* cv) {
   for (int64_t i = 0; i < count; i += 4) {
@@ -629,40 +699,69 @@ static void exact_distances(const float* q, const float* yn, int64_t c, const fl
   }
 }
 
-/* ROWS rows (the first `rows` selected) of approximate distances d, their queries qr
-   and table rows br: each row's admitted keys, their exact distances, their places */
+/* 2E (the top of the file's section) for a row whose table entries are at most bmax */
+static float window(const job_t* J, float bmax) {
+  float c = (float)J->c, k = (float)amx_k(J->c);
+  float p = split(J->c) ? 0x1p-13f : 0x1p-6f + 0x1p-15f;
+  return 2.0f * (p + 0x1p-15f + k * 0x1p-24f * (bmax + 4.0f) +
+                 0x1p-23f * (c + bmax + 4.0f));
+}
+
+/* whether row d's kd keys sel (placed by their approximations; cv[0:n] the admitted
+   approximations, NaN as +inf) are the kd nearest in order: every gap between
+   consecutive ones, and from the last to every other admitted key, above w */
+static int clear(const float* d, const int64_t* sel, int64_t kd, const float* cv, int64_t n,
+                 float w) {
+  for (int64_t p = 0; p + 1 < kd; ++p)
+    if (!(d[sel[p + 1]] - d[sel[p]] > w)) return 0;  /* NaN, an infinity: not above */
+  float edge = d[sel[kd - 1]] + w;
+  int64_t within = 0;
+  for (int64_t i = 0; i < n; i += LANES)
+    within += __builtin_popcount(_mm512_mask_cmp_ps_mask(below(i, n), _mm512_loadu_ps(
+        cv + i), _mm512_set1_ps(edge), _CMP_LE_OQ));
+  return within == kd;
+}
+
+/* ROWS rows (the first `rows` selected) of approximations d, their queries qr, table
+   rows br and table bounds bmax: each row's admitted keys, placed by their approximations
+   where that is clear, else by their exact distances */
 static void select_prefiltered(const job_t* J, const float* const* d, int64_t rows,
                                const float* const* qr, const float* const* br,
-                               const scratch_t* S, int64_t slot) {
-  int64_t c = J->c, m = J->m;
+                               const float* bmax, const scratch_t* S, int64_t slot) {
+  int64_t c = J->c, m = J->m, kd = J->kd;
   const float *yn = S->ynk + slot * padded(m * c), *sp = S->sp + slot * padded(m);
-  const float E = 2.0f * (0x1p-7f + 0x1p-16f) + (float)amx_k(c) * 0x1p-22f;
   float u[ROWS];
-  vig_select_bounds(d, m, J->kd, u);
+  vig_select_bounds(d, m, kd, u);
   for (int64_t r = 0; r < rows; ++r) {
-    float t = isfinite(u[r]) ? u[r] + 2.0f * E + 0x1p-16f * (fabsf(u[r]) + 8.0f) : u[r];
-    int64_t n = vig_select_gather(d[r], m, t, S->cv, S->ci);
+    float w = window(J, bmax[r]);
+    float t = isfinite(u[r]) ? u[r] + w : u[r];
+    int64_t n = vig_select_gather(d[r], m, t, S->cv, S->ci), *sel = S->sel + r * kd;
+    if (split(c)) {
+      vig_select_place(S->cv, S->ci, n, kd, sel);
+      if (clear(d[r], sel, kd, S->cv, n, w)) continue;
+    }
     exact_distances(qr[r], yn, c, sp, br[r], S->ci, n, S->cv);
-    vig_select_place(S->cv, S->ci, n, J->kd, S->sel + r * J->kd);
+    vig_select_place(S->cv, S->ci, n, kd, sel);
   }
 }
 
-/* block_fn of the prefilter: the approximations of AMX_ROWS rows, then their selection
-   ROWS rows at a time */
+/* block_fn of the prefilter: the approximations of the block's rows (the table's rows
+   staged with the block's first image), then their selection ROWS rows at a time */
 static void block_prefiltered(const job_t* J, int64_t g, int64_t i0, int64_t rows,
                               const scratch_t* S, int64_t slot) {
   int64_t c = J->c, mp = padded(J->m);
-  approximate(J, S->qn, rows, J->b + i0 * J->m, S, slot, S->rows);
+  if (slot == 0) stage_table(J, i0, rows, S);
+  approximate(J, S->qn, rows, S, slot, S->rows);
   for (int64_t h = 0; h < rows; h += ROWS) {
     const float *dr[ROWS], *qr[ROWS], *br[ROWS];
     for (int r = 0; r < ROWS; ++r) {
       int64_t k = h + r < rows ? h + r : rows - 1;
-      dr[r] = S->rows + (h + r) * mp;  /* rows past `rows` repeat the last */
+      dr[r] = S->rows + k * mp;  /* rows past `rows` repeat the last */
       qr[r] = S->qn + k * c;
       br[r] = J->b + (i0 + k) * J->m;
     }
     int64_t sel = rows - h < ROWS ? rows - h : ROWS;
-    select_prefiltered(J, dr, sel, qr, br, S, slot);
+    select_prefiltered(J, dr, sel, qr, br, S->bmax + h, S, slot);
     for (int r = 0; r < sel; ++r) emit(J, g, g * J->n + i0 + h + r, S->sel + r * J->kd);
   }
 }
@@ -685,7 +784,7 @@ static int run(const job_t* J, int64_t row0, int64_t row1, float* scratch) {
     if (amx) {  /* whole images (prefiltered: a table, so block >= 1), or part of one */
       int64_t images = whole < 1 ? 1 : whole < block ? whole : block;
       int64_t first = whole < 1 ? r0 - g * n : 0, last = whole < 1 ? end - g * n : n;
-      flags |= image_block(J, g, images, &S, AMX_ROWS, stage_keys_amx, block_prefiltered,
+      flags |= image_block(J, g, images, &S, AMX_BLOCK, stage_keys_amx, block_prefiltered,
                            first, last);
       r0 = whole < 1 ? end : (g + images) * n;
       continue;
@@ -783,6 +882,39 @@ int vig_nearest_prefilter(int64_t n, int64_t m, int64_t c, int64_t kd, int64_t s
   return prefiltered(&J);
 #else
   (void)n, (void)m, (void)c, (void)kd, (void)self, (void)with_b;
+  return 0;
+#endif
+}
+
+/* For the tests of the prefilter's window: its approximations a_ij of the n query rows q
+   ([n, c], one image) to the m keys y ([m, c]) with the table b ([n, m]), in out ([n, m]),
+   and each row's window 2E in w ([n]). scratch: vig_nearest_scratch(n, m, c, 1, 0)
+   floats. Returns 1, or 0 (nothing written) where the prefilter does not run here: no
+   AMX build or permission, or too few channels. */
+int vig_nearest_approximations(const float* q, const float* y, const float* b, int64_t n,
+                               int64_t m, int64_t c, float* out, float* w, float* scratch) {
+#ifdef VIG_AMX
+  job_t J = {.q = q, .y = y, .b = b, .n = n, .m = m, .c = c, .kd = 1, .prefilter = 1};
+  if (!prefilter_shape(c, 0) || !amx_permitted()) return 0;
+  scratch_t S = carve(&J, scratch);
+  int64_t mp = padded(m);
+  tile_config_t saved;
+  amx_configure(&saved);
+  stage_keys_amx(&J, 0, &S, 0);
+  for (int64_t i0 = 0; i0 < n; i0 += AMX_BLOCK) {
+    int64_t rows = n - i0 < AMX_BLOCK ? n - i0 : AMX_BLOCK;
+    vig_normalize_rows(q + i0 * c, rows, c, S.qn, NULL, 1);
+    stage_table(&J, i0, rows, &S);
+    approximate(&J, S.qn, rows, &S, 0, S.rows);
+    for (int64_t r = 0; r < rows; ++r) {
+      memcpy(out + (i0 + r) * m, S.rows + r * mp, (size_t)m * sizeof(float));
+      w[i0 + r] = window(&J, S.bmax[r]);
+    }
+  }
+  amx_restore(&saved);
+  return 1;
+#else
+  (void)q, (void)y, (void)b, (void)n, (void)m, (void)c, (void)out, (void)w, (void)scratch;
   return 0;
 #endif
 }

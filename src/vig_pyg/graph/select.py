@@ -160,6 +160,8 @@ def _open(path: Path) -> ctypes.CDLL:
     lib.vig_nearest_rows.restype = ctypes.c_int
     lib.vig_nearest_prefilter.argtypes = [i64] * 6
     lib.vig_nearest_prefilter.restype = ctypes.c_int
+    lib.vig_nearest_approximations.argtypes = [p] * 3 + [i64] * 3 + [p] * 3
+    lib.vig_nearest_approximations.restype = ctypes.c_int
     lib.vig_normalize_rows.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
                                        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32]
     lib.vig_normalize_rows.restype = ctypes.c_int
