@@ -173,9 +173,16 @@ static int64_t block_images(int64_t m, int64_t c, int64_t self) {
 }
 
 #define AMX_ROWS 16     /* query rows of a tile of the prefilter */
-#define AMX_BLOCK 256   /* query rows of an image the prefilter's tiles take at once: AMX
-                           sleeps when idle and took about twice as long a block of 32
-                           rows woken between blocks (C harness) */
+#define AMX_BLOCK 256   /* query rows of an image the prefilter's tiles take at once, at
+                           most: AMX sleeps when idle and took about twice as long for a
+                           block of 32 rows woken between blocks (C harness) */
+#define AMX_BLOCK_FLOATS (1 << 16)  /* a block's distances (and its table rows) at most, as
+                           far as 32 rows allow: 256 rows of thousands of keys (detection-
+                           size maps) overflowed the L2 cache and ran 1.3-1.5x slower */
+static int64_t amx_block(int64_t m) {
+  int64_t rows = AMX_BLOCK_FLOATS / padded(m) / 32 * 32;
+  return rows < 32 ? 32 : rows > AMX_BLOCK ? AMX_BLOCK : rows;
+}
 #define AMX_MIN_C 32    /* fewer channels: the float32 products are cheaper than the
                            prefilter's approximations, bounds and exact distances */
 #define SPLIT_MAX_C 64  /* fewer channels: each value as two bfloat16 parts (see below) */
@@ -199,7 +206,7 @@ static layout_t layout(int64_t n, int64_t m, int64_t c, int64_t kd, int64_t self
   job_t J = {.n = n, .self = self};
   int64_t block = ROWS;
 #ifdef VIG_AMX
-  if (prefilter_shape(c, self)) block = AMX_BLOCK;
+  if (prefilter_shape(c, self)) block = amx_block(m);
 #endif
   int64_t queries = n > block ? n : block;
   layout_t L = {.yt = images * c * mp, .sp = images * mp, .zero = mp,
@@ -210,10 +217,10 @@ static layout_t layout(int64_t n, int64_t m, int64_t c, int64_t kd, int64_t self
   if (prefilter_shape(c, self)) {  /* the prefilter's keys both ways, queries, table */
     L.ynk = images * padded(m * c);
     L.kb = images * amx_k(c) / 2 * mp;
-    L.qa = AMX_BLOCK * amx_k(c) / 2;
+    L.qa = block * amx_k(c) / 2;
     L.pairs = mp * amx_k(c) / 2;
-    L.bt = AMX_BLOCK * mp;
-    L.bmax = AMX_BLOCK;
+    L.bt = block * mp;
+    L.bmax = padded(block);
   }
 #endif
   return L;
@@ -232,10 +239,10 @@ typedef struct {  /* one thread's part of the scratch */
   int64_t* sel;  /* [ROWS, kd]: the selections of a block of rows */
   float* ynk;    /* the prefilter's: images x the normalised keys [m, c], */
   uint32_t* kb;  /* images x [K / 2, mp] their bfloat16 pairs (K = amx_k), */
-  uint16_t* qa;  /* [AMX_BLOCK, K] a block of queries in bfloat16, */
+  uint16_t* qa;  /* [amx_block, K] a block of queries in bfloat16, */
   uint16_t* pairs;  /* [mp, K] an image's keys in bfloat16, before their transpose, */
-  float* bt;     /* [AMX_BLOCK, mp] the block's rows of the table, zero past m, */
-  float* bmax;   /* [AMX_BLOCK] and the largest |b_ij| of each (NaN left out) */
+  float* bt;     /* [amx_block, mp] the block's rows of the table, zero past m, */
+  float* bmax;   /* [amx_block] and the largest |b_ij| of each (NaN left out) */
 } scratch_t;
 
 static scratch_t carve(const job_t* J, float* p) {
@@ -784,8 +791,8 @@ static int run(const job_t* J, int64_t row0, int64_t row1, float* scratch) {
     if (amx) {  /* whole images (prefiltered: a table, so block >= 1), or part of one */
       int64_t images = whole < 1 ? 1 : whole < block ? whole : block;
       int64_t first = whole < 1 ? r0 - g * n : 0, last = whole < 1 ? end - g * n : n;
-      flags |= image_block(J, g, images, &S, AMX_BLOCK, stage_keys_amx, block_prefiltered,
-                           first, last);
+      flags |= image_block(J, g, images, &S, amx_block(J->m), stage_keys_amx,
+                           block_prefiltered, first, last);
       r0 = whole < 1 ? end : (g + images) * n;
       continue;
     }
@@ -901,8 +908,8 @@ int vig_nearest_approximations(const float* q, const float* y, const float* b, i
   tile_config_t saved;
   amx_configure(&saved);
   stage_keys_amx(&J, 0, &S, 0);
-  for (int64_t i0 = 0; i0 < n; i0 += AMX_BLOCK) {
-    int64_t rows = n - i0 < AMX_BLOCK ? n - i0 : AMX_BLOCK;
+  for (int64_t i0 = 0, step = amx_block(m); i0 < n; i0 += step) {
+    int64_t rows = n - i0 < step ? n - i0 : step;
     vig_normalize_rows(q + i0 * c, rows, c, S.qn, NULL, 1);
     stage_table(&J, i0, rows, &S);
     approximate(&J, S.qn, rows, &S, 0, S.rows);

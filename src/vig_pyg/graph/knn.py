@@ -484,10 +484,13 @@ def _scratch_floats(lib, n: int, m: int, c: int, kd: int, self_keys: bool) -> in
     return lib.vig_nearest_scratch(n, m, c, kd, self_keys)
 
 
-#: Floats of fused-pass scratch a Python thread keeps from call to call (4 MiB): the zoo's
-#: blocks at batch 16 need at most about 3 MiB over two threads; larger jobs (detection-size
-#: maps: about 20 MiB a thread) get a fresh buffer each call and hand it back.
-SCRATCH_KEPT_FLOATS = 1 << 20
+#: Floats of fused-pass scratch a Python thread keeps from call to call (8 MiB): the zoo's
+#: blocks at batch 16 need at most about 6.5 MiB over two threads (pvig_b's first stage;
+#: pvig_ti's first two 4.2-4.5 MiB, since the prefilter takes 256 rows at once); larger jobs
+#: (detection-size maps: about 20 MiB a thread) get a fresh buffer each call and hand it
+#: back. At 4 MiB pvig_ti's first stage got a fresh buffer, and its page faults, each call:
+#: 8.2-8.5 against 5.9-6.1 ms in `bench_knn.py --fused`, one call in two or three.
+SCRATCH_KEPT_FLOATS = 1 << 21
 
 
 def _scratch(floats: int) -> Tensor:
