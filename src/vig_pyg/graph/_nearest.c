@@ -72,7 +72,8 @@ void vig_select_block(const float* const* d, int64_t rows, int64_t m, int64_t kd
                       int64_t* idx, float* cv, int32_t* ci);  /* _select.c, ROWS rows */
 void vig_select_bounds(const float* const* d, int64_t m, int64_t kd, float* u);
 int64_t vig_select_gather(const float* d, int64_t m, float u, float* cv, int32_t* ci);
-void vig_select_place(float* cv, const int32_t* ci, int64_t c, int64_t kd, int64_t* idx);
+void vig_select_place(float* cv, const int32_t* ci, int64_t c, int64_t kd, int64_t* idx,
+                      float* val);
 
 static inline vf16 load16(const float* p) { vf16 v; memcpy(&v, p, sizeof v); return v; }
 /* *p in every lane: one load (vbroadcastss from memory) where the written-out form would
@@ -441,7 +442,9 @@ static int image_block(const job_t* J, int64_t g, int64_t images, const scratch_
       int64_t r0 = (g + i) * n + i0;
       if (i0 + step < last) {  /* this image's next rows, read after the other images' */
         const char* next = (const char*)(J->q + (r0 + step) * c);
-        int64_t bytes = (last - i0 - step < step ? last - i0 - step : step) * c *
+        int64_t ahead = step < ROWS ? step : ROWS;  /* a float32 block's rows; of the
+          prefilter's 256-row blocks as many (all 256 took a seventh of its own time) */
+        int64_t bytes = (last - i0 - step < ahead ? last - i0 - step : ahead) * c *
                         (int64_t)sizeof(float);
         for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(next + o);
       }
@@ -493,13 +496,15 @@ static int image_block(const job_t* J, int64_t g, int64_t images, const scratch_
    most E above its distance, which is at most the kd-th smallest distance, and that is
    at most E above the kd-th smallest approximation, which is at most u. The admitted
    keys (a dozen or two of 196 with bfloat16 values, barely more than kd split) are
-   placed by their approximations, and where every gap between consecutive ones of the
-   kd nearest is above 2E and no other admitted key lies within 2E of the last, the
-   distances are in the same order as the approximations: those are the kd nearest, in
-   order ("clear"; split rows mostly are). The other rows (every row with more channels)
-   get the admitted keys' float32 distances (summed in sixteen lanes, an order of their
-   own: a float32 near-tie may fall the other way than on the tile path), and the
-   selection proper runs on those.
+   placed by their approximations. Two keys whose approximations lie more than 2E apart
+   have their distances in the same order, so where no other admitted key lies within 2E
+   of the last of the kd placed, those are the kd nearest, and only runs of them joined
+   by gaps of at most 2E need their distances to be ordered (`settle`; split: 77% of
+   pvig_ti's first-stage rows have no such gap, 19% a run inside, 5% a key near the
+   last, on the blocks of one forward). The other rows (every row with more channels)
+   get the admitted keys' float32 distances, and the selection proper runs on those.
+   Float32 distances are summed in sixteen lanes, an order of their own: a float32
+   near-tie may fall the other way than on the tile path.
 
    Rows holding NaN or an infinity keep the rule too: an approximation is NaN or infinite
    exactly where its distance is (the same b, the same non-finite normalised rows), an
@@ -714,19 +719,48 @@ static float window(const job_t* J, float bmax) {
                  0x1p-23f * (c + bmax + 4.0f));
 }
 
-/* whether row d's kd keys sel (placed by their approximations; cv[0:n] the admitted
-   approximations, NaN as +inf) are the kd nearest in order: every gap between
-   consecutive ones, and from the last to every other admitted key, above w */
-static int clear(const float* d, const int64_t* sel, int64_t kd, const float* cv, int64_t n,
-                 float w) {
-  for (int64_t p = 0; p + 1 < kd; ++p)
-    if (!(d[sel[p + 1]] - d[sel[p]] > w)) return 0;  /* NaN, an infinity: not above */
-  float edge = d[sel[kd - 1]] + w;
-  int64_t within = 0;
+/* Row r's kd keys sel, placed by their approximations v (ascending; cv[0:n]: the
+   admitted keys' approximations, NaN as +inf), put in the order of their distances where
+   that takes no more than the distances of a few of them; returns 0 (sel as it was)
+   where it does not. The approximations of keys whose gaps are above w are in the order
+   of their distances (see "Prefiltered rows"): so where every other admitted key lies
+   more than w above the last of sel, the kd nearest are sel's keys, and each run of them
+   joined by gaps of at most w (most rows have none, most others one pair) is ordered by
+   its keys' exact distances, ties by index; the runs keep their order. q, b: the row's
+   query and table row; yn, sp: the keys' normalised rows and s_j. cv, ci are
+   overwritten. */
+static int settle(const job_t* J, const float* v, int64_t* sel, float* cv, int32_t* ci,
+                  int64_t n, float w, const float* q, const float* b, const float* yn,
+                  const float* sp) {
+  int64_t kd = J->kd, within = 0;
   for (int64_t i = 0; i < n; i += LANES)
     within += __builtin_popcount(_mm512_mask_cmp_ps_mask(below(i, n), _mm512_loadu_ps(
-        cv + i), _mm512_set1_ps(edge), _CMP_LE_OQ));
-  return within == kd;
+        cv + i), _mm512_set1_ps(v[kd - 1] + w), _CMP_LE_OQ));
+  if (within != kd) return 0;  /* a key past the kd nearest may belong among them */
+  int apart = 1;  /* every gap above w (most rows): sixteen gaps at a time */
+  for (int64_t p = 0; p + 1 < kd; p += LANES) {
+    __mmask16 in = below(p, kd - 1);
+    __m512 gap = _mm512_sub_ps(_mm512_maskz_loadu_ps(in, v + p + 1),
+                               _mm512_maskz_loadu_ps(in, v + p));
+    apart &= _mm512_mask_cmp_ps_mask(in, gap, _mm512_set1_ps(w), _CMP_GT_OQ) == in;
+  }
+  if (apart) return 1;
+  for (int64_t s = 0, e; s < kd; s = e + 1) {
+    for (e = s; e + 1 < kd && !(v[e + 1] - v[e] > w); ++e) {}  /* NaN joins */
+    if (e == s) continue;
+    for (int64_t p = s; p <= e; ++p) ci[p - s] = (int32_t)sel[p];
+    exact_distances(q, yn, J->c, sp, b, ci, e - s + 1, cv);
+    for (int64_t p = 1; p <= e - s; ++p) {  /* insertion sort by (distance, index) */
+      float x = cv[p];
+      int32_t j = ci[p];
+      int64_t t = p;
+      for (; t > 0 && (cv[t - 1] > x || (cv[t - 1] == x && ci[t - 1] > j)); --t)
+        cv[t] = cv[t - 1], ci[t] = ci[t - 1];
+      cv[t] = x, ci[t] = j;
+    }
+    for (int64_t p = s; p <= e; ++p) sel[p] = ci[p - s];
+  }
+  return 1;
 }
 
 /* ROWS rows (the first `rows` selected) of approximations d, their queries qr, table
@@ -744,11 +778,12 @@ static void select_prefiltered(const job_t* J, const float* const* d, int64_t ro
     float t = isfinite(u[r]) ? u[r] + w : u[r];
     int64_t n = vig_select_gather(d[r], m, t, S->cv, S->ci), *sel = S->sel + r * kd;
     if (split(c)) {
-      vig_select_place(S->cv, S->ci, n, kd, sel);
-      if (clear(d[r], sel, kd, S->cv, n, w)) continue;
+      float v[1024];  /* kd <= 1024: knn.py's bound */
+      vig_select_place(S->cv, S->ci, n, kd, sel, v);
+      if (settle(J, v, sel, S->cv, S->ci, n, w, qr[r], br[r], yn, sp)) continue;
     }
     exact_distances(qr[r], yn, c, sp, br[r], S->ci, n, S->cv);
-    vig_select_place(S->cv, S->ci, n, kd, sel);
+    vig_select_place(S->cv, S->ci, n, kd, sel, NULL);
   }
 }
 

@@ -281,12 +281,14 @@ static inline int64_t* slot(int64_t* idx, int64_t kd, int32_t p, int64_t* sink) 
   return p < kd ? idx + p : sink;
 }
 
-/* idx[p] = ci[t] for every candidate t whose place p in the stable ascending order of
-   cv[0:c] is below kd. A place counts the smaller candidates and the equal ones before it
-   (the candidates are in index order); the places are a permutation of 0..c-1, so
-   idx[0:kd] is written exactly once each. The c x c compares vectorise and beat an
-   insertion sort's mispredicted branches. cv needs LANES slots of room after c. */
-static void place_all(float* cv, const int32_t* ci, int64_t c, int64_t kd, int64_t* idx) {
+/* idx[p] = ci[t] (and, where val is not NULL, val[p] = cv[t]) for every candidate t whose
+   place p in the stable ascending order of cv[0:c] is below kd. A place counts the
+   smaller candidates and the equal ones before it (the candidates are in index order);
+   the places are a permutation of 0..c-1, so idx[0:kd] is written exactly once each. The
+   c x c compares vectorise and beat an insertion sort's mispredicted branches. cv needs
+   LANES slots of room after c. */
+static void place_all(float* cv, const int32_t* ci, int64_t c, int64_t kd, int64_t* idx,
+                      float* val) {
   int64_t sink;
   for (int i = 0; i < LANES; ++i) cv[c + i] = INFINITY;  /* padding: never counts */
 #ifdef VIG_AVX512
@@ -314,9 +316,16 @@ static void place_all(float* cv, const int32_t* ci, int64_t c, int64_t kd, int64
     int32_t p[LANES];
     _mm512_storeu_si512((void*)p, place);
     for (int64_t t = t0; t < end; ++t) *slot(idx, kd, p[t - t0], &sink) = ci[t];
+    if (val)  /* the kept lanes' values to their places, in one scatter */
+      _mm512_mask_i32scatter_ps(val, tail_mask(t0, c) & _mm512_cmplt_epi32_mask(
+          place, _mm512_set1_epi32((int32_t)kd)), place, v, 4);
   }
 #else
-  for (int64_t t = 0; t < c; ++t) *slot(idx, kd, place_of(cv, c, cv[t], t), &sink) = ci[t];
+  for (int64_t t = 0; t < c; ++t) {
+    int32_t p = place_of(cv, c, cv[t], t);
+    *slot(idx, kd, p, &sink) = ci[t];
+    if (val && p < kd) val[p] = cv[t];
+  }
 #endif
 }
 
@@ -325,7 +334,7 @@ static void select_row(const float* d, int64_t m, int64_t kd, int64_t* idx,
                        float* cv, int32_t* ci) {
   int64_t c = m < SHORT_RATIO * kd ? gather_short(d, m, kd, cv, ci)
                                     : gather_any(d, m, bound(d, m, kd), cv, ci);
-  place_all(cv, ci, c, kd, idx);
+  place_all(cv, ci, c, kd, idx, NULL);
 }
 
 /* select_row for the fused distance + selection pass (_nearest.c); cv and ci as there. */
@@ -474,7 +483,7 @@ void vig_select_block(const float* const* d, int64_t rows, int64_t m, int64_t kd
   float u[BLOCK_ROWS];
   if (m >= SHORT_RATIO * kd && bounds_block(d, m, kd, u)) {
     for (int64_t r = 0; r < rows; ++r)
-      place_all(cv, ci, gather_any(d[r], m, u[r], cv, ci), kd, idx + r * kd);
+      place_all(cv, ci, gather_any(d[r], m, u[r], cv, ci), kd, idx + r * kd, NULL);
     return;
   }
 #endif
@@ -498,9 +507,11 @@ int64_t vig_select_gather(const float* d, int64_t m, float u, float* cv, int32_t
 }
 
 /* idx[0:kd]: the indices ci of the kd smallest of cv[0:c] (no NaN), ascending, ties in
-   the order of ci; cv needs LANES slots of room after c. */
-void vig_select_place(float* cv, const int32_t* ci, int64_t c, int64_t kd, int64_t* idx) {
-  place_all(cv, ci, c, kd, idx);
+   the order of ci, and their values in val[0:kd] where val is not NULL; cv needs LANES
+   slots of room after c. */
+void vig_select_place(float* cv, const int32_t* ci, int64_t c, int64_t kd, int64_t* idx,
+                      float* val) {
+  place_all(cv, ci, c, kd, idx, val);
 }
 
 /* rows [0, rows) of a row-major [rows, m] float32 matrix; 1 <= kd <= min(m, 1024).
