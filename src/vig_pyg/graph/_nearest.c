@@ -499,9 +499,9 @@ static int image_block(const job_t* J, int64_t g, int64_t images, const scratch_
    placed by their approximations. Two keys whose approximations lie more than 2E apart
    have their distances in the same order, so where no other admitted key lies within 2E
    of the last of the kd placed, those are the kd nearest, and only runs of them joined
-   by gaps of at most 2E need their distances to be ordered (`settle`; split: 77% of
-   pvig_ti's first-stage rows have no such gap, 19% a run inside, 5% a key near the
-   last, on the blocks of one forward). The other rows (every row with more channels)
+   by gaps of at most 2E need their distances to be ordered (`settle`; split, in half of
+   one first-stage block of a pvig_ti forward: 77% of the rows have no such gap, 19% a
+   run inside, 5% a key near the last). The other rows (every row with more channels)
    get the admitted keys' float32 distances, and the selection proper runs on those.
    Float32 distances are summed in sixteen lanes, an order of their own: a float32
    near-tie may fall the other way than on the tile path.
