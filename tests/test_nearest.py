@@ -243,6 +243,21 @@ def test_prefilter_takes_larger_keys(calls, monkeypatch):
     assert calls[0] == 1  # none of the last three took the pass
 
 
+def test_split_prefilter_only_where_its_keys_fit():
+    """Below 64 channels the prefilter's keys take K / 2 words each in bfloat16 parts (K: 3c
+    + 2 rounded up to 32) and c in float32; it runs only while an image's keys fit 2^19
+    floats (a core's L2 cache), since beyond it measured slower than the float32 products.
+    With 64 channels or more (one part) it runs on larger images too."""
+    lib = select._load()
+    if lib is None or not lib.vig_nearest_prefilter(3136, 196, 48, 9, 0, 1):
+        pytest.skip("no AMX with bfloat16 here (or the kernel withholds it)")
+    for m in (196, 2500, 4096, 4150):
+        k = -(-(3 * 48 + 2) // 32) * 32
+        fits = (k // 2 + 48) * (-(-m // 16) * 16) <= 2 ** 19
+        assert lib.vig_nearest_prefilter(4 * m, m, 48, 9, 0, 1) == fits
+        assert lib.vig_nearest_prefilter(4 * m, m, 96, 9, 0, 1) == 1
+
+
 def test_prefilter_on_keys_closer_than_its_error():
     """Keys that all lie within a few thousandths of one direction: their distances to a
     query are closer together than bfloat16's error, so the approximations alone would

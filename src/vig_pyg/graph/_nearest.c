@@ -192,6 +192,14 @@ static int64_t split(int64_t c) { return c < SPLIT_MAX_C; }
    them, and two for s_j */
 static int64_t amx_k(int64_t c) { return ((split(c) ? 3 * c : c) + 2 + 31) / 32 * 32; }
 static int64_t prefilter_shape(int64_t c, int64_t self) { return !self && c >= AMX_MIN_C; }
+/* Split keys take more room than float32 ones (K / 2 words a key, and the float32 rows for
+   the exact distances): only where they fit a core's L2 cache (2 MiB on every AMX
+   processor so far) is the split prefilter faster. Beyond (2 x 100x166 queries, 4150 keys
+   of 48 channels) it ran 0.82-0.90 of the float32 products; at 2500 keys 1.2x faster. */
+#define SPLIT_MAX_KEY_FLOATS (1 << 19)
+static int64_t split_fits(int64_t m, int64_t c) {
+  return (amx_k(c) / 2 + c) * padded(m) <= SPLIT_MAX_KEY_FLOATS;
+}
 
 /* the scratch's parts in floats (one caller of vig_nearest), each a whole number of
    vectors, so that every part starts on a 64-byte line where the scratch does: a tile
@@ -534,7 +542,7 @@ static int amx_permitted(void) {
    pass's rule), where AMX is allowed */
 static int prefiltered(const job_t* J) {
   return J->prefilter && prefilter_shape(J->c, J->self) && J->b && J->m >= 5 * J->kd &&
-         amx_permitted();
+         (!split(J->c) || split_fits(J->m, J->c)) && amx_permitted();
 }
 
 /* tiles 0, 1: AMX_ROWS queries x 32 values; 2, 3: 16 value pairs x 16 keys; 4-7: the
