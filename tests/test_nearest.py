@@ -203,13 +203,14 @@ def test_prefilter_approximations_within_their_window(c, scale):
     assert (error <= window.double()[:, None] / 2).all(), (error / window[:, None]).max()
 
 
+@pytest.mark.parametrize("c", [64, 48])
 @pytest.mark.parametrize("images", [1, 3])
-def test_prefilter_on_thread_splits(monkeypatch, images):
+def test_prefilter_on_thread_splits(monkeypatch, images, c):
     """Rows of one image split between threads (fewer images than threads), and whole
-    images: the prefilter's edges are the rule's either way."""
+    images: the prefilter's edges are the rule's either way (in one and two parts)."""
     monkeypatch.setattr(knn, "FUSED_WORK_PER_THREAD", 1)
     g = torch.Generator().manual_seed(15 + images)
-    x = torch.randn(images, 64, 20, 20, generator=g).contiguous(
+    x = torch.randn(images, c, 20, 20, generator=g).contiguous(
         memory_format=torch.channels_last)
     keys = F.avg_pool2d(x, 2, 2)
     _needs_prefilter(x, keys, 5, 1)
