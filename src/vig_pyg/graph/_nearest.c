@@ -773,7 +773,7 @@ static int settle(const job_t* J, const float* v, int64_t* sel, float* cv, int32
 
 /* ROWS rows (the first `rows` selected) of approximations d, their queries qr, table
    rows br and table bounds bmax: each row's admitted keys, placed by their approximations
-   where that is clear, else by their exact distances */
+   where `settle` can (split rows), else by their exact distances */
 static void select_prefiltered(const job_t* J, const float* const* d, int64_t rows,
                                const float* const* qr, const float* const* br,
                                const float* bmax, const scratch_t* S, int64_t slot) {
