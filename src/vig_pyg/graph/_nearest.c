@@ -573,14 +573,13 @@ static inline __mmask16 below(int64_t k, int64_t c) {
   return k >= c ? 0 : c - k >= LANES ? 0xFFFF : (__mmask16)((1u << (c - k)) - 1);
 }
 
-/* v rounded to bfloat16 (nearest even), as float32 */
-static inline __m512 bf16_part(__m512 v) {
-  __m256bh h = _mm512_cvtneps_pbh(v);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)h), 16));
-}
-
 /* the bfloat16 of v's lanes (nearest even) */
 static inline __m256i bf16_bits(__m512 v) { return (__m256i)_mm512_cvtneps_pbh(v); }
+
+/* sixteen bfloat16 values as float32 (exact) */
+static inline __m512 bf16_float(__m256i h) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
 
 /* A tile row of the prefilter (see its comment): the c values x scaled by `scale` (exact:
    1 or -2) as the job's K values [x', e0, e1] in bfloat16, zero up to kp, where x' is xh,
@@ -594,8 +593,7 @@ static void encode(const float* x, int64_t c, float scale, int key, float e0, fl
     __m256i h = bf16_bits(v);
     _mm256_mask_storeu_epi16(out + k, in, h);
     if (n == c) continue;
-    __m512 hf = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-    __m256i l = bf16_bits(_mm512_sub_ps(v, hf));  /* x - xh is exact; then rounded */
+    __m256i l = bf16_bits(_mm512_sub_ps(v, bf16_float(h)));  /* x - xh: exact */
     _mm256_mask_storeu_epi16(out + c + k, in, key ? l : h);
     _mm256_mask_storeu_epi16(out + 2 * c + k, in, key ? h : l);
   }
@@ -617,7 +615,7 @@ static int stage_keys_amx(const job_t* J, int64_t g, const scratch_t* S, int64_t
   int finite = vig_normalize_rows(J->y + g * m * c, m, c, yn, sp, 1);
   uint16_t* pairs = S->pairs;  /* [mp, kp] bfloat16: a key's values in a row */
   for (int64_t j = 0; j < mp; ++j) {
-    float sh = _mm512_cvtss_f32(bf16_part(_mm512_set1_ps(sp[j])));
+    float sh = _mm512_cvtss_f32(bf16_float(bf16_bits(_mm512_set1_ps(sp[j]))));
     if (j < m) encode(yn + j * c, c, 1.0f, 1, sh, sp[j] - sh, kp, pairs + j * kp);
     else memset(pairs + j * kp, 0, (size_t)kp * sizeof(uint16_t));
   }
