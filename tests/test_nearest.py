@@ -183,15 +183,19 @@ def _approximations(x, keys, rel):
 def test_prefilter_approximations_within_their_window(c, scale):
     """Every approximation lies within E (half the window the selection admits by) of its
     distance, computed here in float64 from the same float32 unit rows: rows and keys
-    drawn at random and as values just off bfloat16's rounding midpoints (the largest
-    rounding errors), keys that are zero rows, a table of small and of large values."""
+    drawn at random and unit rows whose values lie just below midpoints between two
+    bfloat16 numbers (the largest rounding errors), keys that are zero rows, a table of
+    small and of large values."""
     g = torch.Generator().manual_seed(c)
     n, m = 300, 70
     x = torch.randn(n, c, generator=g)
     y = torch.randn(m, c, generator=g)
-    # values 1 + (2k + 1) 2^-8 (1 - 2^-20): just below a midpoint between two bfloat16s
-    mid = (1 + (2 * torch.randint(0, 64, (m // 2, c), generator=g) + 1) * 2.0 ** -8
-           * (1 - 2.0 ** -20)) * torch.randn(m // 2, c, generator=g).sign()
+    # s (1 + (2j + 1) 2^-8 (1 - 2^-20)), s a power of two: just below a midpoint; the last
+    # value makes the row a unit row, which normalising leaves within float32's rounding
+    s = 2.0 ** -math.ceil(math.log2(2 * math.sqrt(c)))
+    mid = s * (1 + (2 * torch.randint(0, 64, (m // 2, c - 1), generator=g) + 1) * 2.0 ** -8
+               * (1 - 2.0 ** -20)) * torch.randn(m // 2, c - 1, generator=g).sign()
+    mid = torch.cat([mid, (1 - (mid.double() ** 2).sum(1, keepdim=True)).sqrt().float()], 1)
     y[: m // 2] = mid
     x[: n // 2] = mid.repeat(n // m + 1, 1)[: n // 2]
     y[-1] = 0.0

@@ -497,7 +497,8 @@ static int image_block(const job_t* J, int64_t g, int64_t images, const scratch_
    K 2^-24 (B + 4) (AMX flushes subnormal results to zero: 2^-126 each, far inside the
    slack); the exact distances' float32 sums of c products (twice, in a distance) and
    the two additions of s_j and b_ij, by at most 2^-23 (c + B + 4). (Test
-   test_prefilter_approximations_within_their_window: errors up to 0.16 E.)
+   test_prefilter_approximations_within_their_window: errors up to 0.65 E in one part,
+   0.13 E split, on values just off bfloat16 midpoints.)
 
    A row's bound u (the selection's, on the approximations) admits the keys with
    a_ij <= u + 2E. Every key among the kd nearest is admitted: its approximation is at
