@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Everything this project checks on a CUDA GPU, for a machine lent for minutes: the CUDA
 # tests, the benchmarks with --device cuda, then the rest of the suite with the GPU visible
-# (train.device=auto picks it). Each step has its own time limit and log; a step that fails
-# or runs out of time does not stop the next. Runs from a source checkout without
-# installing (PYTHONPATH=src), on whatever torch the machine has.
+# (it should pass as on a CPU machine: its training tests name train.device=cpu). Each
+# step has its own time limit and log; a step that fails or runs out of time does not stop
+# the next. Runs from a source checkout without installing (PYTHONPATH=src), on whatever
+# torch the machine has.
 #
 #     bash benchmarks/gpu_checks.sh [LOG_DIR]        # LOG_DIR defaults to $OUT, else gpu-logs
 #     STEPS="cuda_tests compile" bash benchmarks/gpu_checks.sh    # some steps only

@@ -14,7 +14,8 @@ pytest.importorskip("pycocotools")
 from cli_helpers import run_cli  # noqa: E402
 from vig_pyg.detection import fit  # noqa: E402
 
-# 64 px canvases, 8 training images, batch 2: 4 steps per epoch, 2 epochs
+# 64 px canvases, 8 training images, batch 2: 4 steps per epoch, 2 epochs; on the CPU
+# wherever the suite runs (the CUDA step is test_cuda.py's)
 TINY = ["model.detector=fasterrcnn", "model.backbone=pvig_ti",
         "model.overrides={channels: [16, 32, 48, 64], blocks: [1, 1, 1, 1], img_size: 64}",
         "model.k=4", "model.fpn_channels=16", "model.representation_size=32",
@@ -22,7 +23,8 @@ TINY = ["model.detector=fasterrcnn", "model.backbone=pvig_ti",
         "model.norm_eval=false", "data.canvas=64", "data.num_train=8", "data.num_val=3",
         "data.scale=[12, 28]", "data.batch_size=2", "data.eval_batch_size=3", "data.hflip=0.5",
         "optim.lr=1e-3", "optim.clip_grad=5", "sched.name=cosine", "sched.warmup_steps=2",
-        "train.epochs=2", "train.threads=1", "log.progress=false", "log.tensorboard=false"]
+        "train.epochs=2", "train.threads=1", "log.progress=false", "log.tensorboard=false",
+        "train.device=cpu"]
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from vig_pyg.train.imports import import_module
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHORT = ["model.channels=32", "model.depth=2", "model.stem_stride=8", "model.k=4",
          "data.batch_size=32", "train.epochs=1", "train.max_steps=3", "log.progress=false",
-         "log.tensorboard=false", "train.threads=1", "ema.enabled=false"]
+         "log.tensorboard=false", "train.threads=1", "ema.enabled=false", "train.device=cpu"]
 
 
 def _train(out, imports, env_extra=None):

@@ -19,7 +19,7 @@ RUNNER = textwrap.dedent("""
         "model.channels=32", "model.depth=2", "model.stem_stride=8", "model.k=4",
         "data.batch_size=16", "train.epochs=1", "train.max_steps=5", "train.seed=3",
         "log.progress=false", "log.tensorboard=false", "aug.mixup=0.8", "aug.cutmix=1.0",
-        "model.drop_path_rate=0.1"])
+        "model.drop_path_rate=0.1", "train.device=cpu"])
     summary, run = fit_run(cfg, output=os.path.join(out, "run"))
     rank = int(os.environ["RANK"])
     torch.save({k: v.detach().clone() for k, v in run.model.state_dict().items()},

@@ -14,9 +14,11 @@ from vig_pyg.cli import main
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # A ViG small enough for a test: 2 blocks of 32 channels on a 4x4 node grid (32 px, stride 8).
+# train.device=cpu: the suite checks the trainer's logic the same way on every machine; CUDA
+# training has its own tests (test_cuda.py), and a visible GPU would otherwise be picked.
 TINY = ["model.channels=32", "model.depth=2", "model.stem_stride=8", "model.k=4",
         "data.batch_size=32", "log.progress=false", "train.epochs=2", "train.max_steps=6",
-        "sched.warmup_epochs=0", "aug.mixup=0.8", "aug.cutmix=1.0"]
+        "sched.warmup_epochs=0", "aug.mixup=0.8", "aug.cutmix=1.0", "train.device=cpu"]
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +66,7 @@ def test_eval_model_file_through_create_model(trained, capsys, tmp_path):
     path official release weights take)."""
     js = tmp_path / "eval.json"
     code, out, err = run_cli(["eval", "--checkpoint", str(trained / "model.pt"), "--json", str(js),
-                              "--no-progress", "--set", *TINY[:4]], capsys)
+                              "--no-progress", "--set", *TINY[:4], "train.device=cpu"], capsys)
     assert code == 0, err
     summary = json.loads((trained / "summary.json").read_text())
     assert json.loads(js.read_text())["top1"] == pytest.approx(summary["top1"])
@@ -180,7 +182,7 @@ def test_eval_official_release_layout(trained, capsys, tmp_path):
     torch.save(official, path)
     js = tmp_path / "eval.json"
     code, out, err = run_cli(["eval", "--checkpoint", str(path), "--json", str(js), "--no-progress",
-                              "--set", *TINY[:4]], capsys)
+                              "--set", *TINY[:4], "train.device=cpu"], capsys)
     assert code == 0, err
     summary = json.loads((trained / "summary.json").read_text())
     assert json.loads(js.read_text())["top1"] == pytest.approx(summary["top1"])

@@ -1,4 +1,5 @@
-"""Small pieces of the trainer: RNG states as tensors, atomic saves, the thread chooser."""
+"""Small pieces of the trainer: RNG states as tensors, atomic saves, the thread chooser, the
+device rules."""
 import os
 import random
 
@@ -75,3 +76,38 @@ def test_thread_tuner_backs_off_when_two_threads_thrash():
         assert late.count(1) / len(late) > 0.9
     finally:
         torch.set_num_threads(before)
+
+
+def _device(setting, local_rank=0):
+    from vig_pyg.train.config import build_config
+    from vig_pyg.train.setup import resolve_device
+    return resolve_device(build_config(None, [f"train.device={setting}"]), local_rank)
+
+
+@pytest.mark.parametrize("gpus", [0, 2])
+def test_resolve_device_rules(monkeypatch, gpus):
+    """The rules written out: ``auto`` is ``cuda`` where a GPU is visible, ``cuda`` is the
+    process's local rank, ``cuda:N`` is GPU N; a GPU that is not there is one error line
+    naming the fix. Only ``is_available``/``device_count`` are read, so they stand in for
+    a GPU machine here."""
+    from vig_pyg.train.config import ConfigError
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    assert _device("cpu", 1) == torch.device("cpu")
+    for bad in ("gpu", "cuda:x", "meta"):
+        with pytest.raises(ConfigError, match=f"train.device='{bad}' is not a device"):
+            _device(bad)
+    if gpus == 0:
+        assert _device("auto", 1) == torch.device("cpu")
+        for want in ("cuda", "cuda:0"):
+            with pytest.raises(ConfigError, match="CUDA is not available: use train.device=cpu"):
+                _device(want)
+        return
+    assert _device("auto") == torch.device("cuda", 0)
+    assert _device("auto", 1) == _device("cuda", 1) == torch.device("cuda", 1)
+    assert _device("cuda:1", 0) == torch.device("cuda", 1)
+    with pytest.raises(ConfigError, match=r"process 2 of this node needs GPU 2 but 2 GPU\(s\) "
+                       r"are visible: launch at most 2 process\(es\) per node"):
+        _device("auto", 2)
+    with pytest.raises(ConfigError, match=r"train.device=cuda:2 needs GPU 2 but 2 GPU\(s\)"):
+        _device("cuda:2")

@@ -23,17 +23,30 @@ from .imports import import_modules
 
 # --------------------------------------------------------------------------- device, precision
 def resolve_device(cfg: Config, local_rank: int = 0) -> torch.device:
+    """``train.device`` for this process: ``auto`` is ``cuda`` where a GPU is visible, and
+    ``cuda`` gives each of torchrun's processes on a node its own GPU (``local_rank``)."""
     want = cfg.train.device
     if want == "auto":
         want = "cuda" if torch.cuda.is_available() else "cpu"
-    if want.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"train.device={cfg.train.device} but CUDA is not available: "
-                              "use train.device=cpu (or auto)")
-        return torch.device("cuda", local_rank) if want == "cuda" else torch.device(want)
-    if want != "cpu":
+    if want == "cpu":
+        return torch.device("cpu")
+    try:
+        device = torch.device(want)
+    except RuntimeError:
+        device = None
+    if device is None or device.type != "cuda":
         raise ConfigError(f"train.device='{want}' is not a device: use auto, cpu, cuda or cuda:N")
-    return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"train.device={cfg.train.device} but CUDA is not available: "
+                          "use train.device=cpu (or auto)")
+    count = torch.cuda.device_count()
+    index = local_rank if device.index is None else device.index
+    if index >= count:
+        which = (f"process {local_rank} of this node" if device.index is None
+                 else f"train.device={want}")
+        raise ConfigError(f"{which} needs GPU {index} but {count} GPU(s) are visible: launch "
+                          f"at most {count} process(es) per node, or use train.device=cpu")
+    return torch.device("cuda", index)
 
 
 @contextlib.contextmanager
