@@ -120,6 +120,26 @@ def test_patch_graph_from_contiguous_map_and_pyg_batch_api():
         PatchGraph.from_feature_map(torch.randn(4, 4))
 
 
+def test_patch_graph_made_directly_is_what_pyg_makes():
+    """After the first, graphs skip PyG's Batch metaclass; each is still what the
+    metaclass makes (same class, same fields), and a subclass gets its own class."""
+    class Sub(PatchGraph):
+        pass
+
+    fmap = torch.randn(2, 3, 2, 3).to(memory_format=torch.channels_last)
+    made = {}
+    for cls in (PatchGraph, Sub, PatchGraph, Sub):
+        g = cls.from_feature_map(fmap)
+        ref = cls(x=g.x, pos=g.pos, batch=g.batch, ptr=g.ptr, grid_size=(2, 3))  # PyG's way
+        assert type(g) is type(ref) and isinstance(g, cls) and isinstance(g, Data)
+        assert made.setdefault(cls, type(g)) is type(g)
+        assert sorted(g.keys()) == sorted(ref.keys()) == ["batch", "grid_size", "pos", "ptr",
+                                                          "x"]
+        assert g.num_graphs == 2 and g.num_nodes == 12 and g.grid_size == (2, 3)
+        assert torch.equal(g.to_feature_map(), fmap)
+    assert made[Sub] is not made[PatchGraph]
+
+
 # ---------------------------------------------------------------- kNN edges
 @pytest.mark.parametrize("backend", ["dense", "cluster"])
 @pytest.mark.parametrize("b", [1, 3])
