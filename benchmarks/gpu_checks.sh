@@ -39,5 +39,6 @@ TAIL=25 step bench_models 480 $bench --iters 20 --convs mr edge sage gin
 TAIL=14 step breakdown 240 $bench --iters 10 --breakdown --modes infer --convs mr edge sage gin
 TAIL=8 step compile 300 $bench --iters 10 --compile --convs mr
 TAIL=20 step pyg_convs 90 $py benchmarks/bench_pyg_convs.py --device cuda --warmup 3 --iters 10
+workers=$($py -c 'import xdist' 2>/dev/null && echo "-n 8")  # pytest-xdist where installed
 step suite "${SUITE_LIMIT:-300}" $py -m pytest tests -q -p no:cacheprovider -m "not slow" \
-    --deselect tests/test_cuda.py -n 8 -rf
+    --deselect tests/test_cuda.py $workers -rf
