@@ -16,6 +16,15 @@ on a column block of the rows, read and written in place through the leading dim
 ``M * C_out * C_in / G`` each, and forward + backward 1.1-1.5x faster on ViG's shapes
 (``benchmarks/bench_conv.py --projection``).
 
+Every other 1x1 convolution of a channels-last map in training (the FFNs', the Graphers'
+fc1 and fc2; ``groups = 1``) takes the same products through
+:func:`vig_pyg.layers.fused.pointwise_conv`: oneDNN's convolution backward is slower than
+two BLAS products there. Measured in the whole training step, not alone: a 1x1 layer
+timed by itself, its data warm in the cache, ran 0.86-0.95x as fast as oneDNN's on vig_ti's
+shapes and 0.46-1.06x on pvig_ti's, while the step with every such layer on the products
+ran 1.04-1.05x (vig_ti, ``gin`` and ``mr``) and 1.01-1.03x (pvig_ti) the step without
+(a throwaway script alternating the two step by step in one process, medians of 7-8).
+
 :func:`grouped_linear` runs where it applies: float32 rows on the CPU, a gradient to compute,
 nothing tracing or recording (:func:`vig_pyg.tracing.recording`: ``FlopCounterMode`` and the
 exporters see the convolution), and :data:`enabled`. Otherwise it calls
@@ -35,11 +44,12 @@ from ..tracing import recording
 
 __all__ = ["grouped_linear", "enabled"]
 
-#: Use the per-group matrix products where they apply.
+#: Use the per-group matrix products where they apply (also for ``fused.pointwise_conv``).
 enabled: bool = True
 
 
-def _applies(x: Tensor, weight: Tensor) -> bool:
+def applies(x: Tensor, weight: Tensor) -> bool:
+    """Whether :func:`grouped_linear` takes its matrix products for ``x`` and ``weight``."""
     return (enabled and x.device.type == "cpu" and x.dtype == torch.float32
             and weight.dtype == torch.float32 and torch.is_grad_enabled()
             and (x.requires_grad or weight.requires_grad) and not recording()
@@ -50,7 +60,7 @@ def grouped_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], groups: in
     """``y [M, C_out]`` from rows ``x [M, C_in]`` and a grouped 1x1 convolution's
     ``weight [C_out, C_in / groups, 1, 1]`` and ``bias [C_out]`` (or ``None``): what
     ``F.conv2d`` computes on the rows' channels-last view (module docstring)."""
-    if not _applies(x, weight):
+    if not applies(x, weight):
         m = x.size(0)
         view = x.contiguous().view(1, m, 1, -1).permute(0, 3, 1, 2)
         y = F.conv2d(view, weight, bias, groups=groups)
