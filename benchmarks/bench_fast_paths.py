@@ -6,8 +6,9 @@ selection instead of ``torch.topk``, the kNN's row normalisation, the neighbour 
 and in training BatchNorm + activation), ``vig_pyg.graph.knn.fused`` (the kNN's distances
 and selection in one compiled pass, against the matmul + compiled selection) and
 ``vig_pyg.layers.grouped_linear.enabled`` (the graph convolutions' grouped projections as
-one matrix product per group, and every other 1x1 convolution as one, training only). Variants: all on (the default), fused off,
-fused kNN pass off, per-group products off, all off. The steps are
+one matrix product per group, and every other 1x1 convolution as one, training only).
+Variants: all on (the default), fused off, fused kNN pass off, per-group products off, all
+off. The steps are
 ``bench_graphs.make_step``'s: ``forward`` an eval-mode forward under ``torch.no_grad()``,
 ``train`` forward + cross-entropy + backward + SGD step.
 
