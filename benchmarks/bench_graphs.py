@@ -10,6 +10,9 @@ the best of ``--iters`` steps is reported (median beside it) with its ratio to `
 ``axial_threshold`` has a variable degree: it is timed with the padded-table fast path
 (:mod:`vig_pyg.conv.padded`) and, as ``axial_threshold/propagate``, without it.
 
+``graph@conv`` times a builder under its own aggregator (``hypergraph_fcm@vihgnn``: a
+hypergraph needs a hypergraph aggregator); those models have their own weights (same seed).
+
     python benchmarks/bench_graphs.py                     # batch 16, 3 timed steps each
     python benchmarks/bench_graphs.py --batch 8 --iters 2 --graphs knn axial
     python benchmarks/bench_graphs.py --threads 1 --clock cpu   # on a busy machine
@@ -21,15 +24,23 @@ import argparse
 from timing import add_step_arguments, print_ratios, step_setup, time_alternately
 
 GRAPHS = ["knn", "static_knn", "axial", "axial_threshold", "axial_threshold/propagate",
-          "window_knn", "spatial_knn", "random"]
+          "window_knn", "spatial_knn", "random", "mgc", "lsgc", "gated_axial",
+          "gated_axial@gated_mr", "clustered_knn", "clustered_knn@cluster_mr",
+          "hypergraph_fcm@vihgnn", "hypergraph_fcm@pyg:HypergraphConv"]
 
 
 def build(name: str, state, model_name: str):
+    import torch
+
     from vig_pyg.models import create_model
 
-    graph = name.split("/")[0]
-    model = create_model(model_name, graph=graph)
-    model.load_state_dict(state)
+    graph, _, conv = name.split("/")[0].partition("@")
+    if conv:
+        torch.manual_seed(0)
+        model = create_model(model_name, graph=graph, conv=conv)
+    else:
+        model = create_model(model_name, graph=graph)
+        model.load_state_dict(state)
     if name.endswith("/propagate"):
         for m in model.modules():
             if hasattr(m, "fast_path"):

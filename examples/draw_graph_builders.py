@@ -2,8 +2,10 @@
 
 The features are the raw pixels of the 16 x 16 patches of scikit-image's astronaut photo at
 224 px (a 14 x 14 grid, vig_ti's first-block grid), so the feature-space builders (knn,
-axial_threshold, window_knn) choose neighbours that look alike. ``static_knn`` is ``knn`` on
-the stage input, so it has no panel of its own.
+axial_threshold, window_knn, clustered_knn, hypergraph_fcm) choose neighbours that look
+alike. ``static_knn`` is ``knn`` on the stage input, so it has no panel of its own. For the
+hypergraph the panel shows the members of the centre's hyperedges; for the gated axial graph
+the gated long-range neighbours are drawn in red.
 
     python examples/draw_graph_builders.py [--out docs/graph_builders.png] [--centre 5 6]
 """
@@ -17,13 +19,17 @@ import torch
 import torch.nn.functional as F
 
 from vig_pyg.graph import graph_builder
-from vig_pyg.graph.builders import BlockInfo
+from vig_pyg.graph.builders import BlockInfo, as_built_graph
 
 PANELS = [("knn", {}, "knn (k = 9)"), ("axial", {"hop": 2}, "axial (SVGA, hop 2)"),
           ("axial_threshold", {"hop": 2}, "axial_threshold (DAGC, hop 2)"),
           ("window_knn", {"window": 7}, "window_knn (7 x 7, k = 9)"),
-          ("spatial_knn", {}, "spatial_knn (k = 9)"), ("random", {}, "random (k = 9, eval)")]
-GRID, PATCH = 14, 16
+          ("spatial_knn", {}, "spatial_knn (k = 9)"), ("random", {}, "random (k = 9, eval)"),
+          ("mgc", {}, "mgc (MobileViGv2, hop 2)"), ("lsgc", {}, "lsgc (LogViG, base 2)"),
+          ("gated_axial", {}, "gated_axial (AdaptViG, hop 2)"),
+          ("clustered_knn", {}, "clustered_knn (ClusterViG, 4 parts)"),
+          ("hypergraph_fcm", {"hyperedges": 25}, "hypergraph_fcm (ViHGNN, 25)")]
+GRID, PATCH, ROWS = 14, 16, 2
 
 
 def patch_features() -> tuple[np.ndarray, torch.Tensor]:
@@ -36,11 +42,21 @@ def patch_features() -> tuple[np.ndarray, torch.Tensor]:
     return image, feats - feats.mean(dim=(2, 3), keepdim=True)
 
 
-def neighbours(name: str, options: dict, feats: torch.Tensor, centre: int) -> list[int]:
+def neighbours(name: str, options: dict, feats: torch.Tensor,
+               centre: int) -> tuple[list[int], list[int]]:
+    """(neighbours, the gated long-range ones among them) of ``centre``."""
     builder = graph_builder(name, **options).eval()
     builder.bind_block(BlockInfo(0, 0, 9, 1, 1), {})
-    edge_index = builder(feats, k=9)
-    return edge_index[0, edge_index[1] == centre].tolist()
+    built = as_built_graph(builder(feats, k=9))
+    src, dst = built.edge_index
+    if built.is_hypergraph:  # row 0 node, row 1 hyperedge: the centre's hyperedges' members
+        mine = dst[src == centre]
+        return sorted(set(src[torch.isin(dst, mine)].tolist())), []
+    near = src[dst == centre].tolist()
+    if built.edge_attr is None:
+        return near, []
+    kind = built.edge_attr[dst == centre, 0]
+    return near, src[dst == centre][kind == 1].tolist()
 
 
 def draw(out: str, centre_rc: tuple[int, int]) -> None:
@@ -51,12 +67,17 @@ def draw(out: str, centre_rc: tuple[int, int]) -> None:
 
     image, feats = patch_features()
     centre = centre_rc[0] * GRID + centre_rc[1]
-    fig, axes = plt.subplots(1, len(PANELS), figsize=(3.1 * len(PANELS), 3.5))
-    for ax, (name, options, title) in zip(axes, PANELS):
+    cols = -(-len(PANELS) // ROWS)
+    fig, axes = plt.subplots(ROWS, cols, figsize=(3.1 * cols, 3.4 * ROWS), squeeze=False)
+    for ax in axes.ravel()[len(PANELS):]:
+        ax.set_visible(False)
+    for ax, (name, options, title) in zip(axes.ravel(), PANELS):
         ax.imshow(image * 0.55 + 0.45)
-        for n in neighbours(name, options, feats, centre):
+        near, gated = neighbours(name, options, feats, centre)
+        for n in near:
             r, c = divmod(n, GRID)
-            ax.add_patch(Rectangle((c * PATCH, r * PATCH), PATCH, PATCH, facecolor="tab:orange",
+            colour = "tab:red" if n in gated else "tab:orange"
+            ax.add_patch(Rectangle((c * PATCH, r * PATCH), PATCH, PATCH, facecolor=colour,
                                    alpha=0.75, edgecolor="black", linewidth=0.6))
         r, c = centre_rc
         ax.add_patch(Rectangle((c * PATCH, r * PATCH), PATCH, PATCH, fill=False,

@@ -123,3 +123,20 @@ def test_shipped_studies_parse(tmp_path):
         os.path.join(root, "aggregators.yaml")).runs()[::3]] == [
         "mr", "edge", "sage", "gin", "pyg:GATv2Conv", "pyg:TransformerConv", "pyg:GENConv",
         "pyg:GINConv", "pyg:EdgeConv"]
+
+
+def test_include_adds_configurations_beyond_the_product(tmp_path):
+    import yaml
+
+    path = write_study(tmp_path, {"model.conv": ["mr", "edge"], "model.k": [3, 5]}, seeds=[0])
+    raw = yaml.safe_load(open(path))
+    raw["include"] = [{"model.conv": "gin", "model.k": 4},
+                      {"model.conv": "mr", "model.k": 3}]    # already a grid point: once
+    open(path, "w").write(yaml.safe_dump(raw))
+    study = load_study(path)
+    expected = [("mr", 3), ("mr", 5), ("edge", 3), ("edge", 5), ("gin", 4)]
+    assert [(r.values["model.conv"], r.values["model.k"]) for r in study.runs()] == expected
+    raw["include"] = [{"model.conv": "gin"}]                 # an axis missing
+    open(path, "w").write(yaml.safe_dump(raw))
+    with pytest.raises(StudyError, match="one value for every grid axis"):
+        load_study(path)

@@ -57,7 +57,8 @@ def test_every_listed_override_is_accepted():
               "reduce_ratios": [4, 2, 1, 1], "stochastic": True, "epsilon": 0.3,
               "dropout": 0.1, "knn_backend": "dense", "in_chans": 1, "act": "relu",
               "grapher_fc": False, "ffn": False, "groups": 2, "relative_pos": False,
-              "dilation": 2, "graph": "axial", "graph_options": {"backend": "dense"}}
+              "dilation": 2, "graph": "axial", "graph_options": {"backend": "dense"},
+              "conv_options": {"bias": True}}
     for name, base in (("vig_ti", ISO), ("pvig_ti", PYR)):
         for key in list_overrides(name):
             options = {**base, key: values[key]} if key != "channels" else base

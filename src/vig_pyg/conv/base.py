@@ -23,6 +23,12 @@ class GrapherConv(MessagePassing):
 
     #: Use the fused fixed-degree path when the graph allows it.
     fast_path: bool = True
+    #: What the aggregator runs on: ``"graph"`` (edges j -> i) or ``"hypergraph"`` (a
+    #: node -> hyperedge incidence); the Grapher refuses a builder of the other kind.
+    graph_kind: str = "graph"
+    #: Fields of the builder's :class:`~vig_pyg.graph.builders.BuiltGraph` that ``forward``
+    #: takes as keyword arguments (``edge_attr``, ``num_hyperedges``, ...), when set.
+    graph_inputs: tuple = ()
 
     def __init__(self, in_channels: int, out_channels: Optional[int], aggr: str):
         super().__init__(aggr=aggr, flow="source_to_target", node_dim=0)
@@ -81,8 +87,9 @@ class GrapherConv(MessagePassing):
         return not any(t.requires_grad for t in (*inputs, *self.parameters()))
 
     def __repr__(self) -> str:
+        extra = self.extra_repr()
         return (f"{type(self).__name__}({self.in_channels}, {self.out_channels}, "
-                f"groups={self.groups})")
+                f"groups={self.groups}{', ' + extra if extra else ''})")
 
 
 def interleave(a: Tensor, b: Tensor) -> Tensor:

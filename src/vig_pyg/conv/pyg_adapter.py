@@ -21,7 +21,13 @@ name                        conv built for ``in -> out``                        
                             ``train_eps=True)``
 ``pyg:EdgeConv``            ``EdgeConv(Linear(2 in, out) -> act -> Linear(out, out),``   yes
                             ``aggr="max")`` (as ``SplitEdgeConv``, see below)
+``pyg:HypergraphConv``      ``HypergraphConv(in, out)`` on a hypergraph builder's        no
+                            incidence (``hypergraph_fcm``)
 ==========================  ===========================================================  =========
+
+Edge attributes: on a builder that returns them (``gated_axial``'s local/long kind), a PyG
+class whose constructor takes ``edge_dim`` (GATConv, GATv2Conv, TransformerConv, GENConv)
+is built with the builder's width and given ``edge_attr``; the others ignore them.
 
 ``heads`` defaults to 1 and must divide ``out``. Self-loops are not added by default: a kNN
 graph already links every node to itself. Extra keyword arguments go to the PyG
@@ -46,6 +52,7 @@ The messages otherwise (attention, its softmax, MLPs) are PyG's code. Inside
 """
 from __future__ import annotations
 
+import inspect
 from contextlib import contextmanager
 from typing import Callable, Iterator, Optional, Tuple, Union
 
@@ -88,6 +95,7 @@ class PyGConv(nn.Module):
         act: activation after the BatchNorm (default GELU).
         bipartite: whether ``conv`` accepts a pair ``(x_src, x_dst)``; if ``False`` a pair
             raises a :class:`ValueError` (``None``: unknown, passed through).
+        graph_kind: ``"hypergraph"`` for a conv on a node -> hyperedge incidence.
 
     ``conv.aggr_module`` is wrapped in a
     :class:`~vig_pyg.conv.fast_aggregation.FastAggregation` where it can be
@@ -96,9 +104,16 @@ class PyGConv(nn.Module):
 
     def __init__(self, conv: nn.Module, out_channels: int,
                  act: Union[str, Callable, nn.Module, None] = "gelu",
-                 bipartite: Optional[bool] = True):
+                 bipartite: Optional[bool] = True, graph_kind: str = "graph"):
         super().__init__()
         self.conv = conv
+        self.graph_kind = graph_kind
+        # what the Grapher hands over besides the edges (see GrapherConv.graph_inputs)
+        if graph_kind == "hypergraph":
+            self.graph_inputs: tuple = ("num_hyperedges",)
+        else:
+            self.graph_inputs = (("edge_attr",) if getattr(conv, "edge_dim", None) is not None
+                                 else ())
         wrap_aggregation(conv)
         self.norm = nn.BatchNorm1d(out_channels)
         self.act = make_activation(act)
@@ -110,7 +125,9 @@ class PyGConv(nn.Module):
             self.conv.reset_parameters()
         self.norm.reset_parameters()
 
-    def forward(self, x: Union[Tensor, Tuple[Tensor, Tensor]], edge_index: Tensor) -> Tensor:
+    def forward(self, x: Union[Tensor, Tuple[Tensor, Tensor]], edge_index: Tensor,
+                edge_attr: Optional[Tensor] = None,
+                num_hyperedges: Optional[int] = None) -> Tensor:
         if not isinstance(x, Tensor):
             if self.bipartite is False:
                 raise ValueError(
@@ -119,7 +136,12 @@ class PyGConv(nn.Module):
                     f"does (e.g. 'pyg:SAGEConv', 'pyg:GATConv' or the ViG layers) for "
                     f"reduce_ratio > 1, or keys equal to the queries")
             x = tuple(x)
-        out = self.conv(x, edge_index)
+        if self.graph_kind == "hypergraph":
+            out = self.conv(x, edge_index, num_edges=num_hyperedges)
+        elif edge_attr is not None:
+            out = self.conv(x, edge_index, edge_attr=edge_attr)
+        else:
+            out = self.conv(x, edge_index)
         if isinstance(out, tuple):  # (out, attention weights)
             out = out[0]
         return self.act(self.norm(out))
@@ -183,18 +205,38 @@ RECIPES = {
     "GENConv": (_plain(pyg_conv.GENConv), True),
     "GINConv": (_gin, True),
     "EdgeConv": (_edge, True),
+    "HypergraphConv": (_plain(pyg_conv.HypergraphConv), False),
 }
+#: Recipes whose conv runs on a hypergraph builder's incidence.
+HYPERGRAPH_RECIPES = ("HypergraphConv",)
+
+
+def _takes(cls):
+    """``takes(option)`` of a factory: the adapter's own arguments, or a named argument of
+    the PyG class's constructor."""
+    params = inspect.signature(cls.__init__).parameters
+
+    def takes(option: str) -> bool:
+        param = params.get(option)
+        return option in ("act", "bias", "groups") or (
+            param is not None and param.kind in (param.POSITIONAL_OR_KEYWORD,
+                                                 param.KEYWORD_ONLY))
+    return takes
 
 
 def _factory(class_name: str, builder, bipartite: Optional[bool]):
+    kind = "hypergraph" if class_name in HYPERGRAPH_RECIPES else "graph"
+
     def factory(in_channels: int, out_channels: Optional[int] = None, *,
                 act: Union[str, Callable, nn.Module, None] = "gelu", bias: bool = True,
                 groups: Optional[int] = None, **kwargs) -> PyGConv:
         del groups  # dense convolutions: accepted for a uniform Grapher call, ignored
         out = 2 * in_channels if out_channels is None else out_channels
         conv = builder(in_channels, out, bias, act, dict(kwargs))
-        return PyGConv(conv, out, act=act, bipartite=bipartite)
+        return PyGConv(conv, out, act=act, bipartite=bipartite, graph_kind=kind)
 
+    factory.takes = _takes(getattr(pyg_conv, class_name))
+    factory.graph_kind = kind
     factory.__name__ = factory.__qualname__ = f"pyg_{class_name}"
     factory.__doc__ = f"``{PYG_PREFIX}{class_name}``: see :mod:`vig_pyg.conv.pyg_adapter`."
     return factory

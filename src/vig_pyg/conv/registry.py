@@ -13,6 +13,7 @@ part of the package; the adapters register themselves when ``vig_pyg.conv`` is i
 """
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Dict, List, Optional, Tuple
 
 from torch import nn
@@ -86,6 +87,29 @@ def build_conv(name: str, in_channels: int, out_channels: Optional[int] = None,
     if out_channels is None:
         out_channels = 2 * in_channels
     return factory(in_channels, out_channels, **kwargs)
+
+
+def conv_takes(name: str, option: str) -> bool:
+    """Whether the constructor of convolution ``name`` takes the keyword ``option``. A
+    factory may answer itself through a ``takes(option)`` attribute (the PyG adapters read
+    the PyG class's constructor); otherwise its signature decides (``**kwargs`` does not
+    count: such a factory takes only what it names)."""
+    factory = conv_factory(name)
+    takes = getattr(factory, "takes", None)
+    if callable(takes):
+        return bool(takes(option))
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
+    param = params.get(option)
+    return param is not None and param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)
+
+
+def conv_graph_kind(name: str) -> str:
+    """``"graph"`` or ``"hypergraph"``: what convolution ``name`` runs on (a factory's
+    ``graph_kind`` attribute; ``"graph"`` when it has none)."""
+    return getattr(conv_factory(name), "graph_kind", "graph")
 
 
 def list_convs() -> List[str]:

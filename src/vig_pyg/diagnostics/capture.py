@@ -10,7 +10,10 @@ nothing is kept or run when not capturing):
   its output ``[B*H*W, C']`` (the node features after the graph convolution).
 
 The hooks read the aggregator's inputs, not how the edges were built, so any graph builder
-(kNN, axial, ...) is captured the same way. They only copy tensors (detached, on the CPU):
+(kNN, axial, ...) is captured the same way. A hypergraph builder's incidence is kept as it
+is (``incidence``) and also as its clique expansion, the graph joining every node to every
+member of its hyperedges (``edge_index``): what a centre "sees" through its hyperedges, so
+reach, degree, the pictures and the other statistics read a hypergraph like a graph. They only copy tensors (detached, on the CPU):
 the logits are bit-identical with and without capture.
 """
 from __future__ import annotations
@@ -44,6 +47,14 @@ class BlockGraph:
     x_in: Tensor | None = None     # [B*H*W, C] node features entering the block
     x_conv: Tensor | None = None   # [B*H*W, C'] after the graph convolution
     extra: dict = field(default_factory=dict)
+    #: Hypergraphs only: the node -> hyperedge incidence ``[2, nnz]`` (row 0 node, row 1
+    #: hyperedge, numbered over the batch) and the number of hyperedges of the batch.
+    incidence: Tensor | None = None
+    num_hyperedges: int | None = None
+
+    @property
+    def is_hypergraph(self) -> bool:
+        return self.incidence is not None
 
     @property
     def num_nodes(self) -> int:
@@ -73,10 +84,16 @@ class BlockGraph:
     def _one(self, b: int, edges: Tensor) -> "BlockGraph":
         n, m = self.num_nodes, self.num_keys
         rows = slice(b * n, (b + 1) * n)
+        incidence, count = None, None
+        if self.is_hypergraph:  # hyperedges are numbered image after image, K each
+            count = self.num_hyperedges // self.num_images
+            keep = self.incidence[0] // n == b
+            incidence = self.incidence[:, keep] - torch.tensor([[b * n], [b * count]])
         return BlockGraph(self.index, self.name, 1, self.grid, self.key_grid,
                           self.reduce_ratio, edges - torch.tensor([[b * m], [b * n]]),
                           None if self.x_in is None else self.x_in[rows],
-                          None if self.x_conv is None else self.x_conv[rows], dict(self.extra))
+                          None if self.x_conv is None else self.x_conv[rows], dict(self.extra),
+                          incidence, count)
 
 
 def graphers(model: nn.Module) -> list[tuple[str, Grapher]]:
@@ -86,6 +103,19 @@ def graphers(model: nn.Module) -> list[tuple[str, Grapher]]:
         raise VigPygError(f"{type(model).__name__} has no Grapher blocks to inspect: pass a "
                           f"ViG model (vig_pyg.create_model or vig_pyg.models.load_model)")
     return found
+
+
+def clique_expansion(incidence: Tensor, num_nodes: int, num_hyperedges: int) -> Tensor:
+    """Edges ``j -> i`` for every pair of nodes sharing a hyperedge (``i`` with itself
+    included), each pair once, grouped by centre ``i`` in order: ``[2, E]``.
+
+    ``incidence`` is ``[2, nnz]`` (row 0 node, row 1 hyperedge). Computed as the nonzeros of
+    ``H H^T`` with ``H`` the ``num_nodes x num_hyperedges`` incidence matrix (dense: a
+    captured batch is small)."""
+    h = torch.zeros(num_nodes, num_hyperedges, dtype=torch.float32)
+    h[incidence[0], incidence[1]] = 1.0
+    pairs = (h @ h.t()).nonzero().t()          # [i, j], sorted by i then j
+    return torch.stack([pairs[1], pairs[0]])
 
 
 def _nodes(fmap: Tensor) -> Tensor:
@@ -144,11 +174,16 @@ class GraphCapture:
                     f"{name}: the graph convolution got {num_keys} neighbour nodes, expected "
                     f"{b} x {key_grid[0]} x {key_grid[1]} for reduce ratio {r}")
             out = output[0] if isinstance(output, (tuple, list)) else output
+            edges = edge_index.detach().long().cpu().clone()
+            incidence, count = None, None
+            if getattr(module, "graph_kind", "graph") == "hypergraph":
+                incidence, count = edges, int(kwargs["num_hyperedges"])
+                edges = clique_expansion(incidence, b * h * w, count)
             self.blocks.append(BlockGraph(
-                index, name, b, (h, w), key_grid, r,
-                edge_index.detach().long().cpu().clone(),
+                index, name, b, (h, w), key_grid, r, edges,
                 _nodes(fmap) if self.features else None,
-                out.detach().float().cpu().clone() if self.features else None))
+                out.detach().float().cpu().clone() if self.features else None,
+                incidence=incidence, num_hyperedges=count))
         return hook
 
 

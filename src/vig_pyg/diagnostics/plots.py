@@ -2,7 +2,8 @@
 
 * :func:`plot_overlay`: the neighbour figure of the ViG paper: the image, a few centre
   patches (outlined), their neighbours highlighted in the centre's colour and joined to it
-  by lines, one panel per block from shallow to deep;
+  by lines, one panel per block from shallow to deep; on a hypergraph, the neighbours are
+  the members of the centre's hyperedges;
 * :func:`plot_in_degree`: how often each patch is chosen as a neighbour, over the image;
 * :func:`plot_stats_vs_depth`: statistics against block depth, one line per model.
 
@@ -122,7 +123,8 @@ def plot_overlay(image: np.ndarray, blocks: list[BlockGraph], image_index: int, 
                                    edgecolor="white", lw=1.5))
             ax.plot(cx, cy, "o", ms=4, color="white", mec=colour)  # visible on fine grids
         ax.set_title(f"block {block.index} ({block.grid[0]}x{block.grid[1]}"
-                     + (f", keys /{block.reduce_ratio}" if block.reduce_ratio > 1 else "") + ")",
+                     + (f", keys /{block.reduce_ratio}" if block.reduce_ratio > 1 else "")
+                     + (", members of its hyperedges" if block.is_hypergraph else "") + ")",
                      fontsize=9)
         ax.set_xticks([]), ax.set_yticks([])
     return _save(fig, title, path)

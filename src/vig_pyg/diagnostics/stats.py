@@ -8,6 +8,13 @@ average of the query patches ``[u r, (u+1) r) x [v r, (v+1) r)``; its centre on 
 grid is ``q = ((u + 0.5) r - 0.5, (v + 0.5) r - 0.5)``, and its features are the ``r x r``
 average of the query features (the model pools its own features the same way).
 
+A hypergraph is read through its clique expansion (every node joined to every member of its
+hyperedges, :func:`~vig_pyg.diagnostics.capture.clique_expansion`), so reach, self-loops,
+in-degree, Jaccard, Dirichlet energy and homophily are those of the nodes a centre reaches
+through its hyperedges; two columns are its own, NaN for graphs: ``hyperedge_size``, the mean
+member count of the non-empty hyperedges, and ``hyperedges_per_node``, the mean number of
+hyperedges a node belongs to.
+
 Block rows pool every image of the batch (one disconnected graph) except the feature
 statistics marked "per image", which are averaged over images.
 """
@@ -26,7 +33,7 @@ from .capture import BlockGraph
 COLUMNS = ["model", "block", "image", "grid", "keys", "r", "edges", "reach_mean",
            "reach_median", "beyond", "radius", "self_loops", "indeg_max", "indeg_gini",
            "jaccard_prev", "diversity_in", "diversity_conv", "dirichlet_in", "dirichlet_conv",
-           "cosine_in", "cosine_conv", "homophily"]
+           "cosine_in", "cosine_conv", "homophily", "hyperedge_size", "hyperedges_per_node"]
 
 
 _CHUNK = 8192  # edges per step of dirichlet_energy
@@ -113,6 +120,17 @@ def jaccard(a: BlockGraph, b: BlockGraph) -> float:
     eb = torch.unique(b.edge_index[0] * size + b.edge_index[1])
     union = torch.unique(torch.cat([ea, eb])).numel()
     return float(torch.isin(ea, eb).sum()) / union if union else math.nan
+
+
+def hypergraph_sizes(block: BlockGraph) -> dict:
+    """``hyperedge_size = nnz / |{e : |e| > 0}|`` and ``hyperedges_per_node = nnz / N`` of a
+    hypergraph block (NaN for a graph)."""
+    if not block.is_hypergraph:
+        return {"hyperedge_size": math.nan, "hyperedges_per_node": math.nan}
+    nnz = block.incidence.size(1)
+    used = torch.unique(block.incidence[1]).numel()
+    return {"hyperedge_size": nnz / used if used else math.nan,
+            "hyperedges_per_node": nnz / (block.num_images * block.num_nodes)}
 
 
 # ------------------------------------------------------------------ over-smoothing
@@ -223,7 +241,8 @@ def block_stats(block: BlockGraph, previous: BlockGraph | None = None, radius: f
            "indeg_max": int(degree.max()) if degree.numel() else 0,
            "indeg_gini": gini(degree),
            "jaccard_prev": math.nan if previous is None else jaccard(block, previous),
-           "homophily": math.nan if labels is None else homophily(block, labels=labels)}
+           "homophily": math.nan if labels is None else homophily(block, labels=labels),
+           **hypergraph_sizes(block)}
     for tag, x in (("in", block.x_in), ("conv", block.x_conv)):
         if x is None:
             row.update({f"diversity_{tag}": math.nan, f"cosine_{tag}": math.nan,

@@ -37,7 +37,7 @@ def load_sweep(output: str) -> Study:
         d = yaml.safe_load(fh)
     return Study(name=d["name"], path=marker, base=d["base"], grid=d["grid"], seeds=d["seeds"],
                  reference=d.get("reference") or {}, common=d.get("set") or {},
-                 sweep=d.get("sweep") or {})
+                 sweep=d.get("sweep") or {}, include=d.get("include") or [])
 
 
 def _read_json(path: str):

@@ -4,11 +4,13 @@
     base: configs/demo.yaml          # relative to the study file, else to the repository root
     reference: {model.conv: mr}      # the released setting: one value per grid axis
     grid: {model.conv: [mr, edge]}   # several axes: their product
+    include:                         # optional configurations beyond the product, one value
+      - {model.conv: vihgnn}         # per grid axis (pairs that only run together)
     seeds: [0, 1, 2]                 # -> train.seed
     set: {train.epochs: 10}          # optional overrides common to every run
     sweep: {partition: gpu}          # optional executor settings (also --set sweep.KEY=V)
 
-Runs = grid product x seeds, in that order. A run is named after its grid values and seed
+Runs = (grid product, then ``include``) x seeds, in that order. A run is named after its grid values and seed
 (``conv-pyg-GATv2Conv__seed-1``), so the same study always maps to the same directories.
 """
 from __future__ import annotations
@@ -24,7 +26,8 @@ import yaml
 
 from ..errors import VigPygError, one_line
 
-STUDY_KEYS = {"name", "base", "reference", "grid", "seeds", "set", "sweep", "description"}
+STUDY_KEYS = {"name", "base", "reference", "grid", "include", "seeds", "set", "sweep",
+              "description"}
 SWEEP_KEYS = {"partition", "time", "gpus", "cpus", "mem_gb", "account", "qos", "constraint"}
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))))
@@ -63,14 +66,17 @@ class Study:
     reference: dict = field(default_factory=dict)
     common: dict = field(default_factory=dict)
     sweep: dict = field(default_factory=dict)
+    include: list = field(default_factory=list)   # configurations beyond the product
 
     @property
     def axes(self) -> list:
         return list(self.grid)
 
     def configurations(self) -> list:
-        """Every grid point as {axis: value}, axes varying last-fastest."""
-        return [dict(zip(self.axes, combo)) for combo in itertools.product(*self.grid.values())]
+        """Every grid point as {axis: value}, axes varying last-fastest, then the
+        ``include`` entries that are not grid points already."""
+        out = [dict(zip(self.axes, combo)) for combo in itertools.product(*self.grid.values())]
+        return out + [dict(c) for c in self.include if c not in out]
 
     def axis_label(self, axis: str) -> str:
         """The axis's short name (its last dotted part) unless two axes share it."""
@@ -93,7 +99,7 @@ class Study:
 
     def to_dict(self) -> dict:
         return {"name": self.name, "base": self.base, "reference": self.reference,
-                "grid": self.grid, "seeds": self.seeds, "set": self.common, "sweep": self.sweep}
+                "grid": self.grid, "include": self.include, "seeds": self.seeds, "set": self.common, "sweep": self.sweep}
 
 
 def _resolve_base(base: Any, study_path: str) -> str:
@@ -125,6 +131,11 @@ def _check_shape(raw: Any, path: str) -> None:
             raise StudyError(f"study '{path}': grid axis '{axis}' needs a non-empty list of values")
         if len({json.dumps(v, sort_keys=True) for v in values}) != len(values):
             raise StudyError(f"study '{path}': grid axis '{axis}' repeats a value")
+    include = raw.get("include") or []
+    if not isinstance(include, list) or not all(
+            isinstance(c, dict) and set(c) == set(grid) for c in include):
+        raise StudyError(f"study '{path}': 'include' must be a list of configurations, each "
+                         f"giving one value for every grid axis ({', '.join(grid)})")
     seeds = raw.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(
             isinstance(s, int) and not isinstance(s, bool) for s in seeds) or len(set(seeds)) != len(seeds):
@@ -183,6 +194,7 @@ def load_study(path: str, sets=()) -> Study:
     study = Study(name=str(raw.get("name") or os.path.splitext(os.path.basename(path))[0]),
                   path=os.path.abspath(path), base=_resolve_base(raw.get("base"), path),
                   grid=dict(raw["grid"]), seeds=list(raw.get("seeds", [0])),
+                  include=list(raw.get("include") or []),
                   reference=dict(raw.get("reference") or {}),
                   common={**(raw.get("set") or {}), **common_sets},
                   sweep={**(raw.get("sweep") or {}), **sweep_sets})

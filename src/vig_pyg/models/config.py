@@ -81,6 +81,8 @@ class ViGConfig:
     #: whole network, or a list with one entry per stage.
     graph: str | list = "knn"
     graph_options: dict | list | None = None
+    #: Keyword arguments of the aggregator ``conv`` in every Grapher (``{"sign": "i-j"}``).
+    conv_options: dict | None = None
 
     @property
     def use_relative_pos(self) -> bool:
@@ -142,6 +144,21 @@ class ViGConfig:
                                        dpr[i]))
                 i += 1
         return specs
+
+    def block_infos(self) -> list:
+        """What each block's graph builder is told (:class:`~vig_pyg.graph.builders.BlockInfo`,
+        in block order): its place in the model and its schedule."""
+        from ..graph.builders import BlockInfo
+
+        specs = self.block_specs()
+        first: dict[int, int] = {}
+        out = []
+        for spec in specs:
+            first.setdefault(spec.stage, spec.index)
+            out.append(BlockInfo(spec.index, spec.index - first[spec.stage], spec.k,
+                                 spec.dilation, spec.reduce_ratio, spec.stage, self.num_stages,
+                                 len(specs), self.kind))
+        return out
 
     def to_dict(self) -> dict:
         """Plain containers only (``torch.load(weights_only=True)`` reads them back)."""
@@ -241,6 +258,7 @@ class ViGConfig:
 
     def _check_graph(self) -> None:
         from ..graph.builders import GraphBuilderError, check_options, graph_builder
+        from .grapher import check_pairing  # late: the Grapher module imports PyG
 
         who = self.name or self.kind
         for field_name in ("graph", "graph_options"):
@@ -254,14 +272,36 @@ class ViGConfig:
             if opts is not None and not isinstance(opts, dict):
                 raise ModelConfigError(f"{who}: graph_options must be a dict (or a list of one "
                                        f"per stage), got {self.graph_options!r}")
+        self._check_conv_options()
         grids = self.stage_grids()
         try:
-            for spec in self.block_specs():
-                name, options = self.stage_graph(spec.stage)
+            for info in self.block_infos():   # bound as in the model: schedules apply
+                name, options = self.stage_graph(info.stage)
                 check_options(name, options)
-                graph_builder(name, **options).check_grid(*grids[spec.stage], spec.k)
+                builder = graph_builder(name, **options)
+                builder.bind_block(info, {})
+                builder.check_grid(*grids[info.stage], info.k)
+                check_pairing(self.conv, builder)
         except GraphBuilderError as e:
             raise ModelConfigError(f"{who}: {e}") from None
+
+    def _check_conv_options(self) -> None:
+        from ..conv.registry import conv_takes
+
+        who = self.name or self.kind
+        opts = self.conv_options
+        if opts is None:
+            return
+        if not isinstance(opts, dict):
+            raise ModelConfigError(f"{who}: conv_options must be a dict of the aggregator's "
+                                   f"keyword arguments, got {opts!r}")
+        try:
+            unknown = sorted(key for key in opts if not conv_takes(self.conv, key))
+        except ValueError as e:  # an unknown conv name
+            raise ModelConfigError(f"{who}: {e}") from None
+        if unknown:
+            raise ModelConfigError(f"{who}: aggregator {self.conv!r} takes no option(s) "
+                                   f"{unknown}; remove them from conv_options")
 
     def _check_img_size(self) -> None:
         who = self.name or self.kind

@@ -68,6 +68,8 @@ OVERRIDES: dict[str, tuple[tuple, Callable[[Any], bool], str]] = {
                                          "list_graph_builders()), or a list of one per stage"),
     "graph_options": ((), lambda v: v is None or isinstance(v, (dict, list, tuple)),
                       "a dict of the builder's options, or a list of one per stage"),
+    "conv_options": ((), lambda v: v is None or isinstance(v, dict),
+                     "a dict of the aggregator's keyword arguments, e.g. {'sign': 'i-j'}"),
 }
 _PYRAMID_CHANNELS = (lambda v: isinstance(v, (list, tuple)) and _ints(v),
                      "a list of ints, one per stage")
@@ -176,7 +178,8 @@ def create_model(name: str, num_classes: int = 1000, conv: str = "mr", k: int = 
             ``graph`` (a graph builder, ``vig_pyg.graph.list_graph_builders()``; default
             ``knn``) with ``graph_options`` (its options; a list of one per stage for a
             pyramid, e.g. ``graph="axial", graph_options=[{"hop": 4}, {"hop": 2}, {"hop": 2},
-            {"hop": 1}]``).
+            {"hop": 1}]``), and ``conv_options`` (the aggregator's keyword arguments, e.g.
+            ``{"sign": "i-j", "zero_start": True}`` for ``mr``).
     """
     model = ViG(model_config(name, num_classes, conv, k, drop_path_rate, img_size, **overrides))
     if checkpoint is not None:

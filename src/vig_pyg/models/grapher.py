@@ -15,17 +15,61 @@ from timm.layers import DropPath
 from torch import Tensor, nn
 
 from ..graph import PatchGraph, relative_position_table, resize_relative_position
-from ..graph.builders import builder_options, graph_builder
+from ..graph.builders import GraphBuilderError, as_built_graph, builder_options, graph_builder
 from .convbn import ConvBN
 
 
-def _build_conv(name: str, channels: int, out: int, act: str, groups: int) -> nn.Module:
-    from ..conv import build_conv  # imported late: vig_pyg.conv imports torch_geometric convs
+def _build_conv(name: str, channels: int, out: int, act: str, groups: int, options: dict,
+                builder) -> nn.Module:
+    from ..conv import build_conv, conv_takes  # late: vig_pyg.conv imports PyG's convs
 
     # groups is passed only when it differs from every conv's default (4), so that
     # registered convs without a groups argument keep working with the release's layout
     extra = {} if groups == 4 else {"groups": groups}
-    return build_conv(name, channels, out, act=act, **extra)
+    # what the builder asks of its aggregator, where the aggregator takes it: its edge
+    # attributes' width (PyG's edge_dim) and options such as a global-attention stage
+    asked = dict(builder.conv_options())
+    if builder.edge_dim is not None:
+        asked["edge_dim"] = builder.edge_dim
+    extra.update({key: v for key, v in asked.items() if conv_takes(name, key)})
+    check_pairing(name, builder)
+    return build_conv(name, channels, out, act=act, **{**extra, **options})
+
+
+def check_pairing(name: str, builder) -> None:
+    """Refuses (one line, naming the fix) an aggregator that cannot run on ``builder``'s
+    output: a graph aggregator on a hypergraph or the reverse, or one whose
+    :attr:`graph_inputs` asks for what the builder does not give (edge kinds, a partition)."""
+    from ..conv import conv_graph_kind
+    from ..conv.registry import conv_factory
+
+    conv_kind = conv_graph_kind(name)
+    if conv_kind != builder.graph_kind:
+        fix = ("a hypergraph aggregator ('vihgnn' or 'pyg:HypergraphConv')"
+               if builder.graph_kind == "hypergraph" else
+               f"a {conv_kind} builder: {', '.join(map(repr, builders_for(name)))}")
+        raise GraphBuilderError(
+            f"aggregator {name!r} runs on a {conv_kind} but graph builder "
+            f"{builder.name!r} builds a {builder.graph_kind}; use {fix}")
+    missing = sorted(set(getattr(conv_factory(name), "graph_inputs", ())) - set(builder.provides))
+    if missing:
+        raise GraphBuilderError(
+            f"aggregator {name!r} needs {' and '.join(missing)} from its graph builder, which "
+            f"{builder.name!r} does not give; use graph="
+            f"{' or '.join(map(repr, builders_for(name)))}")
+
+
+def builders_for(name: str) -> list[str]:
+    """The registered builders aggregator ``name`` can run on."""
+    from ..conv import conv_graph_kind
+    from ..conv.registry import conv_factory
+    from ..graph.builders import graph_builder_class, list_graph_builders
+
+    kind = conv_graph_kind(name)
+    needs = set(getattr(conv_factory(name), "graph_inputs", ()))
+    return [n for n in list_graph_builders()
+            if graph_builder_class(n).graph_kind == kind
+            and needs <= set(graph_builder_class(n).provides)]
 
 
 class Grapher(nn.Module):
@@ -44,13 +88,17 @@ class Grapher(nn.Module):
         graph, graph_options: the graph builder (:func:`~vig_pyg.graph.graph_builder`;
             default ``knn``, the dynamic kNN above). ``stochastic``, ``epsilon`` and
             ``knn_backend`` fill the builder options of those names it takes, unless given.
+        conv_options: keyword arguments of the aggregator (``{"sign": "i-j"}`` for ``mr``).
+            The builder may add its own (:meth:`~vig_pyg.graph.GraphBuilder.conv_options`,
+            ``edge_dim`` of a builder with edge attributes) where the aggregator takes them.
     """
 
     def __init__(self, channels: int, k: int = 9, dilation: int = 1, conv: str = "mr",
                  act: str = "gelu", reduce_ratio: int = 1, drop_path: float = 0.0,
                  grid_size: tuple[int, int] | None = None, stochastic: bool = False,
                  epsilon: float = 0.2, knn_backend: str = "auto", fc: bool = True,
-                 groups: int = 4, graph: str = "knn", graph_options: dict | None = None):
+                 groups: int = 4, graph: str = "knn", graph_options: dict | None = None,
+                 conv_options: dict | None = None):
         super().__init__()
         self.k, self.dilation, self.reduce_ratio = k, dilation, reduce_ratio
         self.stochastic, self.epsilon, self.knn_backend = stochastic, epsilon, knn_backend
@@ -62,7 +110,8 @@ class Grapher(nn.Module):
         self.graph_builder = graph_builder(graph, **options)
         width = 2 * channels if fc else channels
         self.fc1 = ConvBN(channels, channels) if fc else nn.Identity()
-        self.graph_conv = _build_conv(conv, channels, width, act, groups)
+        self.graph_conv = _build_conv(conv, channels, width, act, groups,
+                                      dict(conv_options or {}), self.graph_builder)
         self.fc2 = ConvBN(width, channels) if fc else nn.Identity()
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         if grid_size is not None:
@@ -129,16 +178,18 @@ class Grapher(nn.Module):
         num_keys = h * w if keys is None else keys.shape[2] * keys.shape[3]
         dilation = (self._dilation_for(num_keys, (h, w)) if builder.uses_dilation
                     else self.dilation)
-        edge_index = builder(x, keys, k=self.k, dilation=dilation,
-                             relative_pos=self._relative_pos(h * w, num_keys)
-                             if builder.uses_keys else None)
+        built = as_built_graph(builder(x, keys, k=self.k, dilation=dilation,
+                                       relative_pos=self._relative_pos(h * w, num_keys)
+                                       if builder.uses_keys else None))
         graph = PatchGraph.from_feature_map(x)
-        graph.edge_index = edge_index
+        graph.edge_index = built.edge_index
+        # what the builder made beyond the edges, for an aggregator that takes it
+        extra = built.inputs(getattr(self.graph_conv, "graph_inputs", ()))
         if keys is None:
-            out = self.graph_conv(graph.x, graph.edge_index)
+            out = self.graph_conv(graph.x, graph.edge_index, **extra)
         else:  # bipartite: sources are the pooled keys, targets every node
             src = keys.permute(0, 2, 3, 1).reshape(-1, c)
-            out = self.graph_conv((src, graph.x), graph.edge_index)
+            out = self.graph_conv((src, graph.x), graph.edge_index, **extra)
         out = graph.to_feature_map(out)
         dropping = self.training and not isinstance(self.drop_path, nn.Identity)
         if dropping or not isinstance(self.fc2, ConvBN):

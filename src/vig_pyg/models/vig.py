@@ -59,13 +59,14 @@ class ViG(nn.Module):
                 spec.channels, spec.k, spec.dilation, cfg.conv, cfg.act, spec.reduce_ratio,
                 spec.drop_path, grid_size=grids[spec.stage] if cfg.use_relative_pos else None,
                 stochastic=cfg.stochastic, epsilon=cfg.epsilon, knn_backend=cfg.knn_backend,
-                fc=cfg.grapher_fc, groups=cfg.groups, graph=graph, graph_options=graph_options)
+                fc=cfg.grapher_fc, groups=cfg.groups, graph=graph, graph_options=graph_options,
+                conv_options=cfg.conv_options)
             ffn = (FFN(spec.channels, 4 * spec.channels, cfg.act, spec.drop_path) if cfg.ffn
                    else nn.Identity())
             modules.append(ViGBlock(grapher, ffn))
         self._add_feature_info(stage, len(modules) - 1)
         self.backbone = nn.Sequential(*modules)
-        bind_graph_builders(self.backbone, cfg.block_specs())
+        bind_graph_builders(self.backbone, cfg.block_infos())
         shared: dict = {}  # one cache of resized relative-position tables (Grapher._relative_pos)
         for module in self.backbone.modules():
             if isinstance(module, Grapher):
@@ -249,22 +250,18 @@ def stage_indices(num_stages: int, indices=None) -> list[int]:
     return sorted(set(out))
 
 
-def bind_graph_builders(backbone: nn.Sequential, specs) -> None:
-    """Tells every block's graph builder where it sits and gives the builders of a stage one
-    shared dict; stages whose builders need the stage input (``static_knn``) get hooks that
-    hand it over at every forward pass."""
-    from ..graph.builders import BlockInfo, attach_stage_hooks
+def bind_graph_builders(backbone: nn.Sequential, infos) -> None:
+    """Tells every block's graph builder where it sits (``infos``: the config's
+    :meth:`~.config.ViGConfig.block_infos`) and gives the builders of a stage one shared
+    dict; stages whose builders need the stage input (``static_knn``) get hooks that hand it
+    over at every forward pass."""
+    from ..graph.builders import attach_stage_hooks
 
     blocks = [m for m in backbone if isinstance(m, ViGBlock)]
     shared: dict[int, dict] = {}
-    first: dict[int, int] = {}
-    for spec, block in zip(specs, blocks):
-        first.setdefault(spec.stage, spec.index)
-        info = BlockInfo(spec.index, spec.index - first[spec.stage], spec.k, spec.dilation,
-                         spec.reduce_ratio)
-        block[0].graph_builder.bind_block(info, shared.setdefault(spec.stage, {}))
-    for stage, start in first.items():
-        members = [b for s, b in zip(specs, blocks) if s.stage == stage]
+    for info, block in zip(infos, blocks):
+        block[0].graph_builder.bind_block(info, shared.setdefault(info.stage, {}))
+    for stage in shared:
+        members = [b for i, b in zip(infos, blocks) if i.stage == stage]
         if any(b[0].graph_builder.needs_stage_input for b in members):
             attach_stage_hooks(members[0], members[-1], shared[stage])
-

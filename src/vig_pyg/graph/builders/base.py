@@ -12,10 +12,18 @@ it) that maps a block's node features to the edges the aggregator runs on::
 The result follows :func:`~vig_pyg.graph.knn_edges`: row 0 the neighbour ``j``, row 1 the
 centre ``i``, edges grouped by centre in node order. A builder whose every centre has the
 same degree returns exactly the fixed-degree layout, which keeps the convolutions' fused path.
+
+A builder may instead return a :class:`BuiltGraph`, which carries what an ``edge_index``
+alone cannot: per-edge attributes (``edge_attr [E, edge_dim]``, e.g. the gated axial graph's
+local/long kind), a hypergraph (``edge_index`` is then the node -> hyperedge incidence
+``[2, nnz]`` that PyG's ``HypergraphConv`` takes, row 0 the node, row 1 the hyperedge), or a
+node partition with its centroids (``clustered_knn``). The builder's class attributes
+:attr:`~GraphBuilder.graph_kind` and :attr:`~GraphBuilder.edge_dim` say which, so a model can
+check its aggregator against its builder before it runs.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import lru_cache
 
 import torch
@@ -29,6 +37,44 @@ class GraphBuilderError(VigPygError):
     """An unknown graph builder, an option it does not take, or a grid it cannot use."""
 
 
+#: What a builder's output can be: a graph (edges j -> i) or a hypergraph (an incidence).
+GRAPH_KINDS = ("graph", "hypergraph")
+
+
+@dataclass
+class BuiltGraph:
+    """A builder's output beyond a bare ``edge_index`` (see the module docstring).
+
+    ``edge_index``: ``[2, E]`` edges (row 0 neighbour, row 1 centre), or for a hypergraph
+    the incidence ``[2, nnz]`` (row 0 node, row 1 hyperedge, hyperedges numbered over the
+    whole batch, image ``b``'s after image ``b - 1``'s). ``edge_attr``: ``[E, edge_dim]``.
+    ``num_hyperedges``: how many hyperedges the batch has (hypergraphs only).
+    ``partition``: ``[B*N]`` the cluster of every node, numbered over the batch;
+    ``centroids``: ``[num_clusters, C]`` their centres.
+    """
+    edge_index: Tensor
+    edge_attr: Tensor | None = None
+    num_hyperedges: int | None = None
+    partition: Tensor | None = None
+    centroids: Tensor | None = None
+
+    @property
+    def is_hypergraph(self) -> bool:
+        return self.num_hyperedges is not None
+
+    def inputs(self, names) -> dict:
+        """The fields ``names`` (an aggregator's :attr:`graph_inputs`) that are set."""
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+
+def as_built_graph(result) -> BuiltGraph:
+    """A builder's return value as a :class:`BuiltGraph` (a bare ``edge_index`` is wrapped)."""
+    return result if isinstance(result, BuiltGraph) else BuiltGraph(result)
+
+
+BUILT_GRAPH_FIELDS = tuple(f.name for f in fields(BuiltGraph))
+
+
 @dataclass(frozen=True)
 class BlockInfo:
     """Where a builder sits: what :meth:`GraphBuilder.bind_block` receives."""
@@ -37,6 +83,10 @@ class BlockInfo:
     k: int                # the block's scheduled k and dilation
     dilation: int
     reduce_ratio: int
+    stage: int = 0        # the block's stage, of num_stages; depth = blocks of the model
+    num_stages: int = 1
+    depth: int = 1
+    kind: str = "isotropic"   # the model's kind: "isotropic" or "pyramid"
 
 
 class GraphBuilder(nn.Module):
@@ -50,6 +100,19 @@ class GraphBuilder(nn.Module):
     uses_dilation: bool = False
     #: The model must hand the stage's input map to :attr:`shared` (see ``static_knn``).
     needs_stage_input: bool = False
+    #: ``"graph"`` (edges) or ``"hypergraph"`` (an incidence): aggregators must match it.
+    graph_kind: str = "graph"
+    #: Width of the ``edge_attr`` the builder returns in a :class:`BuiltGraph` (None: none).
+    edge_dim: int | None = None
+    #: The :class:`BuiltGraph` fields beyond ``edge_index`` the builder sets: an aggregator
+    #: whose :attr:`graph_inputs` asks for one it lacks is refused when the model is built.
+    provides: tuple = ()
+
+    def conv_options(self) -> dict:
+        """Options this builder asks of the aggregator, given to an aggregator whose
+        constructor takes them (the gated axial graph's global-attention stage asks
+        ``global_attention=True``). Default: none."""
+        return {}
 
     def bind_block(self, info: BlockInfo, shared: dict) -> None:
         """Called once by the model for every block with its :class:`BlockInfo` and a dict
