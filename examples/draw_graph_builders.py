@@ -44,7 +44,8 @@ def patch_features() -> tuple[np.ndarray, torch.Tensor]:
 
 def neighbours(name: str, options: dict, feats: torch.Tensor,
                centre: int) -> tuple[list[int], list[int]]:
-    """(neighbours, the gated long-range ones among them) of ``centre``."""
+    """(neighbours, those among them that are gated long-range neighbours only) of
+    ``centre``."""
     builder = graph_builder(name, **options).eval()
     builder.bind_block(BlockInfo(0, 0, 9, 1, 1), {})
     built = as_built_graph(builder(feats, k=9))
@@ -55,8 +56,8 @@ def neighbours(name: str, options: dict, feats: torch.Tensor,
     near = src[dst == centre].tolist()
     if built.edge_attr is None:
         return near, []
-    kind = built.edge_attr[dst == centre, 0]
-    return near, src[dst == centre][kind == 1].tolist()
+    kind, mine = built.edge_attr[dst == centre, 0], src[dst == centre]
+    return near, sorted(set(mine[kind == 1].tolist()) - set(mine[kind == 0].tolist()))
 
 
 def draw(out: str, centre_rc: tuple[int, int]) -> None:
@@ -87,7 +88,8 @@ def draw(out: str, centre_rc: tuple[int, int]) -> None:
         ax.grid(which="minor", color="white", linewidth=0.3)
         ax.tick_params(which="both", length=0, labelbottom=False, labelleft=False)
         ax.set_title(title, fontsize=9)
-    fig.suptitle(f"Neighbours (orange) of patch {centre_rc} (blue) on a 14 x 14 grid", fontsize=10)
+    fig.suptitle(f"Neighbours (orange; red: gated long-range only) of patch {centre_rc} (blue) "
+                 f"on a 14 x 14 grid", fontsize=10)
     fig.tight_layout()
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     fig.savefig(out, dpi=110)

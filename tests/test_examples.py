@@ -23,3 +23,22 @@ def test_custom_conv_example():
     assert "meanrel on 72 nodes: (2, 16, 6, 6) -> (2, 32, 6, 6)" in out
     losses = [float(v) for v in re.findall(r"step \d+: loss ([0-9.]+)", out)]
     assert len(losses) == 8 and losses[-1] < losses[0]
+
+
+def test_draw_graph_builders_example_draws_every_panel(tmp_path):
+    out = tmp_path / "builders.png"
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(EXAMPLES / "draw_graph_builders.py"), "--out",
+                           str(out)], capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode == 0, proc.stderr
+    from vig_pyg.graph import list_graph_builders
+
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        import draw_graph_builders
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    drawn = {name for name, _, _ in draw_graph_builders.PANELS}
+    # every builder has a panel, except static_knn (knn on the stage input: no panel of its own)
+    assert drawn == set(list_graph_builders()) - {"static_knn"}
+    assert out.stat().st_size > 10_000

@@ -165,7 +165,8 @@ class GatedMRConv(GrapherConv):
             raise ValueError(f"GatedMRConv: edge_attr must be [num_edges, 1] = [{num_edges}, 1] "
                              f"(the edge kinds of graph='gated_axial'), got "
                              f"{tuple(edge_attr.shape)}")
-        if not tracing() and num_edges:
+        # the kinds are read back to check them: on the CPU only, where that costs no sync
+        if not tracing() and num_edges and edge_attr.device.type == "cpu":
             if self.global_attention and not bool((edge_attr == GLOBAL).all()):
                 raise ValueError("GatedMRConv(global_attention=True) runs on the complete graph "
                                  "(edge kind 2) but got local/long edges: build the stage with "
