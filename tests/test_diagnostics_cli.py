@@ -116,3 +116,28 @@ def test_inspect_run_on_tensors_with_classes(ckpt, tmp_path):
     assert [r["homophily"] for r in rows] == [homophily(b, mask) for b in blocks]
     names = {p.rsplit("/", 1)[-1] for p in result["files"]}
     assert "overlay_vig_ti-mr_img0.png" in names and "overlay_vig_ti-mr_img1.png" not in names
+
+
+def test_inspect_draws_a_hypergraph_as_the_members_of_a_centres_hyperedges(pngs, tmp_path):
+    from vig_pyg.diagnostics import capture
+    from vig_pyg.diagnostics.plots import neighbours_of
+
+    torch.manual_seed(0)
+    model = create_model("vig_ti", num_classes=10, img_size=32, channels=32, depth=2,
+                         stem_stride=4, graph="hypergraph_fcm", graph_options={"hyperedges": 6},
+                         conv="vihgnn")
+    path = str(save_checkpoint(model, tmp_path / "hyper.pt"))
+    out = tmp_path / "out"
+    assert main(["inspect", "--checkpoint", path, "--images", str(pngs), "--output",
+                 str(out)]) == 0
+    assert {"overlay_vig_ti-vihgnn_a.png", "stats.csv"} <= {p.name for p in out.iterdir()}
+    rows = [r for r in csv.DictReader(open(out / "stats.csv")) if r["image"] == "all"]
+    assert len(rows) == 2 and all(float(r["hyperedge_size"]) >= 1 for r in rows)
+    assert all(float(r["hyperedges_per_node"]) >= 1 for r in rows)  # every node in one at least
+    # what the overlay highlights for a centre: every member of the centre's hyperedges
+    block = capture(model, torch.rand(2, 3, 32, 32)).blocks[1]
+    node, hyper = block.incidence.tolist()
+    for centre in (0, 27, 63):
+        mine = {e for p, e in zip(node, hyper) if p == 64 + centre}
+        members = sorted({p - 64 for p, e in zip(node, hyper) if e in mine})
+        assert neighbours_of(block, 1, divmod(centre, 8)) == members

@@ -186,13 +186,15 @@ class GatedMRConv(GrapherConv):
         d = self._fixed_degree(edge_index, n)
         if d is not None:                                        # dense [N, D, C] block
             diff = x[edge_index[0]].view(n, d, c) - x.unsqueeze(1)
-            gate = torch.exp(-diff.abs().sum(-1, keepdim=True) / divisor)
-            long = (kinds == LONG).view(n, d, 1)
-            return torch.where(long, diff * gate, diff).amax(1).clamp_min(0.0)
+            # the factor is 1 on local edges; chosen on [N, D, 1], so the [N, D, C] block
+            # sees one product, not a broadcast select (about 3x faster on the CPU)
+            gate = torch.exp(-torch.linalg.vector_norm(diff, 1, dim=-1, keepdim=True) / divisor)
+            factor = torch.where((kinds == LONG).view(n, d, 1), gate, torch.ones_like(gate))
+            return (diff * factor).amax(1).clamp_min(0.0)
         src, dst = edge_index
         diff = x[src] - x[dst]
-        gate = torch.exp(-diff.abs().sum(-1, keepdim=True) / divisor)
-        msg = torch.where((kinds == LONG).unsqueeze(1), diff * gate, diff)
+        gate = torch.exp(-torch.linalg.vector_norm(diff, 1, dim=-1, keepdim=True) / divisor)
+        msg = diff * torch.where((kinds == LONG).unsqueeze(1), gate, torch.ones_like(gate))
         # the running max starts at zero: max(0, ...), and 0 for a centre without edges
         return x.new_zeros(n, c).scatter_reduce(0, dst.unsqueeze(1).expand_as(msg), msg,
                                                 "amax", include_self=True)

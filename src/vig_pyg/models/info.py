@@ -124,8 +124,8 @@ def add_info_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--conv", default="mr",
                    help="graph convolution (mr, edge, sage, gin or a PyG name; default mr)")
     p.add_argument("--graph", default="knn", metavar="NAME",
-                   help="graph builder (knn, static_knn, axial, axial_threshold, window_knn, "
-                        "spatial_knn, random; default knn)")
+                   help="graph builder (vig_pyg.graph.list_graph_builders(): knn, axial, mgc, "
+                        "lsgc, gated_axial, clustered_knn, hypergraph_fcm, ...; default knn)")
     p.add_argument("--graph-option", action="append", default=[], metavar="KEY=VALUE",
                    help="an option of the graph builder, e.g. hop=4 (repeatable)")
     p.add_argument("--img-size", type=int, default=224, help="input size (default 224)")
