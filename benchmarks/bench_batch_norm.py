@@ -1,11 +1,11 @@
-"""Training-mode BatchNorm + activation (+ residual): compiled (``layers/_batch_norm.c``)
+"""Training-mode BatchNorm + activation (+ residual): compiled (``native/_batch_norm.c``)
 against torch's modules, on the maps a ViG training step normalises.
 
 For every shape (vig_ti's stem maps, its FFN's hidden map, the Grapher's 192-channel maps,
 gin's grouped projection over 3136 rows, and two small maps, where the compiled pass is
 forced on to show why maps under ``MIN_ELEMENTS`` take the modules) and activation, the
-two run alternately call by call (``vig_pyg.graph.select.native`` on and off), forward alone and
-forward + backward; the best of ``--repeats`` is printed with torch / compiled.
+two run alternately call by call (the fast path ``batch_norm`` on and off), forward alone
+and forward + backward; the best of ``--repeats`` is printed with torch / compiled.
 
     python benchmarks/bench_batch_norm.py
     python benchmarks/bench_batch_norm.py --repeats 30 --threads 1
@@ -18,7 +18,7 @@ import time
 import torch
 from torch import nn
 
-from timing import switched, time_alternately
+from timing import time_alternately, without
 
 SHAPES = [  # (what, [B, C, H, W], activation, residual)
     ("vig_ti stem 1", (16, 24, 112, 112), "gelu", False),
@@ -34,7 +34,6 @@ SHAPES = [  # (what, [B, C, H, W], activation, residual)
 
 
 def compare(what: str, shape, act_name: str, residual: bool, repeats: int) -> None:
-    from vig_pyg.graph import select
     from vig_pyg.layers.batch_norm import batch_norm_act
 
     g = torch.Generator().manual_seed(0)
@@ -54,7 +53,7 @@ def compare(what: str, shape, act_name: str, residual: bool, repeats: int) -> No
         leaf.grad = None
         batch_norm_act(bn, leaf, act, res).backward(grad)
 
-    steps = {(on, mode): switched(select, "native", on, fn) for on in (False, True)
+    steps = {(on, mode): without(fn, *(() if on else ("batch_norm",))) for on in (False, True)
              for mode, fn in (("fwd", forward), ("both", both))}
     t = {key: 1e3 * min(v) for key, v in
          time_alternately(steps, repeats, time.perf_counter, warmup=2).items()}
@@ -65,7 +64,7 @@ def compare(what: str, shape, act_name: str, residual: bool, repeats: int) -> No
 
 
 def main(argv=None) -> int:
-    from vig_pyg.graph import select
+    from vig_pyg import native
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=15)
@@ -75,7 +74,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     from vig_pyg.layers import batch_norm
     batch_norm.MIN_ELEMENTS = 0  # time the compiled pass on the small maps too (the rule's why)
-    if not select.native_available():
+    if not native.available():
         print("the native library could not be built here: nothing to compare")
         return 0
     print(f"training BatchNorm + activation, float32, {torch.get_num_threads()} thread(s); "

@@ -1,4 +1,4 @@
-"""Fused fixed-degree path vs generic ``propagate`` for the four Grapher convolutions.
+"""Fixed-degree dense path vs generic ``propagate`` for the four Grapher convolutions.
 
 vig_ti shape: 16 images x 196 nodes x 192 channels -> 384, k in {9, 18}, kNN graph from
 :func:`vig_pyg.graph.knn_edges`. For every conv and k, both paths run in the same process,
@@ -23,8 +23,12 @@ import time
 
 import torch
 
+from vig_pyg import fast_paths
 from vig_pyg.conv import build_conv
 from vig_pyg.graph import knn_edges
+
+#: The dense paths of the Grapher convolutions: with both off, PyG's propagate runs.
+DENSE = ("fixed_degree", "padded")
 
 
 def _time(fn) -> float:
@@ -55,12 +59,12 @@ def bench(conv: str, k: int, batch: int, side: int, channels: int, repeats: int,
         layer.train(train)
         times = {True: [], False: []}
         for fast in (True, False):  # warm-up
-            layer.fast_path = fast
-            fn()
+            with fast_paths.disabled(*(() if fast else DENSE)):
+                fn()
         for _ in range(repeats):
             for fast in (True, False):
-                layer.fast_path = fast
-                times[fast].append(_time(fn))
+                with fast_paths.disabled(*(() if fast else DENSE)):
+                    times[fast].append(_time(fn))
         layer.zero_grad(set_to_none=True)
         xg.grad = None
         rows[mode] = (stat(times[True]) * 1e3, stat(times[False]) * 1e3)
@@ -69,11 +73,10 @@ def bench(conv: str, k: int, batch: int, side: int, channels: int, repeats: int,
 
 def compare_gathers(ks, batch: int, side: int, channels: int, repeats: int) -> None:
     """The neighbour sum and max of ``vig_pyg.conv.functional``: compiled
-    (``graph/_gather.c``) against the chunked torch path (``vig_pyg.graph.select.native``
-    off), alternating call by call on a kNN graph of the shape above."""
-    from timing import switched, time_alternately
+    (``native/_gather.c``) against the chunked torch path (the fast path ``gather`` off),
+    alternating call by call on a kNN graph of the shape above."""
+    from timing import time_alternately, without
     from vig_pyg.conv import functional
-    from vig_pyg.graph import select
 
     print(f"\nneighbour gathers, best of {repeats} alternating calls (ms)")
     print(f"{'reduce':<7}{'k':>4} {'torch':>8} {'compiled':>9} {'ratio':>7}   "
@@ -88,7 +91,7 @@ def compare_gathers(ks, batch: int, side: int, channels: int, repeats: int) -> N
             def both():
                 leaf.grad = None
                 fn(leaf, index, k).backward(grad)
-            t = time_alternately({(on, mode): switched(select, "native", on, step)
+            t = time_alternately({(on, mode): without(step, *(() if on else ("gather",)))
                                   for on in (False, True)
                                   for mode, step in (("fwd", lambda: fn(rows, index, k)),
                                                      ("bwd", both))},
@@ -134,9 +137,10 @@ def compare_gin_centre(repeats: int) -> None:
             return run
         plain = lambda xs, i, k, xd, e: torch.addcmul(  # noqa: E731
             functional.gather_sum(xs, i, k), xd, 1 + e)
-        t = time_alternately({"plain": step(plain), "fused": step(functional.gather_sum_centre)},
+        t = time_alternately({"plain": step(plain),
+                              "in the gather": step(functional.gather_sum_centre)},
                              repeats, time.perf_counter, warmup=2)
-        a, b = 1e3 * min(t["plain"]), 1e3 * min(t["fused"])
+        a, b = 1e3 * min(t["plain"]), 1e3 * min(t["in the gather"])
         print(f"{what:<18}{x_dst.size(0):>8}{x_src.size(0):>8} {a:8.2f} {b:14.2f} "
               f"{a / b:6.2f}x", flush=True)
 
@@ -152,9 +156,9 @@ PROJECTIONS = [  # (what, rows, in, out): the graph convolutions' grouped projec
 def compare_projections(repeats: int) -> None:
     """The grouped 1x1 convolutions of the graph convolutions in training (4 groups):
     oneDNN's grouped convolution against one matrix product per group
-    (``vig_pyg.layers.grouped_linear``, its switch ``enabled`` off and on), forward +
-    backward, alternating call by call."""
-    from timing import switched, time_alternately
+    (``vig_pyg.layers.grouped_linear``, the fast path ``grouped_linear`` off and on),
+    forward + backward, alternating call by call."""
+    from timing import time_alternately, without
     from vig_pyg.layers import grouped_linear as GL
 
     print(f"\ngrouped projections (4 groups), forward + backward, best of {repeats} "
@@ -170,7 +174,8 @@ def compare_projections(repeats: int) -> None:
         def step():
             x.grad = w.grad = b.grad = None
             GL.grouped_linear(x, w, b, 4).backward(grad)
-        t = time_alternately({on: switched(GL, "enabled", on, step) for on in (False, True)},
+        t = time_alternately({on: without(step, *(() if on else ("grouped_linear",)))
+                              for on in (False, True)},
                              repeats, time.perf_counter, warmup=2)
         conv, mm = 1e3 * min(t[False]), 1e3 * min(t[True])
         print(f"{what:<26}{m:>7}{cin:>5}{cout:>5} {conv:8.2f} {mm:10.2f} {conv / mm:6.2f}x",

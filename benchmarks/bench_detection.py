@@ -11,10 +11,11 @@ the relative-position tables each Grapher resizes for the input are measured: un
 distances they are [N, M] tensors at full size.
 
     .venv/bin/python benchmarks/bench_detection.py [--models pvig_ti pvig_s] [--repeats 2]
-    .venv/bin/python benchmarks/bench_detection.py --matmul   # without the fused kNN pass
+    .venv/bin/python benchmarks/bench_detection.py --matmul   # without the kNN's single pass
 """
 import argparse
 import json
+import os
 import subprocess
 import sys
 
@@ -26,7 +27,6 @@ import vig_pyg.graph.knn as knn
 from vig_pyg.detection import ViGBackbone
 
 name, repeats, height, width = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-knn.fused = sys.argv[5] == "fused"  # else the matmul path for every block
 
 def status(key):
     for line in open('/proc/self/status'):
@@ -88,9 +88,15 @@ print(json.dumps(dict(name=name, base_s=base_s, base_knn=base_knn, big_s=big_s,
 """
 
 
-def run_child(name, repeats, h, w, fused=True):
-    out = subprocess.run([sys.executable, "-c", CHILD, name, str(repeats), str(h), str(w),
-                          "fused" if fused else "matmul"], capture_output=True, text=True)
+def run_child(name, repeats, h, w, single_pass=True):
+    """One model's figures from a fresh process; without ``single_pass`` the child starts
+    with the fast path ``single_pass`` off (``VIG_PYG_FAST_PATHS``): the matmul path for
+    every block."""
+    paths = os.environ.get("VIG_PYG_FAST_PATHS", "")
+    env = {**os.environ,
+           "VIG_PYG_FAST_PATHS": paths if single_pass else f"{paths},-single_pass"}
+    out = subprocess.run([sys.executable, "-c", CHILD, name, str(repeats), str(h), str(w)],
+                         capture_output=True, text=True, env=env)
     if out.returncode:
         raise SystemExit(f"{name}: child failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -102,14 +108,15 @@ def main():
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--size", type=int, nargs=2, default=[800, 1333], metavar=("H", "W"))
     parser.add_argument("--matmul", action="store_true",
-                        help="the kNN's matmul path everywhere (knn.fused = False)")
+                        help="the kNN's matmul path everywhere (the fast path single_pass "
+                             "off)")
     args = parser.parse_args()
     h, w = args.size
     pixels = (h * w) / (224 * 224)
     print(f"backbone + FPN (256 ch), batch 1, float32, {h} x {w} (padded to a multiple of 32) "
           f"vs 224 x 224; memory = peak RSS growth during the forward")
     for name in args.models:
-        r = run_child(name, args.repeats, h, w, fused=not args.matmul)
+        r = run_child(name, args.repeats, h, w, single_pass=not args.matmul)
         per_pixel = r["big_s"] / (r["base_s"] * pixels)
         print(f"{name:8s} {h}x{w}: {r['big_s']:.2f} s/img (224 px: {r['base_s'] * 1e3:.0f} ms; "
               f"time per pixel {per_pixel:.2f}x the 224 px one)  kNN share {r['big_knn'] / r['big_s']:.0%}"

@@ -1,20 +1,20 @@
-"""Each model-wide fast path against its plain path, in the same process, alternating.
+"""Each fast path switched off against all of them on, in the same process, alternating.
 
-Switches: ``vig_pyg.layers.fused`` (conv + BatchNorm + activation or residual in one oneDNN
-call, inference only), ``vig_pyg.graph.select.native`` (the compiled kernels: the kNN
-selection instead of ``torch.topk``, the kNN's row normalisation, the neighbour sum/max,
-and in training BatchNorm + activation), ``vig_pyg.graph.knn.fused`` (the kNN's distances
-and selection in one compiled pass, against the matmul + compiled selection) and
-``vig_pyg.layers.grouped_linear.enabled`` (the graph convolutions' grouped projections as
-one matrix product per group, and every other 1x1 convolution as one, training only).
-Variants: all on (the default), fused off, fused kNN pass off, per-group products off, all
-off. The steps are
+The switches are :mod:`vig_pyg.fast_paths`' (``fast_paths.names()`` says what each does).
+``--paths`` picks the variants, one per entry (``a+b``: those off together); by default
+each model-wide path alone: ``fused_conv`` (conv + BatchNorm + activation or residual in
+one oneDNN call, inference only), the compiled kernels of ``fast_paths.NATIVE`` (the kNN's
+selection, normalisation and single pass, the neighbour sum/max, gin's centre term, and in
+training BatchNorm + activation), ``grouped_linear`` and ``pointwise_linear`` (the graph
+convolutions' grouped projections, and every other 1x1 convolution, as BLAS products in
+training). Variants: all on, each entry off, every named path off at once. The steps are
 ``bench_graphs.make_step``'s: ``forward`` an eval-mode forward under ``torch.no_grad()``,
 ``train`` forward + cross-entropy + backward + SGD step.
 
     python benchmarks/bench_fast_paths.py                       # vig_ti and pvig_ti, batch 16
     python benchmarks/bench_fast_paths.py --models pvig_ti --modes forward train --iters 3
     python benchmarks/bench_fast_paths.py --modes train --conv gin
+    python benchmarks/bench_fast_paths.py --paths single_pass grouped_linear+pointwise_linear
 """
 from __future__ import annotations
 
@@ -24,22 +24,24 @@ import time
 import torch
 
 from bench_graphs import make_step  # the same steps as the other model benchmarks
-from timing import print_ratios, switched as switched_one, time_alternately
-from vig_pyg.graph import knn, select
-from vig_pyg.layers import fused, grouped_linear
+from timing import print_ratios, time_alternately, without
+from vig_pyg import fast_paths, native
 from vig_pyg.models import create_model
 
+MODEL_WIDE = ("fused_conv", *fast_paths.NATIVE, "grouped_linear", "pointwise_linear")
 
-def switched(step, fused_on: bool, native_on: bool, grouped_on: bool = True):
-    """``step`` run with the three switches set as given (and restored after)."""
-    def run():
-        before = fused.enabled, select.native, grouped_linear.enabled
-        fused.enabled, select.native, grouped_linear.enabled = fused_on, native_on, grouped_on
-        try:
-            step()
-        finally:
-            fused.enabled, select.native, grouped_linear.enabled = before
-    return run
+
+def variants(entries) -> dict:
+    """``{label: paths off}``: all on, each entry (``a+b``: together), all of them."""
+    groups = [tuple(entry.split("+")) for entry in entries]
+    every = tuple(dict.fromkeys(name for group in groups for name in group))
+    for name in every:
+        fast_paths.enabled(name)  # an unknown name: one line naming the known ones
+    out = {"fast paths on": ()}
+    out.update({f"{'+'.join(group)} off": group for group in groups})
+    if len(groups) > 1:
+        out["all off"] = every
+    return out
 
 
 def main(argv=None) -> int:
@@ -47,11 +49,18 @@ def main(argv=None) -> int:
     p.add_argument("--models", nargs="+", default=["vig_ti", "pvig_ti"])
     p.add_argument("--modes", nargs="+", default=["forward"], choices=["forward", "train"])
     p.add_argument("--conv", default="mr", help="graph convolution of the models")
+    p.add_argument("--paths", nargs="+", default=list(MODEL_WIDE),
+                   help="fast paths switched off, one variant each (a+b: together); "
+                        f"known: {', '.join(fast_paths.names())}")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--iters", type=int, default=4)
     args = p.parse_args(argv)
+    try:
+        off = variants(args.paths)
+    except ValueError as exc:
+        p.error(str(exc))
     print(f"batch {args.batch}, 224 px, float32, {torch.get_num_threads()} threads, wall clock;"
-          f" native selection available: {select.native_available()}")
+          f" native kernels available: {native.available()}")
     for name in args.models:
         torch.manual_seed(0)
         model = create_model(name, conv=args.conv)
@@ -59,12 +68,7 @@ def main(argv=None) -> int:
         y = torch.randint(0, 1000, (args.batch,))
         for mode in args.modes:
             step = make_step(model, mode, x, y)
-            steps = {"fast paths on": switched(step, True, True),
-                     "fused off": switched(step, False, True),
-                     "fused kNN pass off": switched_one(knn, "fused", False,
-                                                        switched(step, True, True)),
-                     "per-group products off": switched(step, True, True, False),
-                     "all off": switched(step, False, False, False)}
+            steps = {label: without(step, *paths) for label, paths in off.items()}
             times = time_alternately(steps, args.iters, time.perf_counter)
             print_ratios(times, "fast paths on", args.batch, f"{name} {args.conv} {mode}",
                          "variant")

@@ -8,7 +8,8 @@ the best of ``--iters`` steps is reported (median beside it) with its ratio to `
 * training step: train mode, forward + cross-entropy + backward + SGD step.
 
 ``axial_threshold`` has a variable degree: it is timed with the padded-table fast path
-(:mod:`vig_pyg.conv.padded`) and, as ``axial_threshold/propagate``, without it.
+(:mod:`vig_pyg.conv.padded`) and, as ``axial_threshold/propagate``, without it (the fast
+paths ``fixed_degree`` and ``padded`` off around its steps).
 
 ``graph@conv`` times a builder under its own aggregator (``hypergraph_fcm@vihgnn``: a
 hypergraph needs a hypergraph aggregator); those models have their own weights (same seed).
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import argparse
 
-from timing import add_step_arguments, print_ratios, step_setup, time_alternately
+from timing import add_step_arguments, print_ratios, step_setup, time_alternately, without
 
 GRAPHS = ["knn", "static_knn", "axial", "axial_threshold", "axial_threshold/propagate",
           "window_knn", "spatial_knn", "random", "mgc", "lsgc", "gated_axial",
@@ -41,11 +42,13 @@ def build(name: str, state, model_name: str):
     else:
         model = create_model(model_name, graph=graph)
         model.load_state_dict(state)
-    if name.endswith("/propagate"):
-        for m in model.modules():
-            if hasattr(m, "fast_path"):
-                m.fast_path = False
     return model
+
+
+def paths_off(name: str) -> tuple:
+    """The fast paths off while ``name``'s steps run: the Grapher convolutions' dense paths
+    for a ``/propagate`` variant, none otherwise."""
+    return ("fixed_degree", "padded") if name.endswith("/propagate") else ()
 
 
 def make_step(model, mode: str, x, y):
@@ -91,7 +94,7 @@ def main(argv=None) -> int:
         steps = {}
         for name in graphs:
             model = build(name, state, args.model)
-            steps[name] = make_step(model, mode, x, y)
+            steps[name] = without(make_step(model, mode, x, y), *paths_off(name))
         times = time_alternately(steps, args.iters, timer, args.warmup)
         print_ratios(times, "knn", args.batch, mode, "graph")
     return 0

@@ -2,16 +2,17 @@
 
 Prints ms per call (median of repeats) and the ratio, both measured in this run, and the
 peak memory of the dense path on a 128x128-node grid with and without chunking. Then the
-selection step alone (``vig_pyg.graph.select``): the compiled selection against
+selection step alone (``vig_pyg.graph.selection``): the compiled selection against
 ``torch.topk`` on the distance matrices of the same shapes, and the whole dense builder with
 either, alternating call by call.
 
     .venv/bin/python benchmarks/bench_knn.py [--repeats 7]
     .venv/bin/python benchmarks/bench_knn.py --select      # the selection comparison only
     .venv/bin/python benchmarks/bench_knn.py --parts       # distance buffer, norms, normalisation
-    .venv/bin/python benchmarks/bench_knn.py --fused       # fused distances + selection
+    .venv/bin/python benchmarks/bench_knn.py --single-pass # distances + selection in one pass
 """
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -19,8 +20,10 @@ import time
 
 import torch
 
-from timing import switched, time_alternately
-from vig_pyg.graph import MAX_CHUNK_ELEMENTS, knn_edges, select
+from timing import switched, time_alternately, without
+from vig_pyg import fast_paths, native
+from vig_pyg.graph import MAX_CHUNK_ELEMENTS, knn_edges
+from vig_pyg.graph.selection import smallest_k
 
 
 def median_ms(fn, repeats):
@@ -44,16 +47,16 @@ def compare(name, fmap, k, dilation, reduce_ratio, repeats):
           f"cluster/dense {cluster / dense:5.1f}x   same edges: {same:.2%}")
 
 
-def peak_rss_child(max_elements, fused=False):
+def peak_rss_child(max_elements, single_pass=False):
     """Peak RSS growth (MiB) of one dense call at 2 x 48 x 128 x 128, in a fresh process,
-    by the matmul path (in chunks of ``max_elements`` distances) or the fused pass.
+    by the matmul path (in chunks of ``max_elements`` distances; the child starts with
+    ``VIG_PYG_FAST_PATHS=-single_pass``) or the single pass.
 
     Linux: writing 5 to /proc/self/clear_refs resets the high-water mark (VmHWM) to the
     current RSS, so import-time peaks do not hide the call's own peak."""
     code = (
         "import torch\n"
-        "from vig_pyg.graph import knn, knn_edges\n"
-        f"knn.fused = {fused}\n"
+        "from vig_pyg.graph import knn_edges\n"
         "def status(key):\n"
         "    for line in open('/proc/self/status'):\n"
         "        if line.startswith(key): return int(line.split()[1]) / 1024\n"
@@ -63,8 +66,11 @@ def peak_rss_child(max_elements, fused=False):
         "before = status('VmRSS')\n"
         f"knn_edges(x, 9, backend='dense', max_chunk_elements={max_elements})\n"
         "print(status('VmHWM') - before)\n")
+    paths = os.environ.get("VIG_PYG_FAST_PATHS", "")
+    env = {**os.environ,
+           "VIG_PYG_FAST_PATHS": paths if single_pass else f"{paths},-single_pass"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
+                         check=True, env=env)
     return float(out.stdout.strip().splitlines()[-1])
 
 
@@ -73,13 +79,13 @@ SHAPES = [  # name, feature map, k, dilation, reduce ratio (vig_ti, pvig_ti stag
     ("16 x 56x56 nodes x 48 ch, r=4 keys, k=9", (16, 48, 56, 56), 9, 1, 4),
     ("16 x 28x28 nodes x 96 ch, r=2 keys, k=9", (16, 96, 28, 28), 9, 1, 2),
     # vig_ti's last blocks and pvig_ti's last stage: rows shorter than 5 x k*d, where
-    # select's histogram pass replaces the group-minima bound
+    # the selection's histogram pass replaces the group-minima bound
     ("16 x 196 nodes x 192 ch, k=15 d=3 (k*d=45)", (16, 192, 14, 14), 15, 3, 1),
     ("16 x 196 nodes x 192 ch, k=18 d=3 (k*d=54)", (16, 192, 14, 14), 18, 3, 1),
     ("16 x 49 nodes x 384 ch, k=18 d=2 (k*d=36)", (16, 384, 7, 7), 18, 2, 1),
 ]
-# the fused comparison adds wider maps (vig_b) and detection-size maps, whose many keys
-# fit a core's L2 cache or not (knn.FUSED_MAX_KEY_FLOATS)
+# the single-pass comparison adds wider maps (vig_b) and detection-size maps, whose many
+# keys fit a core's L2 cache or not (knn.SINGLE_PASS_MAX_KEY_FLOATS)
 WIDE_SHAPES = [
     ("16 x 196 nodes x 640 ch, k*d=18 (vig_b)", (16, 640, 14, 14), 9, 2, 1),
     ("2 x 100x166 nodes x 96 ch, r=2 keys, k*d=18", (2, 96, 100, 166), 9, 2, 2),
@@ -88,18 +94,13 @@ WIDE_SHAPES = [
 
 
 def _native(on: bool, fn):
-    def run():
-        select.native = on
-        try:
-            return fn()
-        finally:
-            select.native = True
-    return run
+    """``fn`` with every compiled kernel on, or off (``fast_paths.NATIVE``)."""
+    return without(fn, *(() if on else fast_paths.NATIVE))
 
 
 def compare_selection(repeats):
     """``smallest_k`` (compiled) vs ``torch.topk`` and the dense builder with each."""
-    if not select.native_available():
+    if not native.available():
         print("native selection unavailable here (no C compiler): nothing to compare")
         return
     print(f"\nselection step, best of {repeats} alternating calls (ms)")
@@ -112,7 +113,7 @@ def compare_selection(repeats):
         kd = k * d
         t = time_alternately({
             "topk": lambda: dist.topk(kd, dim=-1, largest=False, sorted=True),
-            "native": lambda: select.smallest_k(dist, kd),
+            "native": lambda: smallest_k(dist, kd),
             "knn topk": _native(False, lambda: knn_edges(x, k, dilation=d, reduce_ratio=r)),
             "knn native": _native(True, lambda: knn_edges(x, k, dilation=d, reduce_ratio=r)),
         }, repeats, time.perf_counter)
@@ -162,26 +163,21 @@ def compare_parts(repeats):
               f"{m['torch norm']:.2f} / {m['native norm']:.2f} ms")
 
 
-def compare_fused(repeats):
-    """The dense builder with its distances and selection fused in one compiled pass
-    (``knn._fused_nearest``) against the matmul + selection, on the models' block shapes
+def compare_single_pass(repeats):
+    """The dense builder with its distances and selection in one compiled pass
+    (``knn._single_pass_nearest``) against the matmul + selection, on the models' block shapes
     with pvig_ti's relative-position term where it has one, and on wider and larger maps.
-    Both run above ``knn.FUSED_MAX_KEY_FLOATS`` here too, to show where the bound comes
-    from: the last column says which path the builder takes. The fused pass runs as the
-    builder takes it (with the bfloat16 prefilter where ``_nearest.c`` takes that: AMX,
-    pooled keys with a table, >= 64 channels) and with every product in float32
-    (``knn.prefilter`` off): "prefilter" is the float32 pass's time over the default's."""
+    Both run above ``knn.SINGLE_PASS_MAX_KEY_FLOATS`` here too, to show where the bound comes
+    from: the last column says which path the builder takes."""
     from vig_pyg.graph import knn
 
-    if not select.native_available():
+    if not native.available():
         print("native kernels unavailable here (no C compiler): nothing to compare")
         return
-    print(f"\nfused distances + selection, best of {repeats} alternating calls (ms); "
+    print(f"\ndistances + selection in one pass, best of {repeats} alternating calls (ms); "
           f"the builder takes it while an image's keys (channels x keys padded to 16) are "
-          f"at most {knn.FUSED_MAX_KEY_FLOATS} floats (a core's L2 cache), four times that "
-          f"where it prefilters")
-    print(f"{'shape':<44} {'matmul':>8} {'fused':>8} {'ratio':>6} {'float32':>8} "
-          f"{'prefilter':>9}  key floats, taken")
+          f"at most {knn.SINGLE_PASS_MAX_KEY_FLOATS} floats (a core's L2 cache)")
+    print(f"{'shape':<44} {'matmul':>8} {'single':>8} {'ratio':>6}  key floats, taken")
     for name, shape, k, d, r in SHAPES + WIDE_SHAPES:
         x = torch.randn(*shape).contiguous(memory_format=torch.channels_last)
         n, m = shape[2] * shape[3], (shape[2] // r) * (shape[3] // r)
@@ -189,20 +185,18 @@ def compare_fused(repeats):
 
         def build():
             knn_edges(x, k, dilation=d, reduce_ratio=r, relative_pos=rel)
-        fused = switched(knn, "FUSED_MAX_KEY_FLOATS", 1 << 62, build)
+        single = switched(knn, "SINGLE_PASS_MAX_KEY_FLOATS", 1 << 62, build)
         with torch.no_grad():
             t = time_alternately({
-                "matmul": switched(knn, "fused", False, build),
-                "fused": fused,
-                "float32": switched(knn, "prefilter", False, fused),
+                "matmul": without(build, "single_pass"),
+                "single": single,
             }, repeats if shape[0] > 2 else min(repeats, 3), time.perf_counter)
         b = {key: 1e3 * min(v) for key, v in t.items()}
         floats = shape[1] * -(-m // 16) * 16
-        taken = knn._fused_library(x, n, m, shape[1], k * d, r == 1, rel is not None)
-        print(f"{name:<44} {b['matmul']:8.2f} {b['fused']:8.2f} "
-              f"{b['matmul'] / b['fused']:5.2f}x {b['float32']:8.2f} "
-              f"{b['float32'] / b['fused']:8.2f}x  {floats:>9}, "
-              f"{'matmul' if taken is None else 'fused'}", flush=True)
+        taken = knn._single_pass_library(x, n, m, shape[1], k * d)
+        print(f"{name:<44} {b['matmul']:8.2f} {b['single']:8.2f} "
+              f"{b['matmul'] / b['single']:5.2f}x  {floats:>9}, "
+              f"{'matmul' if taken is None else 'single pass'}", flush=True)
 
 
 def main():
@@ -212,18 +206,18 @@ def main():
     parser.add_argument("--select", action="store_true", help="only the selection comparison")
     parser.add_argument("--parts", action="store_true",
                         help="only the distance buffer and norm comparisons")
-    parser.add_argument("--fused", action="store_true",
-                        help="only the fused distance + selection comparison")
+    parser.add_argument("--single-pass", action="store_true",
+                        help="only the comparison of distances + selection in one pass")
     args = parser.parse_args()
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    if args.select or args.parts or args.fused:
+    if args.select or args.parts or args.single_pass:
         if args.parts:
             compare_parts(args.repeats)
         if args.select:
             compare_selection(args.repeats)
-        if args.fused:
-            compare_fused(args.repeats)
+        if args.single_pass:
+            compare_single_pass(args.repeats)
         return
     compare("16 x 196 nodes x 192 ch, k=9 d=2 (k*d=18)", torch.randn(16, 192, 14, 14), 9, 2,
             1, args.repeats)
@@ -234,14 +228,14 @@ def main():
     if not args.skip_memory:
         chunked = peak_rss_child(MAX_CHUNK_ELEMENTS)
         whole = peak_rss_child(2 ** 62)
-        fused = peak_rss_child(MAX_CHUNK_ELEMENTS, fused=True)
+        single = peak_rss_child(MAX_CHUNK_ELEMENTS, single_pass=True)
         print(f"2 x 128x128 nodes x 48 ch, k=9: peak RSS growth of the matmul path chunked "
               f"({MAX_CHUNK_ELEMENTS} distances/chunk) {chunked:.0f} MiB, "
               f"unchunked {whole:.0f} MiB (full distance block 2 x 16384^2 x 4 B = 2048 MiB); "
-              f"fused pass {fused:.0f} MiB")
+              f"single pass {single:.0f} MiB")
     compare_parts(args.repeats)
     compare_selection(args.repeats)
-    compare_fused(args.repeats)
+    compare_single_pass(args.repeats)
 
 
 if __name__ == "__main__":

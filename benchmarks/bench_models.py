@@ -280,8 +280,7 @@ def count_ops(model_name: str, conv: str, img: int) -> dict:
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from vig_pyg.graph import knn, select
-    from vig_pyg.layers import fused, grouped_linear
+    from vig_pyg import fast_paths
 
     class Count(TorchDispatchMode):
         def __init__(self):
@@ -292,25 +291,17 @@ def count_ops(model_name: str, conv: str, img: int) -> dict:
             self.ops[str(func)] += 1
             return func(*args, **(kwargs or {}))
 
-    switches = [(select, "native"), (knn, "fused"), (fused, "enabled"),
-                (grouped_linear, "enabled")]
-    before = [getattr(m, n) for m, n in switches]
     R, cfg, sd, model, x, _ = _setup(model_name, 2, img, conv=conv)
     model.eval()
     counts = {}
-    try:
-        for m, n in switches:
-            setattr(m, n, False)
-        with torch.no_grad():
-            for name, fn in (("ours", lambda: model(x)),
-                             ("reference", lambda: R.ref_forward(sd, x, cfg))):
+    with fast_paths.disabled(*fast_paths.NATIVE, "fused_conv", "grouped_linear",
+                             "pointwise_linear"), torch.no_grad():
+        for name, fn in (("ours", lambda: model(x)),
+                         ("reference", lambda: R.ref_forward(sd, x, cfg))):
+            fn()
+            with Count() as c:
                 fn()
-                with Count() as c:
-                    fn()
-                counts[name] = sum(c.ops.values())
-    finally:
-        for (m, n), v in zip(switches, before):
-            setattr(m, n, v)
+            counts[name] = sum(c.ops.values())
     return counts
 
 

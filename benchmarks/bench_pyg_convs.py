@@ -8,8 +8,9 @@ best of ``--iters`` steps is reported (median beside it) with its ratio to ``mr`
 * forward: eval mode, ``torch.no_grad()``.
 
 ``--compare-generic`` also times each adapter through PyG's own path (the adapters' speed-ups
-off, :func:`vig_pyg.conv.pyg_adapter.generic_pyg_paths`; same model and weights), alternating
-with the rest, and prints ``fast / generic`` per adapter: before/after in one run.
+off: the fast paths ``pyg_aggregation`` and ``split_edge_conv``; same model and weights),
+alternating with the rest, and prints ``fast / generic`` per adapter: before/after in one
+run.
 
     python benchmarks/bench_pyg_convs.py                         # batch 16, 224 px
     python benchmarks/bench_pyg_convs.py --batch 8 --threads 1 --clock cpu   # busy machine
@@ -20,9 +21,11 @@ from __future__ import annotations
 import argparse
 
 from bench_graphs import make_step  # same step definitions as the graph-builder benchmark
-from timing import add_step_arguments, print_ratios, step_setup, time_alternately
+from timing import add_step_arguments, print_ratios, step_setup, time_alternately, without
 
 GENERIC = " (generic)"
+#: The adapters' speed-ups (vig_pyg.fast_paths): off, every pyg: adapter runs PyG's code.
+ADAPTER_PATHS = ("pyg_aggregation", "split_edge_conv")
 
 CONVS = ["mr", "pyg:GATv2Conv", "pyg:TransformerConv", "pyg:GENConv", "pyg:GINConv",
          "pyg:EdgeConv"]
@@ -49,22 +52,12 @@ def main(argv=None) -> int:
             model = create_model(args.model, conv=c)
             steps[c] = make_step(model, mode, x, y)
             if args.compare_generic and c != "mr":
-                steps[c + GENERIC] = _generic(make_step(model, mode, x, y))
+                steps[c + GENERIC] = without(make_step(model, mode, x, y), *ADAPTER_PATHS)
         times = time_alternately(steps, args.iters, timer, args.warmup)
         print_ratios(times, "mr", args.batch, mode, "conv")
         if args.compare_generic:
             _print_speedups(times)
     return 0
-
-
-def _generic(step):
-    """``step`` with every pyg: adapter on PyG's own path."""
-    from vig_pyg.conv.pyg_adapter import generic_pyg_paths
-
-    def run():
-        with generic_pyg_paths():
-            step()
-    return run
 
 
 def _print_speedups(times: dict) -> None:

@@ -20,9 +20,20 @@ def time_alternately(steps: dict, iters: int, timer, warmup: int = 1) -> dict:
     return times
 
 
+def without(fn, *paths: str):
+    """``fn`` as a step run with the fast paths ``paths`` off
+    (:func:`vig_pyg.fast_paths.disabled`; none: as it is), for :func:`time_alternately`."""
+    from vig_pyg import fast_paths
+
+    def run():
+        with fast_paths.disabled(*paths):
+            return fn()
+    return run
+
+
 def switched(owner, name: str, value, fn):
-    """``fn`` as a step run with ``owner.name`` set to ``value`` and restored after (a fast
-    path's switch, for :func:`time_alternately`)."""
+    """``fn`` as a step run with ``owner.name`` set to ``value`` and restored after (a
+    module constant such as a size bound, for :func:`time_alternately`)."""
     def run():
         before = getattr(owner, name)
         setattr(owner, name, value)

@@ -5,6 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+# pretend_cuda/sitecustomize.py makes torch.cuda.is_available() answer True when it is
+# imported: it is for PYTHONPATH=tests/pretend_cuda runs only, never for collection (the
+# Markdown plugin imports every .py file under the test paths to read its docstrings)
+collect_ignore = ["pretend_cuda"]
+
 
 @pytest.fixture(scope="module")
 def one_thread():

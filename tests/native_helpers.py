@@ -1,4 +1,4 @@
-"""Shared by the tests of the compiled kernels (graph/select.py's library)."""
+"""Shared by the tests of the compiled kernels (vig_pyg.native's library)."""
 from __future__ import annotations
 
 import pytest
@@ -10,9 +10,9 @@ def spy_native(monkeypatch, *names: str, lib=None, openmp: bool | None = None) -
     ``lib`` replaces the library (another build); ``openmp=False`` hides its OpenMP build,
     so that the callers split rows over Python threads. Skips the test where the library
     cannot be built."""
-    from vig_pyg.graph import select
+    from vig_pyg.native import library
 
-    lib = lib or select._load()
+    lib = lib or library.load()
     if lib is None:
         pytest.skip("the native library could not be built here")
     count = [0] * len(names)
@@ -30,5 +30,6 @@ def spy_native(monkeypatch, *names: str, lib=None, openmp: bool | None = None) -
                 return attr(*args)
             return counted
 
-    monkeypatch.setattr(select, "_lib", Spy())
+    spy = Spy()
+    monkeypatch.setattr(library, "load", lambda: spy)
     return count

@@ -1,4 +1,4 @@
-"""The compiled training-mode BatchNorm + activation (+ residual) (layers/_batch_norm.c,
+"""The compiled training-mode BatchNorm + activation (+ residual) (native/_batch_norm.c,
 used by layers/batch_norm.py) against the torch modules evaluated in float64."""
 import copy
 import math
@@ -8,7 +8,8 @@ import torch
 from native_helpers import spy_native
 from torch import nn
 
-from vig_pyg.graph import select
+from vig_pyg import fast_paths
+from vig_pyg.native import library
 from vig_pyg.layers import batch_norm as B
 from vig_pyg.layers.fused import conv_bn_act
 
@@ -17,7 +18,7 @@ ACTS = {"none": None, "gelu": nn.GELU(), "relu": nn.ReLU(), "leaky": nn.LeakyReL
 
 @pytest.fixture
 def calls(monkeypatch):  # forward calls, backward calls
-    lib = select._load()
+    lib = library.load()
     if lib is not None and not (lib.vig_select_openmp() or torch.get_num_threads() == 1):
         pytest.skip("the library runs without torch's OpenMP threads here: plain path")
     monkeypatch.setattr(B, "MIN_ELEMENTS", 0)  # the small maps below exercise C too
@@ -125,9 +126,10 @@ def test_nan_spreads_as_in_torch(calls):
 
 
 @pytest.mark.parametrize("case", ["nchw", "float64", "momentum_none", "gelu_tanh", "prelu",
-                                  "eval", "native_off", "no_affine", "one_value", "small"])
+                                  "eval", "switch_off", "no_affine", "one_value", "small"])
 def test_plain_path_where_it_does_not_apply(calls, monkeypatch, case):
     z, bn, act = _map((2, 8, 3, 3), 2), _norm(8, 1), nn.GELU()
+    off = ("batch_norm",) if case == "switch_off" else ()
     if case == "nchw":
         z = z.contiguous()
     elif case == "float64":
@@ -140,8 +142,6 @@ def test_plain_path_where_it_does_not_apply(calls, monkeypatch, case):
         act = nn.PReLU()
     elif case == "eval":
         bn.eval()
-    elif case == "native_off":
-        monkeypatch.setattr(select, "native", False)
     elif case == "no_affine":
         bn = nn.BatchNorm2d(8, affine=False)
     elif case == "one_value":
@@ -149,11 +149,12 @@ def test_plain_path_where_it_does_not_apply(calls, monkeypatch, case):
     elif case == "small":  # one value fewer than the threshold (the fixture lowered it)
         monkeypatch.setattr(B, "MIN_ELEMENTS", z.numel() + 1)
     ref = copy.deepcopy(bn)
-    if case == "one_value":  # torch's own error, not a division by zero in C
-        with pytest.raises(ValueError, match="more than 1 value per channel"):
-            B.batch_norm_act(bn, z, act)
-    else:
-        torch.testing.assert_close(B.batch_norm_act(bn, z, act), act(ref(z)))
+    with fast_paths.disabled(*off):
+        if case == "one_value":  # torch's own error, not a division by zero in C
+            with pytest.raises(ValueError, match="more than 1 value per channel"):
+                B.batch_norm_act(bn, z, act)
+        else:
+            torch.testing.assert_close(B.batch_norm_act(bn, z, act), act(ref(z)))
     assert calls == [0, 0]
 
 
@@ -174,7 +175,7 @@ def test_conv_bn_act_uses_it_in_training(calls):
 
 
 @pytest.mark.parametrize("name", ["vig_ti", "pvig_ti"])
-def test_model_training_step_within_float32_rounding(calls, monkeypatch, name):
+def test_model_training_step_within_float32_rounding(calls, name):
     """One training step of a whole model (stem, Graphers, FFNs, head) against the same
     model in float64: the logits, the running statistics and every gradient of the compiled
     run are as close to float64 as the plain modules' float32 run is, within a factor of 4
@@ -190,14 +191,14 @@ def test_model_training_step_within_float32_rounding(calls, monkeypatch, name):
     plain, exact = copy.deepcopy(model), copy.deepcopy(model).double()
     x, y = torch.randn(2, 3, 112, 112), torch.tensor([1, 7])
     logits = {}
-    for key, net, native in (("compiled", model, True), ("plain", plain, False),
-                             ("float64", exact, False)):
-        monkeypatch.setattr(select, "native", native)
+    for key, net, enabled in (("compiled", model, True), ("plain", plain, False),
+                              ("float64", exact, False)):
         before = list(calls)
-        logits[key] = net(x.to(next(net.parameters()).dtype))
-        nn.functional.cross_entropy(logits[key], y).backward()
+        with fast_paths.disabled(*(() if enabled else fast_paths.NATIVE)):
+            logits[key] = net(x.to(next(net.parameters()).dtype))
+            nn.functional.cross_entropy(logits[key], y).backward()
         ran = calls[0] - before[0]
-        assert (ran > 0) == native and calls[1] - before[1] == ran
+        assert (ran > 0) == enabled and calls[1] - before[1] == ran
 
     def error(a, b):
         return (a.double() - b).abs().max().item() / max(b.abs().max().item(), 1e-30)

@@ -16,9 +16,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from vig_pyg.conv import (GroupedProjection, MRConv, ViGEdgeConv, ViGGINConv, ViGSAGEConv,
                           build_conv)
+from vig_pyg import fast_paths
 from vig_pyg.graph import fixed_degree, knn_edges
 
 C, OUT, GROUPS = 8, 16, 4
+#: The dense paths of the Grapher convolutions: with both off, PyG's propagate runs.
+DENSE = ("fixed_degree", "padded")
 BN_EPS, BN_MOMENTUM = 1e-5, 0.1
 LAYERS = {"mr": MRConv, "edge": ViGEdgeConv, "sage": ViGSAGEConv, "gin": ViGGINConv}
 
@@ -232,7 +235,7 @@ def test_against_dense_reference(name, graph, training, monkeypatch):
 @pytest.mark.parametrize("bipartite", [False, True])
 @pytest.mark.parametrize("name", list(LAYERS))
 def test_fast_path_equals_generic(name, bipartite, dtype):
-    """Same layer, same knn graph: fused fixed-degree path vs propagate()."""
+    """Same layer, same knn graph: fixed-degree dense path vs propagate()."""
     torch.manual_seed(0)
     fmap = torch.randn(2, C, 5, 5, dtype=dtype)
     x = fmap.permute(0, 2, 3, 1).reshape(-1, C)
@@ -248,8 +251,8 @@ def test_fast_path_equals_generic(name, bipartite, dtype):
     grad_out = torch.randn(x.size(0), OUT, dtype=dtype)
     results = []
     for fast in (True, False):
-        layer.fast_path = fast
-        out, grads = run_layer(layer, x_src, x, ei, bipartite, grad_out)
+        with fast_paths.disabled(*(() if fast else DENSE)):
+            out, grads = run_layer(layer, x_src, x, ei, bipartite, grad_out)
         pgrads = {k: p.grad.clone() for k, p in layer.named_parameters()}
         results.append((out, grads, pgrads))
     if dtype == torch.float64:
@@ -267,8 +270,9 @@ def test_fast_path_equals_generic(name, bipartite, dtype):
     # cancel to ~0), whose float32 rounding noise depends on that order. So each tensor is
     # held to 2e-3 of its own largest entry plus 2e-5 of the layer's largest gradient
     # (float32 rounding of sums over the ~400 edge rows of these graphs).
-    layer.double().fast_path = False
-    truth = run_layer(layer, x_src.double(), x.double(), ei, bipartite, grad_out.double())
+    layer.double()
+    with fast_paths.disabled(*DENSE):
+        truth = run_layer(layer, x_src.double(), x.double(), ei, bipartite, grad_out.double())
     truth = (truth[0], truth[1], {k: p.grad for k, p in layer.named_parameters()})
     floor = 2e-5 * max(t.abs().max().item() for t in [*truth[1].values(),
                                                         *truth[2].values()])
@@ -285,14 +289,14 @@ def test_fast_path_equals_generic(name, bipartite, dtype):
 def test_gradcheck(name, fast):
     torch.manual_seed(0)
     layer = randomize(LAYERS[name](4, 8, groups=2)).double().train()
-    layer.fast_path = fast
     x_src = torch.randn(7, 4, dtype=torch.float64, requires_grad=True)
     x_dst = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
     nbrs = random_nbrs(6, 7, [3] * 6, seed=3)
     ei = edge_index_of(nbrs)
-    assert torch.autograd.gradcheck(lambda a, b: layer((a, b), ei), (x_src, x_dst))
-    ei_self = knn_edges(x_src.detach(), 3)
-    assert torch.autograd.gradcheck(lambda a: layer(a, ei_self), (x_src,))
+    with fast_paths.disabled(*(() if fast else DENSE)):
+        assert torch.autograd.gradcheck(lambda a, b: layer((a, b), ei), (x_src, x_dst))
+        ei_self = knn_edges(x_src.detach(), 3)
+        assert torch.autograd.gradcheck(lambda a: layer(a, ei_self), (x_src,))
 
 
 # ------------------------------------------------------------- PyG's own operators
@@ -431,12 +435,10 @@ def conv_macs(layer, n, k):
     x = torch.randn(n, layer.in_channels)
     ei = torch.stack([torch.randint(0, n, (n * k,)), torch.arange(n).repeat_interleave(k)])
     layer.eval()
-    layer.fast_path = False  # the release's evaluation (and count); the cheaper one:
-    try:                     # tests/test_fast_paths.py
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            layer(x, ei)
-    finally:
-        layer.fast_path = True
+    # the release's evaluation (and count); the cheaper one: tests/test_fast_paths.py
+    with fast_paths.disabled(*DENSE), torch.no_grad(), \
+            FlopCounterMode(display=False) as counter:
+        layer(x, ei)
     return counter.get_total_flops() // 2
 
 
@@ -504,10 +506,10 @@ def test_projection_rows_view_is_grouped_and_copy_free():
     assert counter.get_total_flops() == 2 * 10 * 12 * 8 // 4
 
 
-# ------------------------------------------------------------- the fused primitives
+# ------------------------------------------------------------- the fixed-degree primitives
 @pytest.mark.parametrize("chunk_bytes", [1, 200, None], ids=["1-target", "few", "default"])
 @pytest.mark.parametrize("k", [1, 4, 300])
-def test_fused_reductions_match_plain_torch(monkeypatch, k, chunk_bytes):
+def test_fixed_degree_reductions_match_plain_torch(monkeypatch, k, chunk_bytes):
     """gather_max / gather_sum / neighbour_max, chunked or not, k above the uint8 range
     too, against plain gathers with autograd (forward and input gradients)."""
     from vig_pyg.conv import functional
@@ -552,16 +554,16 @@ def test_layer_with_many_chunks_equals_generic(monkeypatch):
         layer = randomize(LAYERS[name](C, OUT, groups=GROUPS)).double()
         outs = []
         for fast in (True, False):
-            layer.fast_path = fast
-            out = layer(x, ei)
-            outs.append((out, torch.autograd.grad(out.square().sum(), x)[0]))
+            with fast_paths.disabled(*(() if fast else DENSE)):
+                out = layer(x, ei)
+                outs.append((out, torch.autograd.grad(out.square().sum(), x)[0]))
         torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(outs[0][1], outs[1][1], rtol=1e-10, atol=1e-12)
         layer.eval()
         with torch.no_grad():
             chunked = layer(x, ei)
-            layer.fast_path = False
-            torch.testing.assert_close(chunked, layer(x, ei), rtol=1e-10, atol=1e-12)
+            with fast_paths.disabled(*DENSE):
+                torch.testing.assert_close(chunked, layer(x, ei), rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("name", ["mr", "edge", "sage", "gin"])

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch_geometric.nn import aggr as pyg_aggr
 
+from vig_pyg import fast_paths
 from vig_pyg.conv import PYG_PREFIX, build_conv
 from vig_pyg.conv.fast_aggregation import FastAggregation
 from vig_pyg.conv.pyg_adapter import RECIPES
@@ -47,13 +48,12 @@ def _count_inner_calls(module):
 
 
 def _plain(module):
-    """The same module evaluated by PyG's code: its own aggregation (unwrapped) and, for
-    ``SplitEdgeConv``, ``EdgeConv.forward``."""
+    """The same module with PyG's own aggregation (unwrapped); run inside
+    ``fast_paths.disabled("split_edge_conv")``, a ``SplitEdgeConv`` runs
+    ``EdgeConv.forward``, so the whole is PyG's code."""
     plain = copy.deepcopy(module)
     if isinstance(plain.conv.aggr_module, FastAggregation):
         plain.conv.aggr_module = plain.conv.aggr_module.inner
-    if isinstance(plain.conv, SplitEdgeConv):
-        plain.conv.fast_path = False
     return plain
 
 
@@ -92,7 +92,8 @@ def test_fast_aggregation_matches_pyg(name, kind):
     plain_rows = _first_layer_rows(plain) if name == "EdgeConv" else None
 
     out, grads_x, grads_p = _out_and_grads(module, x, edge_index)
-    ref, ref_x, ref_p = _out_and_grads(plain, x, edge_index)
+    with fast_paths.disabled("split_edge_conv"):
+        ref, ref_x, ref_p = _out_and_grads(plain, x, edge_index)
 
     num_targets = (x[1] if isinstance(x, tuple) else x).size(0)
     dense = fixed_degree(edge_index, num_targets) is not None
@@ -108,18 +109,19 @@ def test_fast_aggregation_matches_pyg(name, kind):
     for n in grads_p:
         torch.testing.assert_close(grads_p[n], ref_p[n], rtol=1e-10, atol=1e-10, msg=n)
     with torch.no_grad():  # inference (max / min: PyG's scatter, the faster forward)
-        torch.testing.assert_close(module(x, edge_index), plain(x, edge_index),
-                                   rtol=1e-10, atol=1e-10)
+        fast = module(x, edge_index)
+        with fast_paths.disabled("split_edge_conv"):
+            torch.testing.assert_close(fast, plain(x, edge_index), rtol=1e-10, atol=1e-10)
 
 
-def test_switch_off_runs_pyg_aggregation(monkeypatch):
+def test_switch_off_runs_pyg_aggregation():
     x, edge_index = _graphs("fixed")
     module = build_conv("pyg:GENConv", C, 2 * C).double()
     calls = _count_inner_calls(module)
     fast = module(x, edge_index)
     assert not calls
-    monkeypatch.setattr(FastAggregation, "fast_path", False)
-    torch.testing.assert_close(module(x, edge_index), fast, rtol=1e-10, atol=1e-10)
+    with fast_paths.disabled("pyg_aggregation"):
+        torch.testing.assert_close(module(x, edge_index), fast, rtol=1e-10, atol=1e-10)
     assert len(calls) == 1
 
 
@@ -169,18 +171,16 @@ def test_split_edge_conv_keeps_pyg_edgeconv():
 
 
 
-def test_generic_pyg_paths_switches_every_speed_up_off_and_back():
-    from vig_pyg.conv.pyg_adapter import generic_pyg_paths
-
+def test_both_switches_off_run_pyg_and_come_back():
     x, edge_index = _graphs("fixed")
     module = build_conv("pyg:EdgeConv", C, 2 * C).double()
     calls, rows = _count_inner_calls(module), _first_layer_rows(module)
-    with generic_pyg_paths():
+    with fast_paths.disabled("pyg_aggregation", "split_edge_conv"):
         module(x, edge_index)
     assert len(calls) == 1 and rows == [edge_index.size(1)]  # PyG's aggregation and MLP
     module(x, edge_index)
     assert len(calls) == 1 and rows == [edge_index.size(1)]  # restored: neither ran again
-    assert FastAggregation.fast_path and SplitEdgeConv.fast_path
+    assert fast_paths.enabled("pyg_aggregation") and fast_paths.enabled("split_edge_conv")
 
 
 def test_split_edge_conv_macs_and_the_release_count():
@@ -189,7 +189,6 @@ def test_split_edge_conv_macs_and_the_release_count():
     W_b x_j: 2 n C O, then n k O O. count_macs reports PyG's as the total."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from vig_pyg.conv.pyg_adapter import generic_pyg_paths
     from vig_pyg.models import create_model
     from vig_pyg.models.info import count_macs
 
@@ -203,11 +202,11 @@ def test_split_edge_conv_macs_and_the_release_count():
         return counter.get_total_flops() // 2
 
     assert macs() == 2 * n * C * o + n * k * o * o
-    with generic_pyg_paths():
+    with fast_paths.disabled("pyg_aggregation", "split_edge_conv"):
         assert macs() == n * k * 2 * C * o + n * k * o * o
     model = create_model("vig_ti", conv="pyg:EdgeConv", channels=16, depth=2, stem_stride=8,
                          k=4, img_size=64, num_classes=10)
     counted = count_macs(model, 64)
-    with generic_pyg_paths():
+    with fast_paths.disabled("pyg_aggregation", "split_edge_conv"):
         generic = count_macs(model, 64)
     assert counted["total"] == generic["total"] == generic["executed"] > counted["executed"]

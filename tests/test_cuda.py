@@ -1,6 +1,6 @@
 """The CUDA branches of the fast paths (skipped without a GPU).
 
-On a GPU the fused reductions take the whole neighbour block at once (no chunks), the kNN
+On a GPU the fixed-degree reductions take the whole neighbour block at once (no chunks), the kNN
 builder runs its batched matmul + top-k on the device, and float16 autocast training must
 survive an overflow step: the NaN/Inf guard steps aside and GradScaler skips the step.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from vig_pyg import fast_paths
 from vig_pyg.conv import MRConv, ViGEdgeConv, ViGGINConv, ViGSAGEConv
 from vig_pyg.graph import knn_edges
 
@@ -29,10 +30,10 @@ def test_fast_path_on_cuda_equals_generic_and_cpu(name, training):
     for device, fast in (("cuda", True), ("cuda", False), ("cpu", True)):
         torch.manual_seed(1)
         layer = LAYERS[name](16, 32).double().to(device).train(training)
-        layer.fast_path = fast
         xs = x.to(device).requires_grad_()
-        out = layer(xs, ei.to(device))
-        grad, = torch.autograd.grad(out.square().sum(), xs)
+        with fast_paths.disabled(*(() if fast else ("fixed_degree", "padded"))):
+            out = layer(xs, ei.to(device))
+            grad, = torch.autograd.grad(out.square().sum(), xs)
         results.append((out.detach().cpu(), grad.cpu()))
     for other in results[1:]:
         torch.testing.assert_close(results[0][0], other[0], rtol=1e-9, atol=1e-11)
@@ -41,7 +42,7 @@ def test_fast_path_on_cuda_equals_generic_and_cpu(name, training):
 
 def test_knn_on_cuda_equals_cpu():
     """The CUDA matmul path against the CPU in float64, and in float32 against the CPU's
-    fused pass (graph/_nearest.c), which never runs on CUDA tensors."""
+    single pass (native/_nearest.c), which never runs on CUDA tensors."""
     torch.manual_seed(0)
     fmap = torch.randn(3, 24, 8, 8, dtype=torch.float64)
     rel = torch.randn(64, 16, dtype=torch.float64) * 0.1

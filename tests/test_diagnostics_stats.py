@@ -6,8 +6,9 @@ import torch
 
 from vig_pyg.diagnostics.capture import BlockGraph
 from vig_pyg.diagnostics.stats import (
-    block_stats, dirichlet_energy, edge_lengths, feature_diversity, foreground_mask, gini,
-    homophily, in_degree, jaccard, mean_cosine, self_loop_share, spatial_reach, stats_table)
+    block_stats, cross_image_edges, dirichlet_energy, edge_lengths, feature_diversity,
+    foreground_mask, gini, homophily, in_degree, jaccard, mean_cosine, reach_max,
+    self_loop_share, spatial_reach, stats_table)
 
 # 3x3 grid, node = row*3 + col. Edges (neighbour j -> centre i):
 #   centre 0: 0, 1, 4      lengths 0, 1, sqrt2
@@ -37,6 +38,8 @@ def test_reach_on_the_3x3_grid():
     assert reach["reach_mean"] == pytest.approx((1 + 3 * S2 + 2) / 8)
     assert reach["reach_median"] == pytest.approx((1 + S2) / 2)    # middle two: 1, sqrt2
     assert reach["beyond"] == pytest.approx(4 / 8)                 # sqrt2 x3 and 2
+    assert reach_max(lengths) == 2.0                               # centre 8's edge from 2
+    assert math.isnan(reach_max(lengths[:0]))
 
 
 def test_self_loops_degree_and_gini_on_the_3x3_grid():
@@ -46,6 +49,16 @@ def test_self_loops_degree_and_gini_on_the_3x3_grid():
     # sum over ordered pairs |d_a - d_b|: 2s x3, 1s x2, 0s x4 ->
     # 2 * (3*2*1 + 3*4*2 + 2*4*1) = 76; G = 76 / (2 * 9 * 8)
     assert gini(in_degree(block)) == pytest.approx(76 / 144)
+
+
+def test_cross_image_edges():
+    # two images of the 3x3 grid (nodes 0-8 and 9-17): 2 -> 9 and 12 -> 4 cross, 10 -> 9 not
+    ei = torch.tensor(EDGES + [(2, 9), (12, 4), (10, 9)]).t()
+    assert cross_image_edges(BlockGraph(0, "b", 2, (3, 3), (3, 3), 1, ei)) == 2
+    assert cross_image_edges(grid_block()) == 0
+    # pooled keys, 4x4 queries and 2x2 keys per image: key 4 is image 1's key 0
+    ei = torch.tensor([[0, 4, 7, 3], [0, 0, 16, 31]])
+    assert cross_image_edges(BlockGraph(0, "p", 2, (4, 4), (2, 2), 2, ei)) == 2  # 4->0, 3->31
 
 
 def test_one_hub():

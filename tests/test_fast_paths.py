@@ -15,10 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from vig_pyg import fast_paths
 from vig_pyg.conv import ViGEdgeConv, ViGGINConv, ViGSAGEConv, MRConv
 from vig_pyg.graph import fixed_degree, knn_edges
 
 C, OUT = 8, 16
+#: The Grapher convolutions' dense paths: with both off, PyG's propagate runs.
+DENSE = ("fixed_degree", "padded")
 LAYERS = {"mr": MRConv, "edge": ViGEdgeConv, "sage": ViGSAGEConv, "gin": ViGGINConv}
 
 
@@ -80,9 +83,9 @@ def test_cheaper_path_equals_generic_float64(name, bipartite, training, momentum
         for m in layer.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.momentum = momentum
-        layer.fast_path = fast
-        first = run(layer, x_src, x_dst, ei, grad_out)
-        results.append((first, run(layer, x_src, x_dst, ei, grad_out)))  # 2nd: counters
+        with fast_paths.disabled(*(() if fast else DENSE)):
+            first = run(layer, x_src, x_dst, ei, grad_out)
+            results.append((first, run(layer, x_src, x_dst, ei, grad_out)))  # 2nd: counters
     for (fast, generic) in zip(*results):
         torch.testing.assert_close(fast[0], generic[0], rtol=1e-10, atol=1e-12)
         assert fast[1].keys() == generic[1].keys()
@@ -108,8 +111,8 @@ def test_inference_without_grad_in_chunks_equals_generic(name, monkeypatch):
         inputs = (x_src, x_dst) if bipartite else x_src
         with torch.no_grad():
             fast = layer(inputs, ei)
-            layer.fast_path = False
-            generic = layer(inputs, ei)
+            with fast_paths.disabled(*DENSE):
+                generic = layer(inputs, ei)
         torch.testing.assert_close(fast, generic, rtol=1e-10, atol=1e-12)
 
 
@@ -119,8 +122,8 @@ def test_edge_with_odd_groups_keeps_the_per_edge_path():
     layer = randomized(ViGEdgeConv(C, OUT, groups=1)).double().train()
     grad_out = torch.randn(x_dst.size(0), OUT, dtype=torch.float64)
     fast = run(layer, x_src, x_dst, ei, grad_out)
-    layer.fast_path = False
-    generic = run(layer, x_src, x_dst, ei, grad_out)
+    with fast_paths.disabled(*DENSE):
+        generic = run(layer, x_src, x_dst, ei, grad_out)
     torch.testing.assert_close(fast[0], generic[0], rtol=1e-10, atol=1e-12)
 
 
@@ -133,7 +136,7 @@ def _macs(layer, n, k):
 
 
 def test_executed_macs_follow_the_cheaper_formulas():
-    """n nodes, k neighbours, C -> 2C, groups 4. The literal count (fast_path off), the
+    """n nodes, k neighbours, C -> 2C, groups 4. The literal count (dense paths off), the
     release's: edge n k (2C)(2C/4) = n k C^2; sage nn1 n k C (C/4) + nn2 n (2C)(2C/4).
     Executed: edge's centre half, C outputs of C/2 inputs per node, C^2/2, and
     z = W_b x as much again: n C^2 (nothing per edge); sage's nn1 per node: n C^2 / 4."""
@@ -141,10 +144,9 @@ def test_executed_macs_follow_the_cheaper_formulas():
     edge, sage = ViGEdgeConv(c), ViGSAGEConv(c)
     assert _macs(edge, n, k) == n * c * c
     assert _macs(sage, n, k) == n * c * c // 4 + n * (2 * c) * (2 * c) // 4
-    for layer in (edge, sage):
-        layer.fast_path = False
-    assert _macs(edge, n, k) == n * k * c * c
-    assert _macs(sage, n, k) == n * k * c * c // 4 + n * (2 * c) * (2 * c) // 4
+    with fast_paths.disabled(*DENSE):
+        assert _macs(edge, n, k) == n * k * c * c
+        assert _macs(sage, n, k) == n * k * c * c // 4 + n * (2 * c) * (2 * c) // 4
 
 
 def test_info_reports_release_macs_with_executed_beside():
@@ -154,13 +156,12 @@ def test_info_reports_release_macs_with_executed_beside():
     model = create_model("vig_ti", conv="edge", channels=32, depth=2, stem_stride=8, k=4,
                          img_size=64, num_classes=10)
     counted = count_macs(model, 64)
-    for m in model.modules():
-        if hasattr(m, "fast_path"):
-            m.fast_path = False
-    literal = count_macs(model, 64)
+    with fast_paths.disabled(*DENSE):
+        literal = count_macs(model, 64)
+        assert not any(fast_paths.enabled(name) for name in DENSE)  # count_macs restored
     assert counted["total"] == literal["total"] == literal["executed"]
     assert counted["executed"] < counted["total"]
-    assert all(m.fast_path is False for m in model.modules() if hasattr(m, "fast_path"))
+    assert all(fast_paths.enabled(name) for name in DENSE)
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])

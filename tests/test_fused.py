@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from vig_pyg.layers import fused
+from vig_pyg import fast_paths
 from vig_pyg.layers.fused import conv_bn_act
 
 pytestmark = [
@@ -111,9 +111,9 @@ def test_plain_path_where_fusion_does_not_apply():
     with torch.no_grad():
         assert _onednn_calls(lambda: conv_bn_act(conv.double(), bn.double(), x.double())) == 0
         conv.float(), bn.float()
-        with fused.disabled():
+        with fast_paths.disabled("fused_conv"):
             assert _onednn_calls(lambda: conv_bn_act(conv, bn, x, nn.GELU())) == 0
-        assert fused.enabled
+        assert fast_paths.enabled("fused_conv")
         bn.train()
         got = conv_bn_act(conv, bn, x, nn.ReLU())
         assert _onednn_calls(lambda: conv_bn_act(conv, bn, x, nn.ReLU())) == 0
@@ -148,7 +148,7 @@ def test_model_inference_fused_equals_plain(name, conv):
     with torch.no_grad():
         got = model(x)
         calls = _onednn_calls(lambda: model(x))
-        with fused.disabled():
+        with fast_paths.disabled("fused_conv"):
             want = model(x)
     assert calls > 0
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch_geometric.nn.conv import GATv2Conv
 
+from vig_pyg import fast_paths
 from vig_pyg.conv import build_conv
 from vig_pyg.conv.base import interleave
 from vig_pyg.errors import VigPygError
@@ -92,7 +93,7 @@ def test_edges_and_kinds_match_brute_force(b, h, w, hop):
     want = brute_gated_axial(b, h, w, rule)
     assert edge_lists(built, b * h * w) == want
     degree = len(want[0])
-    assert fixed_degree(built.edge_index, b * h * w) == degree   # the fused path holds
+    assert fixed_degree(built.edge_index, b * h * w) == degree   # the fixed-degree path holds
     assert built.edge_attr.dtype == torch.float64                 # x's dtype
 
 
@@ -189,8 +190,8 @@ def test_gated_mr_matches_the_formula_on_the_builders_graph(fast):
     rows = rows_of(x)
     edges = list(zip(*built.edge_index.tolist(), built.edge_attr[:, 0].tolist()))
     conv = gated_conv(3, 1.7)
-    conv.fast_path = fast
-    got = conv.relative(rows, built.edge_index, built.edge_attr)
+    with fast_paths.disabled(*(() if fast else ("fixed_degree", "padded"))):
+        got = conv.relative(rows, built.edge_index, built.edge_attr)
     want = brute_gated_m(rows, edges, 1.7)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     # the gate matters here: with it ignored (T huge) the result is different
@@ -264,9 +265,8 @@ def test_global_attention_matches_dense_softmax_per_image(path):
     if path == "table":                     # same neighbours, reversed order: not "complete"
         n, d = x.shape[0] * 6, 6
         ei = torch.stack([ei[0].view(n, d).flip(1).reshape(-1), ei[1]])
-    if path == "scatter":
-        conv.fast_path = False
-    got = conv.relative(rows_of(x), ei, ea)
+    with fast_paths.disabled(*(("fixed_degree", "padded") if path == "scatter" else ())):
+        got = conv.relative(rows_of(x), ei, ea)
     want = brute_attention_m(x, conv)
     assert (want > 0).any() and (want == 0).any()
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)

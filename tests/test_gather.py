@@ -1,11 +1,11 @@
-"""The compiled neighbour reductions (graph/_gather.c, used by conv/functional.py) against a
+"""The compiled neighbour reductions (native/_gather.c, used by conv/functional.py) against a
 float64 rule written out here."""
 import pytest
 import torch
 from native_helpers import spy_native
 
 from vig_pyg.conv import functional as Fn
-from vig_pyg.graph import select
+from vig_pyg import fast_paths
 
 
 def _rule(x, index, k, reduce):
@@ -90,7 +90,7 @@ def test_out_of_range_sources_raise_instead_of_reading_past_the_rows(calls):
             Fn._gather_reduce(x, index, 2, "sum", need_rank=False)
 
 
-def test_plain_path_where_native_does_not_apply(calls, monkeypatch):
+def test_plain_path_where_native_does_not_apply(calls):
     g = torch.Generator().manual_seed(4)
     x = torch.randn(20, 6, generator=g)
     index = _graph(g, 20, 10, 3)
@@ -98,9 +98,9 @@ def test_plain_path_where_native_does_not_apply(calls, monkeypatch):
     for args in ((x.double(), index), (x, index.int())):  # float64; int32 indices
         out, _ = Fn._gather_reduce(*args, 3, "sum", need_rank=False)
         assert torch.allclose(out.double(), ref, atol=1e-5)
-    monkeypatch.setattr(select, "native", False)
-    assert torch.allclose(Fn._gather_reduce(x, index, 3, "max", True)[0].double(),
-                          _rule(x, index, 3, "max")[0])
+    with fast_paths.disabled("gather"):
+        assert torch.allclose(Fn._gather_reduce(x, index, 3, "max", True)[0].double(),
+                              _rule(x, index, 3, "max")[0])
     assert calls[0] == 0
 
 
@@ -144,15 +144,14 @@ def test_gin_aggregation_matches_the_rule(centre_calls, monkeypatch, shared, n, 
                                    atol=1e-4)
 
 
-def test_gin_aggregation_plain_where_it_does_not_apply(centre_calls, monkeypatch):
+def test_gin_aggregation_plain_where_it_does_not_apply(centre_calls):
     g = torch.Generator().manual_seed(3)
     x = torch.randn(20, 6, generator=g)
     eps = torch.tensor([0.5])
     index = _graph(g, 20, 20, 3)
     want = 1.5 * x.double() + _rule(x, index, 3, "sum")[0]
-    monkeypatch.setattr(select, "native", False)
-    torch.testing.assert_close(Fn.gather_sum_centre(x, index, 3, x, eps).double(), want)
-    monkeypatch.setattr(select, "native", True)
+    with fast_paths.disabled("gin_centre"):
+        torch.testing.assert_close(Fn.gather_sum_centre(x, index, 3, x, eps).double(), want)
     got = Fn.gather_sum_centre(x.double(), index, 3, x.double(), eps.double())
     torch.testing.assert_close(got, want)
     assert centre_calls == [0, 0]
@@ -160,16 +159,16 @@ def test_gin_aggregation_plain_where_it_does_not_apply(centre_calls, monkeypatch
         Fn.gather_sum_centre(x, torch.full((60,), 20), 3, x, eps)
 
 
-def test_gin_aggregation_backward_without_the_library(centre_calls, monkeypatch):
-    """The compiled forward, then the switch turned off before the backward: the gradient
-    comes from the torch scatter instead, and is still the rule's."""
+def test_gin_aggregation_backward_without_the_library(centre_calls):
+    """The compiled forward, then the gather's switch turned off before the backward: the
+    gradient comes from the torch scatter instead, and is still the rule's."""
     g = torch.Generator().manual_seed(4)
     x = torch.randn(30, 7, generator=g, requires_grad=True)
     eps = torch.tensor([0.25], requires_grad=True)
     index = _graph(g, 30, 30, 4)
     out = Fn.gather_sum_centre(x, index, 4, x, eps)
-    monkeypatch.setattr(select, "native", False)
-    out.sum().backward()
+    with fast_paths.disabled("gather"):
+        out.sum().backward()
     assert centre_calls == [1, 0]
     x64 = x.detach().double().requires_grad_()
     (1.25 * x64 + _rule(x64, index, 4, "sum")[0]).sum().backward()

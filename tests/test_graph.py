@@ -7,6 +7,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 from torch_geometric.data import Batch, Data
 
+from vig_pyg import fast_paths
 from vig_pyg.graph import (PatchGraph, fixed_degree, knn_edges, relative_position_features,
                            relative_position_table, resize_relative_position)
 
@@ -219,10 +220,8 @@ def test_knn_kd_equal_to_node_count(backend):
 
 
 @pytest.mark.parametrize("max_elements", [1, 20, 100, 10 ** 6])
-def test_dense_chunking_gives_identical_edges(max_elements, monkeypatch):
-    from vig_pyg.graph import knn
-
-    monkeypatch.setattr(knn, "fused", False)  # chunks are the matmul path's
+@fast_paths.disabled("single_pass")  # chunks are the matmul path's
+def test_dense_chunking_gives_identical_edges(max_elements):
     torch.manual_seed(9)
     fmap = torch.randn(3, 6, 8, 8)
     full = knn_edges(fmap, 5, dilation=2, reduce_ratio=2, backend="dense")
@@ -231,15 +230,14 @@ def test_dense_chunking_gives_identical_edges(max_elements, monkeypatch):
     assert torch.equal(full, chunked)
 
 
-def test_reused_distance_buffer_across_modes_sizes_and_threads(monkeypatch):
+@fast_paths.disabled("single_pass")  # the buffer is the matmul path's
+def test_reused_distance_buffer_across_modes_sizes_and_threads():
     """The dense backend's per-thread distance buffer: created in inference mode and reused
     outside it (and back), grown for a larger call, one per thread; edges always those of
     the brute-force float64 rule."""
     import threading
 
     from vig_pyg.graph import knn
-
-    monkeypatch.setattr(knn, "fused", False)  # the buffer is the matmul path's
 
     torch.manual_seed(12)
     small, large = torch.randn(2, 5, 6, 6), torch.randn(3, 5, 9, 9)

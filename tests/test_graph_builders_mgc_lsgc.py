@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from vig_pyg import fast_paths
 from vig_pyg.conv import MRConv
 from vig_pyg.conv.padded import padded_propagate
 from vig_pyg.errors import VigPygError
@@ -80,7 +81,7 @@ def brute_edges(b, h, w, neighbours):
 
 def check_layout(edge_index, num_nodes):
     """Grouped by centre in node order, no edge twice, the fixed-degree layout (so the
-    convolutions take their fused path). Returns {(j, i)} and the degree."""
+    convolutions take their fixed-degree path). Returns {(j, i)} and the degree."""
     src, dst = edge_index.tolist()
     pairs = list(zip(src, dst))
     assert len(pairs) == len(set(pairs)), "an edge appears twice"
@@ -236,11 +237,11 @@ def test_mr_options_reproduce_each_release_max_relative(graph, options, conv_opt
     x_nodes = x.permute(0, 2, 3, 1).reshape(-1, c)
     edge_index = graph_builder(graph, **options)(x)
     conv = MRConv(c, **conv_options).double()
-    conv.fast_path = fast_path
-    assert (conv._fixed_degree(edge_index, b * h * w) is not None) == fast_path
     (arg,) = options.values()
     want = release_m(x, lambda r, col: neighbours(r, col, h, w, arg), sign)
-    got = conv_m(conv, x_nodes, edge_index)
+    with fast_paths.disabled(*(() if fast_path else ("fixed_degree", "padded"))):
+        assert (conv._fixed_degree(edge_index, b * h * w) is not None) == fast_path
+        got = conv_m(conv, x_nodes, edge_index)
     assert torch.equal(got, want)
     assert (want == 0).any()   # the zero start matters on this input
 
@@ -279,13 +280,13 @@ def test_mr_sign_and_zero_start_on_a_variable_degree_graph(sign, zero_start, pat
     x = torch.randn(n, c, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     edge_index = variable_graph(n, grouped=path != "ungrouped")
     conv = MRConv(c, sign=sign, zero_start=zero_start).double()
-    conv.fast_path = path != "propagate"
     assert conv._fixed_degree(edge_index, n) is None
-    # the padded table applies to the grouped graph, not to the shuffled one (fast_path off
-    # skips it), so the three cases cover the padded table and propagate
+    # the padded table applies to the grouped graph, not to the shuffled one (the dense
+    # paths off skip it), so the three cases cover the padded table and propagate
     assert (padded_propagate(conv, edge_index, x, x) is not None) == (path != "ungrouped")
     want = loop_m(x, edge_index, sign, zero_start)
-    got = conv_m(conv, x, edge_index)
+    with fast_paths.disabled(*(("fixed_degree", "padded") if path == "propagate" else ())):
+        got = conv_m(conv, x, edge_index)
     assert torch.equal(got, want)
     assert torch.equal(got[1], torch.zeros(c, dtype=torch.float64))
     assert (want < 0).any() != zero_start      # the options change the result here

@@ -1,8 +1,12 @@
-"""The kNN's compiled row normalisation (graph/_normalize.c) against float64 by hand."""
+"""The kNN's compiled row normalisation (native/_normalize.c) against float64 by hand."""
+import subprocess
+
 import pytest
 import torch
 
-from vig_pyg.graph import knn as knn_mod, select
+from vig_pyg import fast_paths
+from vig_pyg.graph import knn as knn_mod
+from vig_pyg.native import build, library
 
 
 def _reference(x: torch.Tensor):
@@ -14,10 +18,10 @@ def _reference(x: torch.Tensor):
 
 
 def _libs():
-    built = [("native", select._load())]
+    built = [("native", library.load())]
     try:
-        built.append(("portable", select._open(select._build(("-DVIG_PORTABLE",)))))
-    except (OSError, select.subprocess.SubprocessError):
+        built.append(("portable", library.open_library(build.build(build.PORTABLE))))
+    except (OSError, subprocess.SubprocessError):
         pass
     return [(name, lib) for name, lib in built if lib is not None]
 
@@ -27,7 +31,7 @@ def lib(request, monkeypatch):
     libs = dict(_libs())
     if request.param not in libs:
         pytest.skip(f"the {request.param} build is not available here")
-    monkeypatch.setattr(select, "_lib", libs[request.param])
+    monkeypatch.setattr(library, "load", lambda: libs[request.param])
     return libs[request.param]
 
 
@@ -108,26 +112,26 @@ def test_autocast_skips_the_check_as_the_torch_path_does(lib):
     assert bool(y[0, 2].isnan().all()) and bool(y[0, 3].isfinite().all())
 
 
-@pytest.mark.parametrize("native", [True, False])
-def test_overflowing_squares_in_both_paths_give_the_rule(monkeypatch, native):
+@pytest.mark.parametrize("enabled", [True, False])
+def test_overflowing_squares_in_both_paths_give_the_rule(enabled):
     """Entries whose squares overflow float32 (a 1e20-scaled map, as a freshly initialised
     `gin` model reaches in eval mode) normalise to the rows of the unscaled map in the
     compiled pass and in the torch path alike; a norm beyond float32's range is refused by
     both."""
-    monkeypatch.setattr(select, "native", native)
-    x = torch.randn(2, 30, 12)
-    y, sq = knn_mod._normalize(x * 1e20, "node features")
-    ref_y, ref_sq = _reference(x)
-    assert torch.allclose(y.double(), ref_y, rtol=0, atol=4e-7)
-    assert torch.allclose(sq.double(), ref_sq, rtol=0, atol=4e-7)
-    huge = torch.zeros(1, 2, 4)
-    huge[0, 1] = 3e38  # finite entries, a norm of 6e38
-    with pytest.raises(ValueError, match="node features contain NaN or Inf"):
-        knn_mod._normalize(huge, "node features")
+    with fast_paths.disabled(*(() if enabled else ("normalize",))):
+        x = torch.randn(2, 30, 12)
+        y, sq = knn_mod._normalize(x * 1e20, "node features")
+        ref_y, ref_sq = _reference(x)
+        assert torch.allclose(y.double(), ref_y, rtol=0, atol=4e-7)
+        assert torch.allclose(sq.double(), ref_sq, rtol=0, atol=4e-7)
+        huge = torch.zeros(1, 2, 4)
+        huge[0, 1] = 3e38  # finite entries, a norm of 6e38
+        with pytest.raises(ValueError, match="node features contain NaN or Inf"):
+            knn_mod._normalize(huge, "node features")
 
 
-def test_torch_path_where_native_is_off(monkeypatch):
-    monkeypatch.setattr(select, "native", False)
+@fast_paths.disabled("normalize")
+def test_torch_path_where_native_is_off():
     x = torch.randn(2, 30, 12)
     y, sq = knn_mod._normalize(x, "node features")
     ref_y, ref_sq = _reference(x)

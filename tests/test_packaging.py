@@ -34,18 +34,19 @@ def test_torch_pin_avoids_the_local_cpu_wheel():
 
 
 def test_every_compiled_source_ships_with_the_package():
-    """The C files vig_pyg compiles on first use must be package data, or an installed
-    (non-editable) copy falls back to torch.topk without them."""
+    """The C files vig_pyg compiles on first use, and the header they include and the
+    bindings read, must be package data, or an installed (non-editable) copy falls back to
+    torch.topk without them."""
     import configparser
     import fnmatch
 
-    from vig_pyg.graph import select
+    from vig_pyg.native import build
 
     cfg = configparser.ConfigParser()
     cfg.read(ROOT / "setup.cfg")
     patterns = cfg["options.package_data"]["vig_pyg"].split()
     package = ROOT / "src" / "vig_pyg"
-    for source in select._SOURCES:
+    for source in (*build.SOURCES, build.HEADER):
         relative = source.relative_to(package).as_posix()
         assert any(fnmatch.fnmatch(relative, p) for p in patterns), relative
         assert source.exists(), source

@@ -1,15 +1,19 @@
-"""The kNN's selection step (``vig_pyg.graph.select.smallest_k``): the compiled three-pass
+"""The kNN's selection step (``vig_pyg.graph.selection.smallest_k``): the compiled three-pass
 selection against a stable float64 sort, and against ``torch.topk`` (its fallback)."""
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import warnings
 
 import pytest
 import torch
 
-from vig_pyg.graph import knn_edges, select
-from vig_pyg.graph.select import smallest_k
+from vig_pyg import fast_paths, native
+from vig_pyg.graph import knn_edges
+from vig_pyg.graph.selection import smallest_k
+from vig_pyg.native import build, library
 
 needs_cc = pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None,
                               reason="no C compiler: the native selection falls back to topk")
@@ -36,14 +40,15 @@ def _spy(monkeypatch, lib, openmp: bool | None = None) -> list:
         def __getattr__(self, name):  # the library's other kernels, uncounted
             return getattr(lib, name)
 
-    monkeypatch.setattr(select, "_lib", Spy())
+    spy = Spy()
+    monkeypatch.setattr(library, "load", lambda: spy)
     return calls
 
 
 @pytest.fixture
 def native_calls(monkeypatch):
     """Counts the calls that reach the compiled selection (``calls[0]``)."""
-    lib = select._load()
+    lib = library.load()
     if lib is None:
         pytest.skip("the native selection could not be built here")
     return _spy(monkeypatch, lib)
@@ -101,7 +106,7 @@ def test_native_selection_ties_nan_and_inf(native_calls):
 def test_batched_shape_and_threads_agree(monkeypatch, openmp):
     """``[G, N, M]`` input (the kNN's chunks) on two threads (the library's OpenMP region
     where it has one, else our Python threads) and on one."""
-    lib = select._load()
+    lib = library.load()
     if lib is None:
         pytest.skip("the native selection could not be built here")
     calls = _spy(monkeypatch, lib, openmp)
@@ -125,10 +130,10 @@ def test_openmp_build_joins_torchs_runtime():
     """Built with OpenMP only where torch runs on a libgomp that is already loaded, and then
     the process still holds one OpenMP runtime: the library's parallel region runs on
     torch's worker threads, not on a second pool."""
-    lib = select._load()
+    lib = library.load()
     if lib is None:
         pytest.skip("the native selection could not be built here")
-    if not select._openmp_flags():
+    if not build.openmp_flags():
         assert not lib.vig_select_openmp()
         pytest.skip("torch's OpenMP runtime is not a loaded libgomp here: no OpenMP build")
     assert lib.vig_select_openmp()
@@ -136,7 +141,7 @@ def test_openmp_build_joins_torchs_runtime():
     # runtime (other packages' copies, e.g. scikit-learn's, carry other names)
     with open("/proc/self/maps") as fh:
         runtimes = {line.split()[-1] for line in fh if line.rstrip().endswith("/libgomp.so.1")}
-    assert runtimes == {select._torch_libgomp()}, runtimes
+    assert runtimes == {build.torch_libgomp()}, runtimes
 
 
 @needs_cc
@@ -151,7 +156,7 @@ def test_hard_rows_both_passes(native_calls):
 
 def _select_block(lib, dist: torch.Tensor, rows: int, kd: int) -> torch.Tensor:
     """``vig_select_block`` on the first ``rows`` of eight rows of ``dist`` (its row pointers
-    in a C array, as the fused pass hands them over)."""
+    in a C array, as the single pass hands them over)."""
     import ctypes
 
     dist = dist.contiguous()
@@ -167,12 +172,12 @@ def _select_block(lib, dist: torch.Tensor, rows: int, kd: int) -> torch.Tensor:
 @needs_cc
 @pytest.mark.parametrize("kd", [1, 9, 16, 17, 27, 32, 40])
 def test_block_selection_is_the_stable_sort(kd):
-    """The fused pass's selection of eight rows at once (``vig_select_block``: the rows'
+    """The single pass's selection of eight rows at once (``vig_select_block``: the rows'
     group-minima bounds found together where k*d <= 32, one or two vectors of minima;
     per row otherwise): the rule's indices on random rows, on the hard rows (one whose
     bound is infinite, so that its NaN must be gathered as +inf), and on a last, partial
     block whose unselected rows are NaN."""
-    lib = select._load()
+    lib = library.load()
     if lib is None:
         pytest.skip("the native selection could not be built here")
     g = torch.Generator().manual_seed(kd)
@@ -201,7 +206,7 @@ def test_sorting_network_of_the_block_bounds_sorts():
 
     import numpy as np
 
-    source = (Path(select.__file__).with_name("_select.c")).read_text()
+    source = (Path(build.__file__).with_name("_select.c")).read_text()
     table = re.search(r"NET16\[(\d+)\]\[2\] = \{(.*?)\};", source, re.S)
     pairs = [(int(a), int(b)) for a, b in re.findall(r"\{(\d+), (\d+)\}", table.group(2))]
     assert len(pairs) == int(table.group(1)) == 63
@@ -218,8 +223,8 @@ def test_portable_build_is_the_stable_sort(monkeypatch):
     give the same indices as the rule: both passes, the many-groups bound, ties, NaN and
     the rows the short-row pass gathers whole."""
     try:
-        lib = select._open(select._build(("-DVIG_PORTABLE",)))
-    except (OSError, select.subprocess.SubprocessError) as exc:
+        lib = library.open_library(build.build(build.PORTABLE))
+    except (OSError, subprocess.SubprocessError) as exc:
         pytest.skip(f"the portable build failed here: {exc}")
     calls = _spy(monkeypatch, lib)
     g = torch.Generator().manual_seed(5)
@@ -243,14 +248,14 @@ def test_no_rows_give_empty_indices(native_calls):
     assert native_calls[0] == 0
 
 
-def test_fallback_where_native_does_not_apply(monkeypatch):
+def test_fallback_where_native_does_not_apply():
     g = torch.Generator().manual_seed(2)
     dist = torch.randn(50, 30, generator=g)
     assert torch.equal(smallest_k(dist.double(), 7), _reference(dist, 7))  # float64: topk
     wide = torch.randn(3, 1100, generator=g)  # k*d beyond the C file's buffers: topk
     assert torch.equal(smallest_k(wide, 1050), _reference(wide, 1050))
-    monkeypatch.setattr(select, "native", False)
-    assert torch.equal(smallest_k(dist, 7), _reference(dist, 7))
+    with fast_paths.disabled("select"):
+        assert torch.equal(smallest_k(dist, 7), _reference(dist, 7))
     with pytest.raises(ValueError, match=r"kd must be in \[1, 30\]"):
         smallest_k(dist, 31)
 
@@ -261,36 +266,38 @@ def test_library_builds_where_a_compiler_exists(tmp_path, monkeypatch):
     compile error in them must fail here, not only turn the kernels' tests into skips and
     the library into its torch fallback."""
     monkeypatch.setenv("VIG_PYG_CACHE", str(tmp_path))
-    for extra in (select._openmp_flags(), ("-DVIG_PORTABLE",)):
+    for extra in (build.openmp_flags(), build.PORTABLE):
         try:
-            lib = select._open(select._build(extra))
-        except select.subprocess.CalledProcessError as exc:
+            lib = library.open_library(build.build(extra))
+        except subprocess.CalledProcessError as exc:
             pytest.fail(f"the C files do not compile with {extra}:\n{exc.stderr}")
         assert lib.vig_select_openmp() in (0, 1)
 
 
 def test_failed_build_warns_once_and_falls_back(monkeypatch, tmp_path):
-    monkeypatch.setattr(select, "_lib", None)
+    monkeypatch.setattr(library, "_lib", None)  # not loaded yet
     monkeypatch.setenv("VIG_PYG_CACHE", str(tmp_path))
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     dist = torch.randn(20, 16)
     with pytest.warns(RuntimeWarning, match="could not be built.*torch.topk"):
         got = smallest_k(dist, 2)
     assert torch.equal(got, _reference(dist, 2))
-    assert select._lib is False and not any(tmp_path.glob("*.so"))
+    assert library._lib is False and not any(tmp_path.glob("*.so"))
+    with warnings.catch_warnings():  # the failure is remembered: no second build, no warning
+        warnings.simplefilter("error")
+        assert not native.available()
+        assert torch.equal(smallest_k(dist, 2), _reference(dist, 2))
 
 
 @needs_cc
 @pytest.mark.parametrize("k,reduce_ratio,dilation", [(9, 1, 2), (4, 2, 1)])
-def test_knn_edges_native_equals_topk(native_calls, monkeypatch, k, reduce_ratio, dilation):
-    from vig_pyg.graph import knn
-
-    monkeypatch.setattr(knn, "fused", False)  # the matmul + selection (test_nearest.py: fused)
+@fast_paths.disabled("single_pass")  # the matmul + selection (the single pass: test_nearest.py)
+def test_knn_edges_native_equals_topk(native_calls, k, reduce_ratio, dilation):
     g = torch.Generator().manual_seed(3)
     x = torch.randn(3, 16, 12, 12, generator=g)
     rel = torch.randn(144, 144 // reduce_ratio ** 2, generator=g) * 0.1
     kwargs = dict(dilation=dilation, reduce_ratio=reduce_ratio, relative_pos=rel)
-    native = knn_edges(x, k, **kwargs)
+    compiled = knn_edges(x, k, **kwargs)
     assert native_calls[0] == 1
-    monkeypatch.setattr(select, "native", False)
-    assert torch.equal(native, knn_edges(x, k, **kwargs))
+    with fast_paths.disabled(*fast_paths.NATIVE):  # topk and the torch normalisation
+        assert torch.equal(compiled, knn_edges(x, k, **kwargs))

@@ -1,4 +1,4 @@
-"""What the four Grapher convolutions share: input unpacking and the fast-path switch."""
+"""What the Grapher convolutions share: input unpacking and the choice of dense path."""
 from __future__ import annotations
 
 from typing import Optional, Tuple, Union
@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 from torch_geometric.nn import MessagePassing
 
+from .. import fast_paths
 from ..graph import fixed_degree
 from .projection import GroupedProjection
 
@@ -16,13 +17,14 @@ class GrapherConv(MessagePassing):
 
     Subclasses call :meth:`_fixed_degree` in ``forward``: it returns ``k`` when
     ``edge_index`` has the layout of :func:`~vig_pyg.graph.knn_edges` (``k`` edges per
-    target, grouped by target in order), in which case the fused dense path runs;
-    otherwise it returns ``None`` and the generic :meth:`propagate` path runs. Set
-    :attr:`fast_path` to ``False`` to force the generic path (tests, benchmarks).
+    target, grouped by target in order), in which case the fixed-degree dense path runs;
+    otherwise it returns ``None`` and :meth:`_propagate` runs: the padded table of
+    :mod:`.padded` where it pays, else PyG's :meth:`propagate`. The fast paths
+    ``"fixed_degree"`` and ``"padded"`` (:mod:`vig_pyg.fast_paths`) switch the two dense
+    paths; ``fast_paths.disabled("fixed_degree", "padded")`` evaluates the literal
+    per-edge formula (tests, benchmarks, the release's MAC count).
     """
 
-    #: Use the fused fixed-degree path when the graph allows it.
-    fast_path: bool = True
     #: What the aggregator runs on: ``"graph"`` (edges j -> i) or ``"hypergraph"`` (a
     #: node -> hyperedge incidence); the Grapher refuses a builder of the other kind.
     graph_kind: str = "graph"
@@ -59,7 +61,8 @@ class GrapherConv(MessagePassing):
         return x_src, x_dst
 
     def _fixed_degree(self, edge_index, num_targets: int) -> Optional[int]:
-        if not self.fast_path or not isinstance(edge_index, Tensor) or edge_index.is_sparse:
+        if (not fast_paths.enabled("fixed_degree") or not isinstance(edge_index, Tensor)
+                or edge_index.is_sparse):
             return None
         if edge_index.dim() != 2 or edge_index.size(0) != 2:
             raise ValueError(f"edge_index must be [2, num_edges], got "
@@ -67,9 +70,10 @@ class GrapherConv(MessagePassing):
         return fixed_degree(edge_index, num_targets)
 
     def _propagate(self, edge_index: Tensor, x_src: Tensor, x_dst: Tensor) -> Tensor:
-        """The generic path (any degree): the padded-table fast path of
-        :mod:`.padded` where it pays and :attr:`fast_path` is on, else :meth:`propagate`."""
-        if self.fast_path and isinstance(edge_index, Tensor) and not edge_index.is_sparse:
+        """The generic path (any degree): the padded-table fast path of :mod:`.padded`
+        where it pays and the fast path ``"padded"`` is on, else :meth:`propagate`."""
+        if (fast_paths.enabled("padded") and isinstance(edge_index, Tensor)
+                and not edge_index.is_sparse):
             from .padded import padded_propagate
 
             out = padded_propagate(self, edge_index, x_src, x_dst)

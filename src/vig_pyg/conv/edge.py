@@ -5,12 +5,12 @@ from typing import Callable, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from ..layers.grouped_linear import grouped_linear
 from .base import GrapherConv
 from .functional import map_target_chunks, neighbour_max, tracing
 from .projection import GroupedProjection
 from .registry import register_conv
-from .rowwise import (batch_norm_affine, batch_norm_rows, batch_norm_step, grouped_linear,
-                      uses_batch_stats)
+from .rowwise import batch_norm_affine, batch_norm_rows, batch_norm_step, uses_batch_stats
 
 
 @register_conv("edge")
@@ -43,7 +43,8 @@ class ViGEdgeConv(GrapherConv):
     in the BatchNorm statistics), the second a per-node projection followed by a gather and
     a subtraction per edge; no matrix product runs per edge. In inference the BatchNorm
     scale is folded into :math:`\mathbf{z}` and the edges are processed a few hundred
-    targets at a time. Set ``fast_path = False`` for the literal per-edge evaluation.
+    targets at a time. ``vig_pyg.fast_paths.disabled("fixed_degree", "padded")`` gives the
+    literal per-edge evaluation.
 
     Equals :class:`torch_geometric.nn.conv.EdgeConv` with ``nn=self.nn, aggr="max"``;
     named ``ViGEdgeConv`` to keep the two apart. On a fixed-degree graph the ``[N*k, 2C]``

@@ -14,7 +14,8 @@ of :class:`~torch_geometric.nn.aggr.SoftmaxAggregation` takes seven such passes)
 - everything else with the wrapped PyG aggregation, unchanged: variable-degree or unsorted
   graphs, max / min without gradient (PyG's scatter-max is the
   faster forward), while tracing (``torch.compile``, export: the index's values cannot be
-  checked) or under deterministic algorithms, and ``FastAggregation.fast_path = False``.
+  checked) or under deterministic algorithms, and with the fast path ``"pyg_aggregation"``
+  off (:mod:`vig_pyg.fast_paths`).
 
 Measured (1 thread, 1568 targets x 9 messages x 384 channels, forward / forward+backward ms):
 max 1.4 / 16 (view) against 0.9 / 42; softmax 11 / 21 (view) against 18 / 53. Sums and
@@ -34,6 +35,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.nn import aggr as pyg_aggr
 
+from .. import fast_paths
 from ..graph import fixed_degree
 from ..tracing import tracing
 
@@ -50,9 +52,6 @@ class FastAggregation(pyg_aggr.Aggregation):
     Args:
         inner: the aggregation it replaces (max, min, or softmax with a fixed temperature).
     """
-
-    #: Use the faster evaluations where they apply.
-    fast_path: bool = True
 
     def __init__(self, inner: pyg_aggr.Aggregation):
         super().__init__()
@@ -79,7 +78,7 @@ class FastAggregation(pyg_aggr.Aggregation):
 
     def _applies(self, x: Tensor, index: Optional[Tensor], dim_size: Optional[int],
                  d: int) -> bool:
-        return (self.fast_path and index is not None and dim_size is not None
+        return (fast_paths.enabled("pyg_aggregation") and index is not None and dim_size is not None
                 and index.dim() == 1 and index.numel() == x.size(d)
                 # a trace cannot compare the index's values (fixed_degree would trust the
                 # edge count, wrong for a conv that reorders edges): PyG's aggregation then

@@ -1,4 +1,4 @@
-r"""Fused neighbourhood reductions for fixed-degree graphs (the hot path of ViG).
+r"""Neighbourhood reductions for fixed-degree graphs (the hot path of ViG).
 
 When every target has exactly ``k`` edges, stored together and in target order (the layout
 of :func:`~vig_pyg.graph.knn_edges`), the neighbours of all targets form one dense
@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ..graph.select import library_for
+from .. import native
 from ..tracing import tracing
 
 __all__ = ["gather_max", "gather_sum", "gather_sum_centre", "neighbour_max",
@@ -115,13 +115,14 @@ def _check_sources(index: Tensor, num_src: int) -> None:
 
 def _native_gather_reduce(x_src: Tensor, index: Tensor, k: int, reduce: str, out: Tensor,
                           rank: Tensor | None) -> bool:
-    """Fills ``out`` (and ``rank``) with the compiled reduction (``graph/_gather.c``: each
+    """Fills ``out`` (and ``rank``) with the compiled reduction (``native/_gather.c``: each
     source row read once and reduced in place, no ``[chunk, k, C]`` block; 2-3x the chunked
     path's speed on vig_ti's shapes, ``benchmarks/bench_conv.py --gather``)
     and returns ``True``, or ``False`` where it does not apply: not float32 on the CPU, the
-    switch off (``vig_pyg.graph.select.native``), ranks wider than a byte. Indices out of
-    range get the error ``index_select`` would give, not a read past the rows."""
-    lib = library_for(x_src)
+    fast path ``"gather"`` off (:mod:`vig_pyg.fast_paths`), ranks wider than a byte.
+    Indices out of range get the error ``index_select`` would give, not a read past the
+    rows."""
+    lib = native.library_for(x_src, "gather")
     if lib is None or index.dtype != torch.int64 or (rank is not None
                                                      and rank.dtype != torch.uint8):
         return False
@@ -137,11 +138,12 @@ def _native_gather_reduce(x_src: Tensor, index: Tensor, k: int, reduce: str, out
 
 def _native_backward(grad: Tensor, index: Tensor, k: int, rank: Tensor | None,
                      num_src: int, into: Tensor | None = None) -> Tensor | None:
-    """The source rows' gradient by the compiled scatter (``graph/_gather.c``: threads
+    """The source rows' gradient by the compiled scatter (``native/_gather.c``: threads
     split the channels, so no [N, C] index tensor and no atomics), added into ``into``
     (another term of the same gradient, ``[num_src, C]`` contiguous) or into zeros; or
-    ``None`` where it does not apply. The indices were valid in the forward."""
-    lib = library_for(grad)
+    ``None`` where it does not apply (as :func:`_native_gather_reduce`). The indices were
+    valid in the forward."""
+    lib = native.library_for(grad, "gather")
     if lib is None or index.dtype != torch.int64 or (rank is not None
                                                      and rank.dtype != torch.uint8):
         return None
@@ -287,18 +289,18 @@ def gather_sum_centre(x_src: Tensor, index: Tensor, k: int, x_dst: Tensor,
     r"""``out[i] = (1 + eps) * x_dst[i] + sum_{r < k} x_src[index[i * k + r]]`` (GIN's
     aggregation; ``eps`` a one-element tensor): ``[N, C]``.
 
-    Where the compiled kernels apply (float32 on the CPU, ``graph/_gather.c``) the centre
-    term is added in the gather's own pass, and the backward adds the centre's gradient
-    into the sources' scatter (one buffer when ``x_dst`` is ``x_src``) and takes ``eps``'s
-    as one dot product, where ``torch.addcmul`` after the gather needs more passes and
-    tensors each way: forward + backward 1.4-1.5x faster on vig_ti's and pvig_ti's graphs
-    (``benchmarks/bench_conv.py --gather``)."""
+    Where the compiled kernel applies (float32 on the CPU, ``native/_gather.c``, the fast
+    path ``"gin_centre"``) the centre term is added in the gather's own pass, and the
+    backward adds the centre's gradient into the sources' scatter (one buffer when
+    ``x_dst`` is ``x_src``) and takes ``eps``'s as one dot product, where ``torch.addcmul``
+    after the gather needs more passes and tensors each way: forward + backward 1.4-1.5x
+    faster on vig_ti's and pvig_ti's graphs (``benchmarks/bench_conv.py --gather``)."""
     index = index.contiguous()
-    lib = None if tracing() else library_for(x_src)
+    lib = None if tracing() else native.library_for(x_src, "gin_centre")
     if lib is None or index.dtype != torch.int64 or x_src.size(0) == 0 or (
-            x_dst is not x_src and library_for(x_dst) is None) or eps.numel() != 1 \
-            or eps.dtype != torch.float32 or x_dst.shape != (index.numel() // k,
-                                                               x_src.size(1)):
+            x_dst is not x_src and native.library_for(x_dst, "gin_centre") is None) \
+            or eps.numel() != 1 or eps.dtype != torch.float32 \
+            or x_dst.shape != (index.numel() // k, x_src.size(1)):
         return torch.addcmul(gather_sum(x_src, index, k), x_dst, 1 + eps)
     _check_sources(index, x_src.size(0))
     return _GatherSumCentre.apply(x_src, None if x_dst is x_src else x_dst, eps, index, k,

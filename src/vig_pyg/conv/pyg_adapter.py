@@ -47,44 +47,25 @@ Speed (same parameters and results as PyG's evaluation, up to rounding):
   that applies the first ``Linear`` of its MLP per node instead of per edge (any graph).
 
 The messages otherwise (attention, its softmax, MLPs) are PyG's code. Inside
-``with generic_pyg_paths():`` (or with ``FastAggregation.fast_path`` /
-``SplitEdgeConv.fast_path`` set to ``False``) every adapter runs PyG's own path.
+``with vig_pyg.fast_paths.disabled("pyg_aggregation", "split_edge_conv"):`` every adapter
+runs PyG's own path.
 """
 from __future__ import annotations
 
 import inspect
-from contextlib import contextmanager
-from typing import Callable, Iterator, Optional, Tuple, Union
+from typing import Callable, Optional, Tuple, Union
 
 import torch_geometric.nn.conv as pyg_conv
 from torch import Tensor, nn
 
 from ..layers.activation import make_activation
-from .fast_aggregation import FastAggregation, wrap_aggregation
+from .fast_aggregation import wrap_aggregation
 from .registry import register_conv, register_prefix
 from .split_edge_conv import SplitEdgeConv
 
 PYG_PREFIX = "pyg:"
 
-__all__ = ["PYG_PREFIX", "PyGConv", "pyg_conv_factory", "generic_pyg_paths"]
-
-#: The classes whose ``fast_path`` switches the adapters' speed-ups.
-FAST_PATHS = (FastAggregation, SplitEdgeConv)
-
-
-@contextmanager
-def generic_pyg_paths() -> Iterator[None]:
-    """Run every ``pyg:`` adapter through PyG's own code inside the block (benchmarks,
-    checks): the class-level ``fast_path`` of :data:`FAST_PATHS` off, restored after."""
-    saved = [cls.__dict__.get("fast_path") for cls in FAST_PATHS]
-    try:
-        for cls in FAST_PATHS:
-            cls.fast_path = False
-        yield
-    finally:
-        for cls, value in zip(FAST_PATHS, saved):
-            cls.fast_path = value
-
+__all__ = ["PYG_PREFIX", "PyGConv", "pyg_conv_factory"]
 
 class PyGConv(nn.Module):
     """A PyG convolution followed by ``BatchNorm1d`` and an activation.

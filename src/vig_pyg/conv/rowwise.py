@@ -1,8 +1,10 @@
 r"""Parts of a :class:`~.projection.GroupedProjection` applied to rows, for the cheaper
 evaluations of ``edge`` and ``sage`` (same results as the projection on every edge).
 
-- :func:`grouped_linear` is the projection's grouped 1x1 convolution (any slice of its
-  output channels whose groups it owns) on ``[M, C]`` rows.
+The projection's grouped 1x1 convolution on ``[M, C]`` rows (or any slice of its output
+channels whose groups it owns) is :func:`vig_pyg.layers.grouped_linear.grouped_linear`;
+this module holds the rest:
+
 - :func:`batch_norm_rows` is its BatchNorm on a slice of the channels, with the batch
   statistics taken over *weighted* rows: row ``m`` stands for ``w_m`` rows of the
   per-edge tensor the official code normalises (``w_m = k`` for a centre node repeated on
@@ -24,17 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["grouped_linear", "batch_norm_step", "batch_norm_rows", "batch_norm_affine",
-           "uses_batch_stats"]
-
-
-def grouped_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], groups: int) -> Tensor:
-    """``[M, C_in] -> [M, C_out]``: the 1x1 convolution ``weight [C_out, C_in/groups, 1, 1]``
-    on the channels-last view ``[1, C_in, M, 1]`` of the rows (no copy, still grouped)."""
-    m = x.size(0)
-    y = F.conv2d(x.contiguous().view(1, m, 1, -1).permute(0, 3, 1, 2), weight, bias,
-                 groups=groups)
-    return y.permute(0, 2, 3, 1).reshape(m, -1)
+__all__ = ["batch_norm_step", "batch_norm_rows", "batch_norm_affine", "uses_batch_stats"]
 
 
 def uses_batch_stats(bn: nn.BatchNorm2d) -> bool:

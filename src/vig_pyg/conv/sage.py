@@ -5,11 +5,12 @@ from typing import Callable, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from ..layers.grouped_linear import grouped_linear
 from .base import GrapherConv
 from .functional import gather_max
 from .projection import GroupedProjection
 from .registry import register_conv
-from .rowwise import batch_norm_rows, batch_norm_step, grouped_linear, uses_batch_stats
+from .rowwise import batch_norm_rows, batch_norm_step, uses_batch_stats
 
 
 @register_conv("sage")
@@ -37,8 +38,9 @@ class ViGSAGEConv(GrapherConv):
     source rows :math:`\mathbf{x}_j` repeated, so ``nn1`` runs once per source node and
     the result is gathered, :math:`\mathbf{a}_i = \max_j \mathbf{h}_j`; in training its
     BatchNorm takes the statistics of the edge rows by weighting node :math:`j` with its
-    out-degree (see :mod:`.rowwise`). Set ``fast_path = False`` for the per-edge form
-    (the official count, 1.58 GMACs for vig_ti, is what ``vig-pyg info`` reports).
+    out-degree (see :mod:`.rowwise`). ``vig_pyg.fast_paths.disabled("fixed_degree",
+    "padded")`` gives the per-edge form (the official count, 1.58 GMACs for vig_ti, is what
+    ``vig-pyg info`` reports).
 
     Args:
         in_channels (int): node feature width :math:`C`.

@@ -13,9 +13,10 @@ so :class:`SplitEdgeConv` projects the ``N`` targets and ``M`` sources once and 
 rest of the MLP on the ``E`` edges, :math:`x'_i = \max_j h_{\Theta}^{2..}(p_i + q_j)`: the first
 layer costs ``N + M`` rows instead of ``E = k N`` (half the MLP's multiply-adds for
 ``Linear(2 C, O) -> act -> Linear(O, O)`` with ``O = 2 C``). The parameters, their names and
-the result are PyG's (up to rounding). ``SplitEdgeConv.fast_path = False`` (class or
-instance), an MLP that does not start with a ``Linear`` of ``2 C`` inputs, a sparse
-``edge_index`` or ``flow="target_to_source"`` run PyG's ``EdgeConv.forward``.
+the result are PyG's (up to rounding). With the fast path ``"split_edge_conv"`` off
+(:mod:`vig_pyg.fast_paths`), an MLP that does not start with a ``Linear`` of ``2 C``
+inputs, a sparse ``edge_index`` or ``flow="target_to_source"`` it runs PyG's
+``EdgeConv.forward``.
 """
 from __future__ import annotations
 
@@ -25,14 +26,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.nn.conv import EdgeConv
 
+from .. import fast_paths
+
 __all__ = ["SplitEdgeConv"]
 
 
 class SplitEdgeConv(EdgeConv):
     """:class:`~torch_geometric.nn.conv.EdgeConv` (same arguments) evaluated as above."""
-
-    #: Project per node when the MLP allows it.
-    fast_path: bool = True
 
     def _first_linear(self, channels: int) -> Optional[nn.Linear]:
         layers = self.nn
@@ -46,8 +46,9 @@ class SplitEdgeConv(EdgeConv):
     def forward(self, x: Union[Tensor, Tuple[Tensor, Tensor]], edge_index) -> Tensor:
         x_src, x_dst = (x, x) if isinstance(x, Tensor) else x
         first = self._first_linear(x_dst.size(-1))
-        if (not self.fast_path or first is None or self.flow != "source_to_target"
-                or type(edge_index) is not Tensor or edge_index.is_sparse):
+        if (not fast_paths.enabled("split_edge_conv") or first is None
+                or self.flow != "source_to_target" or type(edge_index) is not Tensor
+                or edge_index.is_sparse):
             return super().forward(x, edge_index)
         c = x_dst.size(-1)
         w_dst, w_src = first.weight[:, :c], first.weight[:, c:]

@@ -1,22 +1,19 @@
-"""Detection run configuration: the training package's mechanism on detection sections.
+"""Detection run configuration: detection's sections on :mod:`vig_pyg.config_schema`.
 
 Sections ``model``, ``data``, ``optim``, ``sched``, ``train``, ``log``; defaults, then a
 YAML file, then ``--set section.key=value`` overrides; values are YAML converted to each
-key's type, unknown keys are an error naming the valid ones (the type conversion, the
-override parser and the YAML reader are :mod:`vig_pyg.train.config`'s own).
+key's type, unknown keys are an error naming the valid ones (the mechanism shared with
+the training config).
 The defaults are the paper's COCO 1x recipe (12 epochs, AdamW, lr 1e-4, weight decay
 0.05, step decay at epochs 8 and 11); ``configs/detect_demo.yaml`` shrinks it for a CPU.
 """
 from __future__ import annotations
 
-import dataclasses
-import typing
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
-import yaml
-
-from ..train.config import ConfigError, _coerce, _unknown, load_yaml, parse_override
+from ..config_schema import Schema, Sections, check_choices, check_positive
+from ..errors import ConfigError
 
 
 @dataclass
@@ -109,7 +106,7 @@ class DetLogConfig:
 
 
 @dataclass
-class DetectConfig:
+class DetectConfig(Sections):
     model: DetModelConfig = field(default_factory=DetModelConfig)
     data: DetDataConfig = field(default_factory=DetDataConfig)
     optim: DetOptimConfig = field(default_factory=DetOptimConfig)
@@ -117,54 +114,10 @@ class DetectConfig:
     train: DetTrainConfig = field(default_factory=DetTrainConfig)
     log: DetLogConfig = field(default_factory=DetLogConfig)
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-
-def _fields(obj) -> list[str]:
-    return [f.name for f in dataclasses.fields(obj)]
-
-
-def set_key(cfg, dotted: str, value: Any) -> None:
-    """``section.key`` (or ``section.dictkey.entry``) = value, converted to the key's type."""
-    section, *rest = dotted.split(".")
-    if section not in _fields(cfg):
-        raise _unknown(section, "", _fields(cfg))
-    obj = getattr(cfg, section)
-    if not rest:
-        if not isinstance(value, dict):
-            raise ConfigError(f"config key '{section}' is a section; set its keys, e.g. "
-                              f"'{section}.{_fields(obj)[0]}=...'")
-        for k, v in value.items():
-            set_key(cfg, f"{section}.{k}", v)
-        return
-    key = rest[0]
-    if key not in _fields(obj):
-        raise _unknown(key, section + ".", _fields(obj))
-    typ = typing.get_type_hints(type(obj))[key]
-    if len(rest) > 1:
-        if typ is not dict:
-            raise ConfigError(f"config key '{section}.{key}' has no sub-keys (got '{dotted}')")
-        getattr(obj, key)[".".join(rest[1:])] = value
-        return
-    if typ is dict and isinstance(value, str):
-        value = yaml.safe_load(value)
-    setattr(obj, key, _coerce(value, typ, f"{section}.{key}"))
-
-
-def apply_dict(cfg, data: dict, source: str = "config"):
-    if data is None:
-        return cfg
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping of sections, got {type(data).__name__}")
-    for section, body in data.items():
-        if body is not None and not isinstance(body, dict):
-            raise ConfigError(f"{source}: section '{section}' must be a mapping of keys")
-        set_key(cfg, str(section), body or {})
-    return cfg
+SCHEMA = Schema(DetectConfig)
+set_key = SCHEMA.set
+apply_dict = SCHEMA.apply_dict
 
 
 CHOICES = {
@@ -177,17 +130,10 @@ CHOICES = {
 
 def validate(cfg: DetectConfig) -> DetectConfig:
     """Checks that need no model or data."""
-    for dotted, choices in CHOICES.items():
-        section, key = dotted.split(".")
-        if getattr(getattr(cfg, section), key) not in choices:
-            raise ConfigError(f"{dotted}='{getattr(getattr(cfg, section), key)}' is not "
-                              f"supported: pick one of {', '.join(choices)}")
-    for dotted in ("data.batch_size", "data.eval_batch_size", "train.epochs", "train.eval_every",
-                   "data.canvas", "data.num_train", "data.num_val", "data.max_objects",
-                   "model.fpn_channels", "model.max_size"):
-        section, key = dotted.split(".")
-        if getattr(getattr(cfg, section), key) <= 0:
-            raise ConfigError(f"{dotted} must be positive, got {getattr(getattr(cfg, section), key)}")
+    check_choices(cfg, CHOICES)
+    check_positive(cfg, ("data.batch_size", "data.eval_batch_size", "train.epochs",
+                         "train.eval_every", "data.canvas", "data.num_train", "data.num_val",
+                         "data.max_objects", "model.fpn_channels", "model.max_size"))
     if cfg.data.dataset == "coco" and not cfg.data.root and not (
             cfg.data.train_json and cfg.data.train_images):
         raise ConfigError("data.dataset=coco needs data.root=DIR (COCO 2017 layout) or "
@@ -204,13 +150,7 @@ def validate(cfg: DetectConfig) -> DetectConfig:
 def build_config(path: Optional[str] = None, overrides=None, base: Optional[dict] = None
                  ) -> DetectConfig:
     """Defaults, then ``base`` (a saved config), then the YAML file, then ``overrides``."""
-    cfg = DetectConfig()
-    if base is not None:
-        apply_dict(cfg, base, "saved config")
-    if path is not None:
-        apply_dict(cfg, load_yaml(path), path)
-    for item in overrides or []:
-        set_key(cfg, *parse_override(item))
+    cfg = SCHEMA.compose(path, overrides, base)
     return validate(cfg)
 
 

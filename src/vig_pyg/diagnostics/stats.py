@@ -75,6 +75,11 @@ def spatial_reach(lengths: Tensor, radius: float) -> dict:
             "beyond": float((d > radius).double().mean())}
 
 
+def reach_max(lengths: Tensor) -> float:
+    """``max_e d_e``, the longest edge (NaN without edges)."""
+    return float(lengths.double().max()) if lengths.numel() else math.nan
+
+
 # ------------------------------------------------------------------ structure
 def self_loop_share(block: BlockGraph) -> float:
     """``|{(j -> i) : j is i}| / |E|``. With pooled keys (``r > 1``) an edge is a self-loop
@@ -90,6 +95,13 @@ def self_loop_share(block: BlockGraph) -> float:
     row, col = (dst % n) // block.grid[1], (dst % n) % block.grid[1]
     u, v = (src % m) // block.key_grid[1], (src % m) % block.key_grid[1]
     return float((same_image & (row // r == u) & (col // r == v)).double().mean())
+
+
+def cross_image_edges(block: BlockGraph) -> int:
+    """``|{(j -> i) : j // (h w) != i // (H W)}|``: edges whose key lies in another image of
+    the batch than their centre (0 for a graph built image by image)."""
+    src, dst = block.edge_index
+    return int((src // block.num_keys != dst // block.num_nodes).sum())
 
 
 def in_degree(block: BlockGraph) -> Tensor:

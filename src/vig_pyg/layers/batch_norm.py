@@ -12,7 +12,7 @@ it (``benchmarks/bench_batch_norm.py`` against ``bench_conv.py``'s rates).
     \odot (\boldsymbol{\sigma}^2 + \epsilon)^{-1/2} + \boldsymbol{\beta}\big)
     \; [+ \; \mathbf{residual}],
 
-with the batch mean and biased variance of every channel, in ``layers/_batch_norm.c``: one
+with the batch mean and biased variance of every channel, in ``native/_batch_norm.c``: one
 pass for the statistics and one for the output; the backward recomputes the activation's
 derivative from ``z`` instead of keeping the normalised map, and runs in two passes. The
 running statistics and ``num_batches_tracked`` are updated as
@@ -25,9 +25,8 @@ the same up to float32 rounding; ``tests/test_batch_norm_act.py`` holds both to 
 evaluation): float32 channels-last maps on the CPU (the layout ViG's models run in), a
 BatchNorm in training mode with an affine transform, running statistics and a momentum, at
 least :data:`MIN_ELEMENTS` values, an activation in :data:`ACTIVATIONS`, a residual of the
-same shape and layout, the compiled kernels on (``vig_pyg.graph.select.native``,
-``VIG_PYG_NATIVE=0`` turns them off) and running on torch's threads, and nothing tracing or
-recording.
+same shape and layout, the fast path ``"batch_norm"`` on (:mod:`vig_pyg.fast_paths`), the
+compiled library running on torch's threads, and nothing tracing or recording.
 """
 from __future__ import annotations
 
@@ -37,7 +36,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from ..graph import select
+from .. import native
 
 __all__ = ["batch_norm_act", "ACTIVATIONS", "MIN_ELEMENTS"]
 
@@ -70,7 +69,7 @@ def _activation_code(act: Optional[nn.Module]) -> Optional[tuple[int, float]]:
 
 
 def _library(bn: nn.BatchNorm2d, z: Tensor, residual: Optional[Tensor]):
-    """The compiled library where the fused pass applies (the module docstring), else
+    """The compiled library where its pass applies (the module docstring), else
     ``None``."""
     if not (bn.training and bn.affine and bn.track_running_stats and bn.momentum is not None
             and bn.running_mean is not None and z.dim() == 4 and z.size(1) == bn.num_features
@@ -82,7 +81,7 @@ def _library(bn: nn.BatchNorm2d, z: Tensor, residual: Optional[Tensor]):
             residual.shape == z.shape and residual.dtype == torch.float32
             and residual.is_contiguous(memory_format=torch.channels_last)):
         return None
-    lib = select.library_for(z)
+    lib = native.library_for(z, "batch_norm")
     if lib is None or not (lib.vig_select_openmp() or torch.get_num_threads() == 1):
         return None  # one thread of C against torch's team would be slower
     return lib

@@ -25,28 +25,25 @@ no gradient needed, no autocast, not while ``torch.compile``/``torch.export``/th
 exporter traces (they see plain ops and fuse on their own) nor under a dispatch mode such
 as :class:`~torch.utils.flop_counter.FlopCounterMode`, which counts the plain ops
 (:func:`vig_pyg.tracing.recording`), and an activation oneDNN has
-(:data:`ONEDNN_ACTIVATIONS`; ``PReLU`` and other modules take the plain path). Set
-:data:`enabled` to ``False`` (or use :func:`disabled`) to force the plain path (tests,
-benchmarks).
+(:data:`ONEDNN_ACTIVATIONS`; ``PReLU`` and other modules take the plain path), and the fast
+path ``"fused_conv"`` on: ``vig_pyg.fast_paths.disabled("fused_conv")`` forces the plain
+path (tests, benchmarks).
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import fast_paths
 from ..tracing import recording
 from . import grouped_linear
 from .batch_norm import batch_norm_act
 
 __all__ = ["conv_bn_act", "pointwise_conv", "fold_batch_norm", "onednn_activation",
-           "disabled", "enabled", "ONEDNN_ACTIVATIONS"]
-
-#: Use the fused oneDNN call where it applies.
-enabled: bool = True
+           "ONEDNN_ACTIVATIONS"]
 
 #: Activation modules oneDNN applies as a post-op: ``type -> (name, scalars, algorithm)``
 #: (``LeakyReLU`` and ``GELU`` take their slope and approximation from the module).
@@ -58,17 +55,6 @@ ONEDNN_ACTIVATIONS = {
     nn.Hardswish: lambda m: ("hardswish", [], ""),
     nn.SiLU: lambda m: ("swish", [], ""),
 }
-
-
-@contextlib.contextmanager
-def disabled():
-    """``with disabled(): ...`` runs every :func:`conv_bn_act` on the plain path."""
-    global enabled
-    before, enabled = enabled, False
-    try:
-        yield
-    finally:
-        enabled = before
 
 
 def onednn_activation(act: Optional[nn.Module]) -> Optional[tuple]:
@@ -94,7 +80,8 @@ def fold_batch_norm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor
 
 def _fusable(x: Tensor, weight: Tensor, residual: Optional[Tensor]) -> bool:
     """Whether oneDNN's fused call applies (see the module docstring)."""
-    if not enabled or x.device.type != "cpu" or x.dim() != 4 or recording():
+    if not fast_paths.enabled("fused_conv") or x.device.type != "cpu" or x.dim() != 4 \
+            or recording():
         return False
     if x.dtype != torch.float32 or weight.dtype != torch.float32:
         return False
@@ -109,17 +96,18 @@ def _fusable(x: Tensor, weight: Tensor, residual: Optional[Tensor]) -> bool:
 
 def pointwise_conv(conv: nn.Module, x: Tensor) -> Tensor:
     """``conv(x)``; a 1x1 convolution of a channels-last map in training runs as matrix
-    products on the map's rows (:func:`~vig_pyg.layers.grouped_linear.grouped_linear`,
-    where it applies)."""
+    products on the map's rows (:func:`~vig_pyg.layers.grouped_linear.products`, where
+    they apply and the fast path ``"pointwise_linear"`` is on)."""
     if not (isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1)
             and conv.stride == (1, 1) and conv.padding in ((0, 0), "valid")
             and conv.dilation == (1, 1) and x.dim() == 4
             and x.is_contiguous(memory_format=torch.channels_last)
+            and fast_paths.enabled("pointwise_linear")
             and grouped_linear.applies(x, conv.weight)):
         return conv(x)
     b, c, h, w = x.shape
-    y = grouped_linear.grouped_linear(x.permute(0, 2, 3, 1).reshape(-1, c), conv.weight,
-                                      conv.bias, conv.groups)
+    y = grouped_linear.products(x.permute(0, 2, 3, 1).reshape(-1, c), conv.weight,
+                                conv.bias, conv.groups)
     return y.view(b, h, w, -1).permute(0, 3, 1, 2)
 
 

@@ -1,7 +1,9 @@
 r"""A grouped 1x1 convolution over rows as one matrix product per group, for training.
 
 Every Grapher convolution ends with a grouped projection (4 groups as released,
-:class:`~vig_pyg.conv.projection.GroupedProjection`): on rows ``x [M, C_in]``
+:class:`~vig_pyg.conv.projection.GroupedProjection`), and ``edge`` and ``sage`` apply
+parts of it per node (:mod:`vig_pyg.conv.rowwise`: a slice of the weight's output
+channels whose groups it owns). On rows ``x [M, C_in]``
 
 .. math::
     \mathbf{y}_{:, g} = \mathbf{x}_{:, g} \mathbf{W}_g^\top + \mathbf{b}_g, \qquad
@@ -17,7 +19,7 @@ on a column block of the rows, read and written in place through the leading dim
 (``benchmarks/bench_conv.py --projection``).
 
 Every other 1x1 convolution of a channels-last map in training (the FFNs', the Graphers'
-fc1 and fc2; ``groups = 1``) takes the same products through
+fc1 and fc2; ``groups = 1``) takes the same products (:func:`products`) through
 :func:`vig_pyg.layers.fused.pointwise_conv`: oneDNN's convolution backward is slower than
 two BLAS products there. Measured in the whole training step, not alone: a 1x1 layer
 timed by itself, its data warm in the cache, ran 0.86-0.95x as fast as oneDNN's on vig_ti's
@@ -25,11 +27,13 @@ shapes and 0.46-1.06x on pvig_ti's, while the step with every such layer on the 
 ran 1.04-1.05x (vig_ti, ``gin`` and ``mr``) and 1.01-1.03x (pvig_ti) the step without
 (a throwaway script alternating the two step by step in one process, medians of 7-8).
 
-:func:`grouped_linear` runs where it applies: float32 rows on the CPU, a gradient to compute,
-nothing tracing or recording (:func:`vig_pyg.tracing.recording`: ``FlopCounterMode`` and the
-exporters see the convolution), and :data:`enabled`. Otherwise it calls
-:func:`torch.nn.functional.conv2d` on the channels-last view of the rows, as before. Set
-:data:`enabled` to ``False`` to force that (tests and benchmarks compare the two).
+The products run where they apply (:func:`applies`): float32 rows on the CPU, a gradient
+to compute, nothing tracing or recording (:func:`vig_pyg.tracing.recording`:
+``FlopCounterMode`` and the exporters see the convolution); and where the caller's fast
+path is on (:mod:`vig_pyg.fast_paths`): ``"grouped_linear"`` for :func:`grouped_linear`,
+``"pointwise_linear"`` for ``pointwise_conv``. Otherwise :func:`grouped_linear` calls
+:func:`torch.nn.functional.conv2d` on the channels-last view ``[1, C_in, M, 1]`` of the
+rows (no copy, still grouped); tests and benchmarks compare the two.
 """
 from __future__ import annotations
 
@@ -40,17 +44,16 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .. import fast_paths
 from ..tracing import recording
 
-__all__ = ["grouped_linear", "enabled"]
-
-#: Use the per-group matrix products where they apply (also for ``fused.pointwise_conv``).
-enabled: bool = True
+__all__ = ["grouped_linear", "products", "applies"]
 
 
 def applies(x: Tensor, weight: Tensor) -> bool:
-    """Whether :func:`grouped_linear` takes its matrix products for ``x`` and ``weight``."""
-    return (enabled and x.device.type == "cpu" and x.dtype == torch.float32
+    """Whether the matrix products apply to ``x`` and ``weight`` (the module docstring);
+    the callers check their fast path's switch besides."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32
             and weight.dtype == torch.float32 and torch.is_grad_enabled()
             and (x.requires_grad or weight.requires_grad) and not recording()
             and not torch.is_autocast_enabled("cpu"))
@@ -60,11 +63,17 @@ def grouped_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], groups: in
     """``y [M, C_out]`` from rows ``x [M, C_in]`` and a grouped 1x1 convolution's
     ``weight [C_out, C_in / groups, 1, 1]`` and ``bias [C_out]`` (or ``None``): what
     ``F.conv2d`` computes on the rows' channels-last view (module docstring)."""
-    if not applies(x, weight):
+    if not (fast_paths.enabled("grouped_linear") and applies(x, weight)):
         m = x.size(0)
         view = x.contiguous().view(1, m, 1, -1).permute(0, 3, 1, 2)
         y = F.conv2d(view, weight, bias, groups=groups)
         return y.permute(0, 2, 3, 1).reshape(m, -1)
+    return products(x, weight, bias, groups)
+
+
+def products(x: Tensor, weight: Tensor, bias: Optional[Tensor], groups: int) -> Tensor:
+    """:func:`grouped_linear`'s result by one matrix product per group, forward and
+    backward, for callers that checked :func:`applies`."""
     return _GroupedLinear.apply(x.contiguous(), weight, bias, groups)
 
 

@@ -3,7 +3,7 @@
 Every zoo model compiles as it is, in training and inference. What changes while Dynamo
 traces (see :func:`vig_pyg.conv.functional.tracing`):
 
-- the fused fixed-degree reductions run as plain ``index_select`` + ``amax``/``sum`` (the
+- the fixed-degree reductions run as plain ``index_select`` + ``amax``/``sum`` (the
   chunk loops and the hand-written backward are eager-CPU devices; Inductor fuses the
   plain form itself);
 - :func:`~vig_pyg.graph.knn_edges` builds the distance block in one piece (no chunk loop

@@ -109,7 +109,7 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
 
 def _load(args) -> nn.Module:
     from .checkpoint import load_model, read_checkpoint
-    from .zoo import create_model
+    from .factory import create_model
 
     kw = dict(num_classes=args.num_classes, conv=args.conv, img_size=args.img_size)
     if not args.checkpoint:

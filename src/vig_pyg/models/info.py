@@ -3,7 +3,7 @@
 MACs are what :class:`torch.utils.flop_counter.FlopCounterMode` counts (convolutions and
 matrix products, so the kNN distance matmuls too, like the figures of the release) divided
 by 2, for one image in eval mode. The reported count is the release's: every Grapher
-convolution evaluated literally (``fast_path = False``, e.g. ``edge`` projects every edge);
+convolution evaluated literally (:data:`LITERAL` off, e.g. ``edge`` projects every edge);
 ``executed`` is what the default, algebraically equal but cheaper, evaluation runs.
 With another graph builder (``--graph``) the kNN column counts the distance matmuls that
 builder computes (``window_knn``: within windows; ``static_knn``: once per stage;
@@ -17,8 +17,14 @@ import argparse
 import torch
 from torch import nn
 
+from .. import fast_paths
 from .factory import create_model
 from .zoo import VIG_TI_CONVS, ZOO, list_models
+
+
+#: The fast paths off in the release's (literal) evaluation: the Grapher convolutions' dense
+#: paths, and PyG's own code for the ``pyg:`` adapters.
+LITERAL = ("fixed_degree", "padded", "pyg_aggregation", "split_edge_conv")
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:
@@ -30,22 +36,12 @@ def count_params(model: nn.Module) -> tuple[int, int]:
 def count_macs(model: nn.Module, img_size=224) -> dict:
     """``{"total": MACs as the release counts them, "knn": MACs of the kNN distance matmuls,
     "executed": MACs of the default evaluation}`` for one image. The total is that of the
-    literal evaluation (``fast_path`` off; PyG's own path for ``pyg:`` adapters)."""
-    from ..conv.base import GrapherConv
-    from ..conv.pyg_adapter import PyGConv, generic_pyg_paths
-
-    convs = [m for m in model.modules() if isinstance(m, GrapherConv)]
-    saved = [m.fast_path for m in convs]
-    try:
-        for m in convs:
-            m.fast_path = False
-        with generic_pyg_paths():
-            release = _count_macs(model, img_size)
-    finally:
-        for m, fast in zip(convs, saved):
-            m.fast_path = fast
-    adapters = any(isinstance(m, PyGConv) for m in model.modules())
-    executed = _count_macs(model, img_size) if any(saved) or adapters else release
+    literal evaluation (:data:`LITERAL` off); the executed count follows the switches as
+    they are."""
+    with fast_paths.disabled(*LITERAL):
+        release = _count_macs(model, img_size)
+    executed = (_count_macs(model, img_size)
+                if any(fast_paths.enabled(name) for name in LITERAL) else release)
     return {**release, "executed": executed["total"]}
 
 

@@ -5,19 +5,18 @@ A config has eight sections (``model``, ``data``, ``aug``, ``optim``, ``sched``,
 Keys are addressed with dots on the command line: ``--set optim.lr=1e-3 train.epochs=5``.
 Values are parsed as YAML (``[1, 2]``, ``null``, ``true``) and then converted to the key's
 type, so ``1e-3`` is a float even though YAML 1.1 reads it as a string. Unknown keys are an
-error that names the key and lists the valid ones.
+error that names the key and lists the valid ones. This module declares the sections and
+their checks; the mechanism (setting keys, conversion, YAML, errors) is
+:mod:`vig_pyg.config_schema`, shared with the detection config.
 """
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-import yaml
-
-from ..errors import ConfigError, one_line  # noqa: F401  (ConfigError: re-exported)
+from ..config_schema import Schema, Sections, check_choices, check_not_negative, check_positive
+from ..config_schema import load_yaml, parse_override  # noqa: F401  (re-exported)
+from ..errors import ConfigError  # noqa: F401  (re-exported)
 
 
 @dataclass
@@ -132,7 +131,7 @@ class LogConfig:
 
 
 @dataclass
-class Config:
+class Config(Sections):
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     aug: AugConfig = field(default_factory=AugConfig)
@@ -144,126 +143,9 @@ class Config:
 
     def to_dict(self) -> dict:
         """Plain sections; the model's options sit beside its other keys, as written."""
-        out = dataclasses.asdict(self)
+        out = super().to_dict()
         out["model"].update(out["model"].pop("options"))
         return out
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-
-SECTIONS = [f.name for f in dataclasses.fields(Config)]
-
-
-def _hints(cls) -> dict:
-    return typing.get_type_hints(cls)
-
-
-def _valid_keys(cls) -> list:
-    return [f.name for f in dataclasses.fields(cls)]
-
-
-def _unknown(key: str, prefix: str, valid: list) -> ConfigError:
-    close = difflib.get_close_matches(key, valid, n=1)
-    hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
-    where = f"in '{prefix[:-1]}' " if prefix else ""
-    return ConfigError(f"unknown config key '{prefix}{key}'{hint}; valid keys {where}are: "
-                       + ", ".join(valid))
-
-
-def _number_or_text(value: Any) -> Any:
-    """List items: YAML 1.1 reads ``1e-3`` as text; such text becomes the number it spells,
-    other text (a module name) stays text."""
-    if not isinstance(value, str):
-        return value
-    try:
-        return float(value)
-    except ValueError:
-        return value
-
-
-def _coerce(value: Any, typ: Any, key: str) -> Any:
-    """Convert a YAML value to the annotated type of ``key`` (raises ConfigError)."""
-    origin = typing.get_origin(typ)
-    if origin is typing.Union:  # Optional[X]
-        if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~")):
-            return None
-        inner = [a for a in typing.get_args(typ) if a is not type(None)][0]
-        return _coerce(value, inner, key)
-    try:
-        if typ is bool:
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
-                return value.lower() in ("true", "yes", "on", "1")
-            if isinstance(value, int) and value in (0, 1):
-                return bool(value)
-            raise ValueError
-        if typ is int:
-            if isinstance(value, bool):
-                raise ValueError
-            if isinstance(value, str):
-                value = float(value)
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        if typ is float:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if typ is str:
-            if isinstance(value, (dict, list)):
-                raise ValueError
-            return str(value)
-        if typ is list:
-            if isinstance(value, tuple):
-                value = list(value)
-            if isinstance(value, str):
-                value = yaml.safe_load(value)
-            if not isinstance(value, list):
-                raise ValueError
-            return [_number_or_text(v) for v in value]
-        if typ is dict:
-            if value is None:
-                return {}
-            if not isinstance(value, dict):
-                raise ValueError
-            return dict(value)
-    except (TypeError, ValueError):
-        pass
-    name = getattr(typ, "__name__", str(typ))
-    raise ConfigError(f"config key '{key}' expects {name}, got {value!r}")
-
-
-def _set(cfg: Config, dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    section = parts[0]
-    if section not in SECTIONS:
-        raise _unknown(section, "", SECTIONS)
-    if len(parts) == 1:
-        if not isinstance(value, dict):
-            raise ConfigError(f"config key '{section}' is a section; set its keys, e.g. "
-                              f"'{section}.{_valid_keys(type(getattr(cfg, section)))[0]}=...'")
-        for k, v in value.items():
-            _set(cfg, f"{section}.{k}", v)
-        return
-    obj = getattr(cfg, section)
-    key = parts[1]
-    valid = _valid_keys(type(obj))
-    if section == "model" and key not in valid:
-        _set_model_option(obj, parts[1:], value)
-        return
-    if key not in valid:
-        raise _unknown(key, section + ".", valid)
-    typ = _hints(type(obj))[key]
-    if len(parts) > 2:
-        if typ is not dict:
-            raise ConfigError(f"config key '{section}.{key}' has no sub-keys (got '{dotted}')")
-        getattr(obj, key)[".".join(parts[2:])] = value
-        return
-    if typ is dict and isinstance(value, str):
-        value = yaml.safe_load(value)
-    setattr(obj, key, _coerce(value, typ, f"{section}.{key}"))
 
 
 def _set_model_option(model: ModelConfig, parts: list, value: Any) -> None:
@@ -279,62 +161,19 @@ def _set_model_option(model: ModelConfig, parts: list, value: Any) -> None:
     model.options[key] = value
 
 
+SCHEMA = Schema(Config, extra_keys={"model": _set_model_option})
+SECTIONS = SCHEMA.sections
+
+
 def apply_dict(cfg: Config, data: dict, source: str = "config") -> Config:
-    if data is None:
-        return cfg
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping of sections, got {type(data).__name__}")
-    for section, body in data.items():
-        if section not in SECTIONS:
-            raise _unknown(str(section), "", SECTIONS)
-        if body is None:
-            continue
-        if not isinstance(body, dict):
-            raise ConfigError(f"{source}: section '{section}' must be a mapping of keys")
-        for key, value in body.items():
-            _set(cfg, f"{section}.{key}", value)
-    return cfg
-
-
-def parse_override(item: str) -> tuple:
-    if "=" not in item:
-        raise ConfigError(f"override '{item}' is not KEY=VALUE (e.g. optim.lr=1e-3)")
-    key, raw = item.split("=", 1)
-    key = key.strip()
-    if not key:
-        raise ConfigError(f"override '{item}' has an empty key")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    return key, value
-
-
-def load_yaml(path: str) -> dict:
-    try:
-        with open(path) as fh:
-            return yaml.safe_load(fh) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"config file '{path}' not found: check the path "
-                          "(shipped configs: configs/demo.yaml, configs/cifar10.yaml, configs/imagenet.yaml)") from None
-    except yaml.YAMLError as exc:
-        first = one_line(exc)
-        raise ConfigError(f"config file '{path}' is not valid YAML ({first}): fix the syntax") from None
-    except OSError as exc:
-        raise ConfigError(f"config file '{path}' cannot be read ({exc.strerror})") from None
+    """Set every key of ``data`` (a mapping of sections) on ``cfg``."""
+    return SCHEMA.apply_dict(cfg, data, source)
 
 
 def build_config(path: Optional[str] = None, overrides: Optional[list] = None,
                  base: Optional[dict] = None) -> Config:
     """Defaults, then ``base`` (a saved config dict), then the YAML file, then ``overrides``."""
-    cfg = Config()
-    if base is not None:
-        apply_dict(cfg, base, "saved config")
-    if path is not None:
-        apply_dict(cfg, load_yaml(path), path)
-    for item in overrides or []:
-        key, value = parse_override(item)
-        _set(cfg, key, value)
+    cfg = SCHEMA.compose(path, overrides, base)
     validate(cfg)
     return cfg
 
@@ -349,24 +188,13 @@ CHOICES = {
 
 def validate(cfg: Config) -> None:
     """Checks that need no model or data (names, ranges)."""
-    for dotted, choices in CHOICES.items():
-        section, key = dotted.split(".")
-        value = getattr(getattr(cfg, section), key)
-        if value not in choices:
-            fix = "pick one of " + ", ".join(choices)
-            raise ConfigError(f"{dotted}='{value}' is not supported: {fix}")
-    positive = ["data.img_size", "data.batch_size", "data.eval_batch_size", "train.epochs",
-                "train.eval_every", "model.k"]
-    for dotted in positive:
-        section, key = dotted.split(".")
-        if getattr(getattr(cfg, section), key) <= 0:
-            raise ConfigError(f"{dotted} must be positive, got {getattr(getattr(cfg, section), key)}")
-    for dotted in ["data.num_workers", "train.ckpt_every_steps", "train.max_steps", "optim.lr",
-                   "optim.weight_decay", "sched.warmup_epochs", "aug.mixup", "aug.cutmix",
-                   "aug.smoothing", "model.drop_path_rate"]:
-        section, key = dotted.split(".")
-        if getattr(getattr(cfg, section), key) < 0:
-            raise ConfigError(f"{dotted} must not be negative, got {getattr(getattr(cfg, section), key)}")
+    check_choices(cfg, CHOICES)
+    check_positive(cfg, ["data.img_size", "data.batch_size", "data.eval_batch_size",
+                         "train.epochs", "train.eval_every", "model.k"])
+    check_not_negative(cfg, ["data.num_workers", "train.ckpt_every_steps", "train.max_steps",
+                             "optim.lr", "optim.weight_decay", "sched.warmup_epochs",
+                             "aug.mixup", "aug.cutmix", "aug.smoothing",
+                             "model.drop_path_rate"])
     th = cfg.train.threads
     if th not in ("auto", "default") and not (th.isdigit() and int(th) > 0):
         raise ConfigError(f"train.threads='{th}' is not supported: use auto, default or a "

@@ -11,7 +11,8 @@ it) that maps a block's node features to the edges the aggregator runs on::
 ``dilation`` the block's schedule; ``relative_pos`` the block's relative-position table.
 The result follows :func:`~vig_pyg.graph.knn_edges`: row 0 the neighbour ``j``, row 1 the
 centre ``i``, edges grouped by centre in node order. A builder whose every centre has the
-same degree returns exactly the fixed-degree layout, which keeps the convolutions' fused path.
+same degree returns exactly the fixed-degree layout, which keeps the convolutions' fixed-degree
+dense path.
 
 A builder may instead return a :class:`BuiltGraph`, which carries what an ``edge_index``
 alone cannot: per-edge attributes (``edge_attr [E, edge_dim]``, e.g. the gated axial graph's

@@ -1,6 +1,6 @@
 /* Training-mode BatchNorm + activation (+ residual sum) over the rows of a channels-last
    map, for vig_pyg/layers/batch_norm.py (which says when it is used and why). Compiled
-   into one library with the graph kernels by vig_pyg/graph/select.py. Plain C99.
+   into one library with the graph kernels by vig_pyg/native/build.py. Plain C99.
 
    z is a row-major [rows, c] float32 matrix (the memory of a channels-last [B, c, H, W]
    map). With xc = z - mean_j and invstd_j = 1 / sqrt(var_j + eps) per column j:
@@ -38,6 +38,8 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+
+#include "vig_native.h"
 
 enum { ACT_NONE = 0, ACT_RELU = 1, ACT_LEAKY = 2, ACT_GELU = 3 };
 
@@ -150,9 +152,8 @@ static void add_up(double* scratch, int64_t c, int32_t threads) {
     for (int64_t j = 0; j < 2 * c; ++j) scratch[j] += scratch[t * 2 * c + j];
 }
 
-/* out = act(BN(z)) (+ residual, which may be NULL), with the batch statistics: mean, var
-   (biased) and invstd are written per column. scratch: threads * 2 * c doubles, then room
-   for 3 * c floats (per-column factors of the passes). */
+/* The exported functions: vig_native.h says what each computes. */
+
 void vig_bn_act_forward(const float* z, int64_t rows, int64_t c, const float* gamma,
                         const float* beta, const float* residual, double eps, int32_t act,
                         float slope, float* out, float* mean, float* var, float* invstd,
@@ -206,8 +207,6 @@ void vig_bn_act_forward(const float* z, int64_t rows, int64_t c, const float* ga
   }
 }
 
-/* dz, dgamma and dbeta from g = dL/dout (the residual's gradient is g itself). dz may not
-   alias g. scratch as in the forward. */
 void vig_bn_act_backward(const float* g, const float* z, int64_t rows, int64_t c,
                          const float* mean, const float* invstd, const float* gamma,
                          const float* beta, int32_t act, float slope, float* dz,

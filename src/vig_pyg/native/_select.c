@@ -1,9 +1,9 @@
 /* Row-wise selection of the kd smallest values for the dense kNN backend of vig_pyg.
-   vig_pyg/graph/select.py explains the method, builds this file and falls back to
-   torch.topk where it cannot. Plain C99, no Python or torch headers: it compiles in
-   well under a second and is called through ctypes. Built with -fopenmp (where torch's
-   own libgomp is loaded) the rows are split over torch's OpenMP threads here, else over
-   Python threads (ctypes releases the GIL). With AVX-512 (and not
+   vig_pyg/graph/selection.py explains the method and falls back to torch.topk where this
+   file cannot be used; vig_pyg/native/build.py builds it. Plain C99, no Python or torch
+   headers: it compiles in well under a second and is called through ctypes. Built with
+   -fopenmp (where torch's own libgomp is loaded) the rows are split over torch's OpenMP
+   threads here, else over Python threads (ctypes releases the GIL). With AVX-512 (and not
    VIG_PORTABLE) every pass uses 16-wide vectors; the portable loops give the same
    result, and the tests build and check both. */
 #include <math.h>
@@ -12,6 +12,8 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+
+#include "vig_native.h"
 
 #if defined(__AVX512F__) && !defined(VIG_PORTABLE)
 #include <immintrin.h>
@@ -281,14 +283,12 @@ static inline int64_t* slot(int64_t* idx, int64_t kd, int32_t p, int64_t* sink) 
   return p < kd ? idx + p : sink;
 }
 
-/* idx[p] = ci[t] (and, where val is not NULL, val[p] = cv[t]) for every candidate t whose
-   place p in the stable ascending order of cv[0:c] is below kd. A place counts the
-   smaller candidates and the equal ones before it (the candidates are in index order);
-   the places are a permutation of 0..c-1, so idx[0:kd] is written exactly once each. The
-   c x c compares vectorise and beat an insertion sort's mispredicted branches. cv needs
-   LANES slots of room after c. */
-static void place_all(float* cv, const int32_t* ci, int64_t c, int64_t kd, int64_t* idx,
-                      float* val) {
+/* idx[p] = ci[t] for every candidate t whose place p in the stable ascending order of
+   cv[0:c] is below kd. A place counts the smaller candidates and the equal ones before it
+   (the candidates are in index order); the places are a permutation of 0..c-1, so
+   idx[0:kd] is written exactly once each. The c x c compares vectorise and beat an
+   insertion sort's mispredicted branches. cv needs LANES slots of room after c. */
+static void place_all(float* cv, const int32_t* ci, int64_t c, int64_t kd, int64_t* idx) {
   int64_t sink;
   for (int i = 0; i < LANES; ++i) cv[c + i] = INFINITY;  /* padding: never counts */
 #ifdef VIG_AVX512
@@ -316,15 +316,10 @@ static void place_all(float* cv, const int32_t* ci, int64_t c, int64_t kd, int64
     int32_t p[LANES];
     _mm512_storeu_si512((void*)p, place);
     for (int64_t t = t0; t < end; ++t) *slot(idx, kd, p[t - t0], &sink) = ci[t];
-    if (val)  /* the kept lanes' values to their places, in one scatter */
-      _mm512_mask_i32scatter_ps(val, tail_mask(t0, c) & _mm512_cmplt_epi32_mask(
-          place, _mm512_set1_epi32((int32_t)kd)), place, v, 4);
   }
 #else
   for (int64_t t = 0; t < c; ++t) {
-    int32_t p = place_of(cv, c, cv[t], t);
-    *slot(idx, kd, p, &sink) = ci[t];
-    if (val && p < kd) val[p] = cv[t];
+    *slot(idx, kd, place_of(cv, c, cv[t], t), &sink) = ci[t];
   }
 #endif
 }
@@ -334,16 +329,10 @@ static void select_row(const float* d, int64_t m, int64_t kd, int64_t* idx,
                        float* cv, int32_t* ci) {
   int64_t c = m < SHORT_RATIO * kd ? gather_short(d, m, kd, cv, ci)
                                     : gather_any(d, m, bound(d, m, kd), cv, ci);
-  place_all(cv, ci, c, kd, idx, NULL);
+  place_all(cv, ci, c, kd, idx);
 }
 
-/* select_row for the fused distance + selection pass (_nearest.c); cv and ci as there. */
-void vig_select_row(const float* d, int64_t m, int64_t kd, int64_t* idx, float* cv,
-                    int32_t* ci) {
-  select_row(d, m, kd, idx, cv, ci);
-}
-
-#define BLOCK_ROWS 8  /* rows of vig_select_block */
+#define BLOCK_ROWS VIG_SELECT_BLOCK_ROWS  /* rows of vig_select_block */
 
 #ifdef VIG_AVX512
 /* bound() of `ROWS_AT` rows d[0 .. ROWS_AT - 1] at once, for G = NG * LANES (both
@@ -473,49 +462,21 @@ static int bounds_block(const float* const* d, int64_t m, int64_t kd, float* u) 
 }
 #endif
 
-/* select_row for rows d[0 .. rows - 1] (rows <= BLOCK_ROWS; d holds BLOCK_ROWS readable
-   rows of m, the ones past `rows` only read), into idx[r * kd ...]: the same result, with
-   the bounds of the eight rows found together (bounds_block) where kd <= 32; the gather
-   and the places are select_row's. */
+/* The exported functions: vig_native.h says what each computes. */
+
 void vig_select_block(const float* const* d, int64_t rows, int64_t m, int64_t kd,
                       int64_t* idx, float* cv, int32_t* ci) {
 #ifdef VIG_AVX512
   float u[BLOCK_ROWS];
   if (m >= SHORT_RATIO * kd && bounds_block(d, m, kd, u)) {
     for (int64_t r = 0; r < rows; ++r)
-      place_all(cv, ci, gather_any(d[r], m, u[r], cv, ci), kd, idx + r * kd, NULL);
+      place_all(cv, ci, gather_any(d[r], m, u[r], cv, ci), kd, idx + r * kd);
     return;
   }
 #endif
   for (int64_t r = 0; r < rows; ++r) select_row(d[r], m, kd, idx + r * kd, cv, ci);
 }
 
-/* The parts of the selection, for the fused pass's prefiltered rows (_nearest.c), where
-   the values gathered are approximations and the kept ones are recomputed before their
-   places are found. u[r]: a bound at or above the kd-th smallest of row d[r] (NaN as
-   +inf), for BLOCK_ROWS readable rows. */
-void vig_select_bounds(const float* const* d, int64_t m, int64_t kd, float* u) {
-#ifdef VIG_AVX512
-  if (bounds_block(d, m, kd, u)) return;
-#endif
-  for (int r = 0; r < BLOCK_ROWS; ++r) u[r] = bound(d[r], m, kd);
-}
-
-/* the values of d <= u and their indices, in index order (NaN as +inf); returns the count */
-int64_t vig_select_gather(const float* d, int64_t m, float u, float* cv, int32_t* ci) {
-  return gather_any(d, m, u, cv, ci);
-}
-
-/* idx[0:kd]: the indices ci of the kd smallest of cv[0:c] (no NaN), ascending, ties in
-   the order of ci, and their values in val[0:kd] where val is not NULL; cv needs LANES
-   slots of room after c. */
-void vig_select_place(float* cv, const int32_t* ci, int64_t c, int64_t kd, int64_t* idx,
-                      float* val) {
-  place_all(cv, ci, c, kd, idx, val);
-}
-
-/* rows [0, rows) of a row-major [rows, m] float32 matrix; 1 <= kd <= min(m, 1024).
-   scratch: 2 * (m + 16) words. */
 void vig_select_smallest(const float* dist, int64_t rows, int64_t m, int64_t kd,
                          int64_t* idx, float* scratch) {
   float* cv = scratch;
@@ -523,7 +484,6 @@ void vig_select_smallest(const float* dist, int64_t rows, int64_t m, int64_t kd,
   for (int64_t r = 0; r < rows; ++r) select_row(dist + r * m, m, kd, idx + r * kd, cv, ci);
 }
 
-/* 1 when this build runs its rows on OpenMP threads (vig_select_rows), else 0. */
 int vig_select_openmp(void) {
 #ifdef _OPENMP
   return 1;
@@ -532,9 +492,6 @@ int vig_select_openmp(void) {
 #endif
 }
 
-/* vig_select_smallest over `threads` OpenMP threads, each on its own block of rows and its
-   own scratch (threads * 2 * (m + 16) words). Built against the OpenMP runtime torch has
-   loaded, these are torch's own worker threads. */
 void vig_select_rows(const float* dist, int64_t rows, int64_t m, int64_t kd, int64_t* idx,
                      float* scratch, int32_t threads) {
 #ifdef _OPENMP

@@ -1,5 +1,5 @@
 /* Row normalisation for the dense kNN backend of vig_pyg (graph/knn.py, _normalize, says
-   why). Compiled into one library with _select.c by vig_pyg/graph/select.py. Plain C99.
+   why). Compiled into one library with _select.c by vig_pyg/native/build.py. Plain C99.
 
    For each row x of a row-major [rows, c] float32 matrix:
      q  = x / max(|x|, 1e-12)      (the L2-normalised row, written to out)
@@ -19,6 +19,8 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "vig_native.h"
 #if defined(__AVX512F__) && defined(__AVX512VL__) && !defined(VIG_PORTABLE)
 #include <immintrin.h>
 #define VIG_NORMALIZE_AVX512 1
@@ -126,9 +128,7 @@ static int normalize_block(const float* x, int64_t rows, int64_t c, float* out, 
 }
 #endif
 
-/* Returns 1 when every row's norm is finite in float32 (no NaN or infinity in x, no norm
-   beyond the float range), else 0; such rows are written all the same. sq may be NULL
-   (the fused kNN pass's queries, whose |q|^2 cannot change their neighbours' order). */
+/* vig_native.h says what this computes. */
 int vig_normalize_rows(const float* x, int64_t rows, int64_t c, float* out, float* sq,
                        int32_t threads) {
   int finite = 1;

@@ -1,6 +1,6 @@
 /* Neighbour reductions over a fixed-degree graph, for vig_pyg/conv/functional.py (which
    says when they are used). Compiled into one library with _select.c by
-   vig_pyg/graph/select.py. Plain C99.
+   vig_pyg/native/build.py. Plain C99.
 
    Row i of the output reduces the k source rows idx[i*k], ..., idx[i*k + k-1] of x
    (row-major [*, c] float32) channel by channel:
@@ -17,6 +17,8 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+
+#include "vig_native.h"
 
 static void sum_row(const float* x, const int64_t* id, int64_t k, int64_t c, float* o) {
   memcpy(o, x + id[0] * c, (size_t)c * sizeof(float));
@@ -54,7 +56,8 @@ static void max_rank_row(const float* x, const int64_t* id, int64_t k, int64_t c
   }
 }
 
-/* reduce: 0 sum, 1 max; rank: NULL, or [n, c] bytes (max only, k <= 256). */
+/* The exported functions: vig_native.h says what each computes. */
+
 void vig_gather_reduce(const float* x, const int64_t* idx, int64_t n, int64_t k, int64_t c,
                        int32_t reduce, float* out, uint8_t* rank, int32_t threads) {
 #ifdef _OPENMP
@@ -72,9 +75,8 @@ void vig_gather_reduce(const float* x, const int64_t* idx, int64_t n, int64_t k,
   }
 }
 
-/* GIN's aggregation: out[i] = (sum of row i as above) + scale * centre[i], the sum first
-   and the centre term added last, as torch.addcmul(sum, centre, scale) adds it, in the same
-   pass over the output row (torch needs a second pass and a second tensor). */
+/* in the same pass over the output row as the sum (torch needs a second pass and a second
+   tensor) */
 void vig_gather_sum_centre(const float* x, const int64_t* idx, int64_t n, int64_t k,
                            int64_t c, const float* centre, float scale, float* out,
                            int32_t threads) {
@@ -91,11 +93,8 @@ void vig_gather_sum_centre(const float* x, const int64_t* idx, int64_t n, int64_
   }
 }
 
-/* The gradient of vig_gather_reduce: grad_src ([*, c], zeroed or holding another term of
-   the same gradient, such as GIN's centre term) += the output gradient
-   grad ([n, c]) of every target at each of its k source rows (sum), or at the one source
-   row rank chose (max: rank [n, c] bytes). Threads split the channels, not the targets,
-   so no two threads ever add into the same value and no atomics are needed. */
+/* Threads split the channels, not the targets, so no two threads ever add into the same
+   value and no atomics are needed. */
 void vig_gather_reduce_backward(const float* grad, const int64_t* idx, int64_t n, int64_t k,
                                 int64_t c, const uint8_t* rank, float* grad_src,
                                 int32_t threads) {
