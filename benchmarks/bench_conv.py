@@ -11,8 +11,7 @@ alternating repeat by repeat (so machine noise hits both alike); the table gives
 
     .venv/bin/python benchmarks/bench_conv.py [--repeats 7] [--convs mr edge] [--ks 9 18]
         [--threads 1] [--stat min]
-    .venv/bin/python benchmarks/bench_conv.py --gather   # neighbour sum/max: compiled vs torch,
-                                                         # and gin's centre term
+    .venv/bin/python benchmarks/bench_conv.py --gather   # neighbour sum/max: compiled vs torch
     .venv/bin/python benchmarks/bench_conv.py --projection   # grouped projections in training
 """
 from __future__ import annotations
@@ -102,49 +101,6 @@ def compare_gathers(ks, batch: int, side: int, channels: int, repeats: int) -> N
                   f"{b[True, 'bwd']:9.3f} {b[False, 'bwd'] / b[True, 'bwd']:6.2f}x", flush=True)
 
 
-GIN_SHAPES = [  # (what, batch, channels, side, reduce ratio): the Graphers' gin graphs
-    ("vig_ti", 16, 192, 14, 1),
-    ("pvig_ti stage 1", 16, 48, 56, 4),
-    ("pvig_ti stage 2", 16, 96, 28, 2),
-]
-
-
-def compare_gin_centre(repeats: int) -> None:
-    """gin's aggregation ``(1 + eps) x_i + sum_j x_j``: ``torch.addcmul`` after the compiled
-    neighbour sum against the centre term inside the sum's own pass
-    (``functional.gather_sum_centre``), forward + backward (sources, centres and eps),
-    alternating call by call, k = 9."""
-    from timing import time_alternately
-    from vig_pyg.conv import functional
-
-    print(f"\ngin aggregation, forward + backward, best of {repeats} alternating calls (ms)")
-    print(f"{'graph':<18}{'targets':>8}{'sources':>8} {'addcmul':>8} {'in the gather':>14} "
-          f"{'ratio':>7}")
-    eps = torch.zeros(1, requires_grad=True)
-    for what, batch, channels, side, r in GIN_SHAPES:
-        fmap = torch.randn(batch, channels, side, side).to(memory_format=torch.channels_last)
-        keys = torch.nn.functional.avg_pool2d(fmap, r, r) if r > 1 else None
-        index = knn_edges(fmap, 9, keys=keys)[0].contiguous()
-        x_dst = fmap.permute(0, 2, 3, 1).reshape(-1, channels).clone().requires_grad_(True)
-        x_src = x_dst if keys is None else (
-            keys.permute(0, 2, 3, 1).reshape(-1, channels).clone().requires_grad_(True))
-        grad = torch.randn(x_dst.shape)
-
-        def step(fn):
-            def run():
-                x_src.grad = x_dst.grad = eps.grad = None
-                fn(x_src, index, 9, x_dst, eps).backward(grad)
-            return run
-        plain = lambda xs, i, k, xd, e: torch.addcmul(  # noqa: E731
-            functional.gather_sum(xs, i, k), xd, 1 + e)
-        t = time_alternately({"plain": step(plain),
-                              "in the gather": step(functional.gather_sum_centre)},
-                             repeats, time.perf_counter, warmup=2)
-        a, b = 1e3 * min(t["plain"]), 1e3 * min(t["in the gather"])
-        print(f"{what:<18}{x_dst.size(0):>8}{x_src.size(0):>8} {a:8.2f} {b:14.2f} "
-              f"{a / b:6.2f}x", flush=True)
-
-
 PROJECTIONS = [  # (what, rows, in, out): the graph convolutions' grouped projections
     ("gin, vig_ti", 3136, 192, 384),
     ("mr/edge/sage nn2, vig_ti", 3136, 384, 384),
@@ -203,8 +159,8 @@ def main(argv=None):
     if args.projection:
         return compare_projections(max(args.repeats, 15))
     if args.gather:
-        compare_gathers(args.ks, args.batch, args.side, args.channels, max(args.repeats, 20))
-        return compare_gin_centre(max(args.repeats, 20))
+        return compare_gathers(args.ks, args.batch, args.side, args.channels,
+                               max(args.repeats, 20))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"{args.batch} images x {args.side ** 2} nodes x {args.channels} -> "
           f"{2 * args.channels} channels; {args.stat} of {args.repeats} (ms)")

@@ -4,17 +4,16 @@ The switches are :mod:`vig_pyg.fast_paths`' (``fast_paths.names()`` says what ea
 ``--paths`` picks the variants, one per entry (``a+b``: those off together); by default
 each model-wide path alone: ``fused_conv`` (conv + BatchNorm + activation or residual in
 one oneDNN call, inference only), the compiled kernels of ``fast_paths.NATIVE`` (the kNN's
-selection, normalisation and single pass, the neighbour sum/max, gin's centre term, and in
-training BatchNorm + activation), ``grouped_linear`` and ``pointwise_linear`` (the graph
-convolutions' grouped projections, and every other 1x1 convolution, as BLAS products in
-training). Variants: all on, each entry off, every named path off at once. The steps are
-``bench_graphs.make_step``'s: ``forward`` an eval-mode forward under ``torch.no_grad()``,
-``train`` forward + cross-entropy + backward + SGD step.
+selection, normalisation and single pass, the neighbour sum/max, and in training
+BatchNorm + activation) and ``grouped_linear`` (the graph convolutions' grouped projections
+as BLAS products in training). Variants: all on, each entry off, every named path off at
+once. The steps are ``bench_graphs.make_step``'s: ``forward`` an eval-mode forward under
+``torch.no_grad()``, ``train`` forward + cross-entropy + backward + SGD step.
 
     python benchmarks/bench_fast_paths.py                       # vig_ti and pvig_ti, batch 16
     python benchmarks/bench_fast_paths.py --models pvig_ti --modes forward train --iters 3
     python benchmarks/bench_fast_paths.py --modes train --conv gin
-    python benchmarks/bench_fast_paths.py --paths single_pass grouped_linear+pointwise_linear
+    python benchmarks/bench_fast_paths.py --paths single_pass select+normalize
 """
 from __future__ import annotations
 
@@ -28,7 +27,7 @@ from timing import print_ratios, time_alternately, without
 from vig_pyg import fast_paths, native
 from vig_pyg.models import create_model
 
-MODEL_WIDE = ("fused_conv", *fast_paths.NATIVE, "grouped_linear", "pointwise_linear")
+MODEL_WIDE = ("fused_conv", *fast_paths.NATIVE, "grouped_linear")
 
 
 def variants(entries) -> dict:

@@ -294,8 +294,8 @@ def count_ops(model_name: str, conv: str, img: int) -> dict:
     R, cfg, sd, model, x, _ = _setup(model_name, 2, img, conv=conv)
     model.eval()
     counts = {}
-    with fast_paths.disabled(*fast_paths.NATIVE, "fused_conv", "grouped_linear",
-                             "pointwise_linear"), torch.no_grad():
+    with fast_paths.disabled(*fast_paths.NATIVE, "fused_conv",
+                             "grouped_linear"), torch.no_grad():
         for name, fn in (("ours", lambda: model(x)),
                          ("reference", lambda: R.ref_forward(sd, x, cfg))):
             fn()

@@ -245,15 +245,6 @@ def _check_gather(monkeypatch, run):
     return run(lambda: (functional.gather_max(x, ei[0], 4), calls[0]))
 
 
-def _check_gin_centre(monkeypatch, run):
-    from vig_pyg.conv import functional
-
-    calls = spy_native(monkeypatch, "vig_gather_sum_centre")
-    x, ei = _fixed_graph()
-    x, eps = x.float(), torch.tensor([0.3])
-    return run(lambda: (functional.gather_sum_centre(x, ei[0], 4, x, eps), calls[0]))
-
-
 def _check_batch_norm(monkeypatch, run):
     from vig_pyg.layers import batch_norm as B
     from vig_pyg.native import library
@@ -300,37 +291,11 @@ def _products_spy(monkeypatch):
 
 def _check_grouped_linear(monkeypatch, run):
     from vig_pyg.layers import grouped_linear as GL
-    from vig_pyg.layers.fused import pointwise_conv
 
     calls = _products_spy(monkeypatch)
     x = torch.randn(30, 8, generator=_gen(), requires_grad=True)
     w, b = torch.randn(12, 2, 1, 1, generator=_gen(1)), torch.randn(12, generator=_gen(2))
-    got = run(lambda: (GL.grouped_linear(x, w, b, 4), len(calls)))
-    # the other use of the products keeps its own switch
-    conv = nn.Conv2d(8, 6, 1)
-    xmap = torch.randn(1, 8, 3, 3).contiguous(memory_format=torch.channels_last)
-    with fast_paths.disabled("grouped_linear"):
-        before = len(calls)
-        pointwise_conv(conv, xmap.requires_grad_())
-        assert len(calls) == before + 1
-    return got
-
-
-def _check_pointwise_linear(monkeypatch, run):
-    from vig_pyg.layers import grouped_linear as GL
-    from vig_pyg.layers.fused import pointwise_conv
-
-    calls = _products_spy(monkeypatch)
-    conv = nn.Conv2d(8, 6, 1)
-    x = torch.randn(2, 8, 3, 5, generator=_gen()).contiguous(memory_format=torch.channels_last)
-    x.requires_grad_()
-    got = run(lambda: (pointwise_conv(conv, x), len(calls)))
-    with fast_paths.disabled("pointwise_linear"):  # the grouped projections keep theirs
-        before = len(calls)
-        GL.grouped_linear(torch.randn(5, 8, requires_grad=True), conv.weight.view(6, 8, 1, 1),
-                          None, 1)
-        assert len(calls) == before + 1
-    return got
+    return run(lambda: (GL.grouped_linear(x, w, b, 4), len(calls)))
 
 
 def _propagate_spy(monkeypatch, conv):
@@ -389,9 +354,9 @@ def _check_split_edge_conv(monkeypatch, run):
 GATES = {
     "select": _check_select, "normalize": _check_normalize,
     "single_pass": _check_single_pass, "knn_direct": _check_knn_direct,
-    "gather": _check_gather, "gin_centre": _check_gin_centre,
+    "gather": _check_gather,
     "batch_norm": _check_batch_norm, "fused_conv": _check_fused_conv,
-    "grouped_linear": _check_grouped_linear, "pointwise_linear": _check_pointwise_linear,
+    "grouped_linear": _check_grouped_linear,
     "fixed_degree": _check_fixed_degree, "padded": _check_padded,
     "pyg_aggregation": _check_pyg_aggregation, "split_edge_conv": _check_split_edge_conv,
 }

@@ -98,57 +98,6 @@ def test_projection_trains_through_it(calls):
     torch.testing.assert_close(y.detach().double(), want, rtol=0, atol=2e-5)
 
 
-def _map(b, c, h, w, gen, channels_last=True):
-    x = torch.randn(b, c, h, w, generator=gen)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x.requires_grad_()
-
-
-@pytest.mark.parametrize("cin,cout,groups,bias", [(12, 20, 1, True), (8, 8, 2, False)])
-def test_pointwise_conv_of_a_map_trains_as_products_on_its_rows(calls, cin, cout, groups,
-                                                                  bias):
-    """A 1x1 convolution of a channels-last map in training (``fused.pointwise_conv``, which
-    the models' conv + BatchNorm layers call): the products ran, the output is a
-    channels-last map, and it and every gradient equal the convolution in float64."""
-    from vig_pyg.layers.fused import pointwise_conv
-
-    g = torch.Generator().manual_seed(cin + groups)
-    conv = torch.nn.Conv2d(cin, cout, 1, groups=groups, bias=bias)
-    x = _map(2, cin, 3, 5, g)
-    grad = torch.randn(2, cout, 3, 5, generator=g)
-    y = pointwise_conv(conv, x)
-    y.backward(grad)
-    assert calls[0] == 1 and y.is_contiguous(memory_format=torch.channels_last)
-    conv64 = torch.nn.Conv2d(cin, cout, 1, groups=groups, bias=bias).double()
-    conv64.load_state_dict(conv.state_dict())
-    x64 = x.detach().double().requires_grad_()
-    ref = conv64(x64)
-    ref.backward(grad.double())
-    for got, want in [(y, ref), (x.grad, x64.grad), (conv.weight.grad, conv64.weight.grad)] + (
-            [(conv.bias.grad, conv64.bias.grad)] if bias else []):
-        torch.testing.assert_close(got.detach().double(), want, rtol=0, atol=1e-5)
-
-
-@pytest.mark.parametrize("case", ["3x3", "stride", "padding", "nchw", "no_grad",
-                                  "switch_off"])
-def test_pointwise_conv_calls_the_module_where_products_do_not_apply(calls, case):
-    from vig_pyg.layers.fused import pointwise_conv
-
-    g = torch.Generator().manual_seed(5)
-    conv = torch.nn.Conv2d(6, 4, 3 if case == "3x3" else 1, stride=2 if case == "stride" else 1,
-                           padding=1 if case == "padding" else 0)
-    x = _map(2, 6, 5, 5, g, channels_last=case != "nchw")
-    seen = []
-    conv.register_forward_hook(lambda *a: seen.append(1))
-    with torch.set_grad_enabled(case != "no_grad"), \
-            fast_paths.disabled(*(("pointwise_linear",) if case == "switch_off" else ())):
-        y = pointwise_conv(conv, x)
-    assert calls[0] == 0 and seen == [1]
-    torch.testing.assert_close(y, F.conv2d(x, conv.weight, conv.bias, conv.stride,
-                                           conv.padding))
-
-
 @pytest.mark.parametrize("case", ["no_grad", "float64", "switch_off"])
 @pytest.mark.parametrize("part", ["all", "first_half", "second_half"])
 def test_convolution_path_is_conv2d_on_the_rows_view_bit_for_bit(calls, case, part):

@@ -38,16 +38,12 @@ _PATHS = {
                   "knn_edges' general path (graph.knn; off: the general path)",
     "gather": "the neighbour sum/max and its backward by the compiled gather "
               "(conv.functional; off: chunked torch ops)",
-    "gin_centre": "gin's (1 + eps) x_i added inside the compiled neighbour sum, both ways "
-                  "(conv.functional; off: torch.addcmul after the sum)",
     "batch_norm": "training BatchNorm + activation (+ residual) as one compiled pass each "
                   "way (layers.batch_norm; off: the modules)",
     "fused_conv": "inference conv + BatchNorm + activation (or + residual) as one oneDNN "
                   "call (layers.fused; off: the folded conv, then the activation or sum)",
     "grouped_linear": "training grouped projections as one BLAS product per group "
                       "(layers.grouped_linear; off: the grouped convolution)",
-    "pointwise_linear": "training 1x1 convolutions of channels-last maps as BLAS products "
-                        "(layers.fused.pointwise_conv; off: the convolution)",
     "fixed_degree": "the Grapher convolutions' dense path on fixed-degree graphs "
                     "(conv.base; off: the padded table or propagate)",
     "padded": "the Grapher convolutions' padded neighbour table on variable-degree graphs "
@@ -59,7 +55,7 @@ _PATHS = {
 }
 
 #: The switches of the paths that call the compiled library (``VIG_PYG_NATIVE=0``: all off).
-NATIVE = ("select", "normalize", "single_pass", "gather", "gin_centre", "batch_norm")
+NATIVE = ("select", "normalize", "single_pass", "gather", "batch_norm")
 
 _lock = threading.Lock()
 #: Whether each path is on: what the environment asked for, with no block disabling it.

@@ -17,15 +17,11 @@ of :class:`~torch_geometric.nn.aggr.SoftmaxAggregation` takes seven such passes)
   checked) or under deterministic algorithms, and with the fast path ``"pyg_aggregation"``
   off (:mod:`vig_pyg.fast_paths`).
 
-Measured (1 thread, 1568 targets x 9 messages x 384 channels, forward / forward+backward ms):
-max 1.4 / 16 (view) against 0.9 / 42; softmax 11 / 21 (view) against 18 / 53. Sums and
-means are not wrapped: in a one-off measurement at that size ``index_add_`` was no faster
-than PyG's scatter (forward + backward 3.6 against 2.9 ms, 2-D or with a heads dimension),
-and ``benchmarks/bench_pyg_convs.py --compare-generic`` showed no gain for the convolutions
-that sum (GATv2, Transformer, GIN). PyG's
-``EdgeIndex(..., sort_order="col")``, which hands CSR pointers to the aggregations and the
-attention softmax (``segment_csr``), was no faster here (0.9-1.2x the scatter time per
-conv, training step), so it is not used.
+Sums and means are not wrapped: PyG's scatter-add is as fast as a dense view's sum, and the
+convolutions that sum (GATv2, Transformer, GIN) gain nothing. PyG's
+``EdgeIndex(..., sort_order="col")`` (CSR pointers for the aggregations and the attention
+softmax) was no faster either, so it is not used. ``python benchmarks/bench_pyg_convs.py
+--compare-generic`` times the adapters against PyG's own path.
 """
 from __future__ import annotations
 

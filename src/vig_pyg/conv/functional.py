@@ -32,9 +32,8 @@ from torch.autograd.function import once_differentiable
 from .. import native
 from ..tracing import tracing
 
-__all__ = ["gather_max", "gather_sum", "gather_sum_centre", "neighbour_max",
-           "map_target_chunks", "chunk_targets", "tracing", "CHUNK_BYTES_PER_THREAD",
-           "MAX_CHUNKS"]
+__all__ = ["gather_max", "gather_sum", "neighbour_max", "map_target_chunks",
+           "chunk_targets", "tracing", "CHUNK_BYTES_PER_THREAD", "MAX_CHUNKS"]
 
 #: Bytes of the gathered ``[chunk, k, C]`` block per intra-op thread (CPU).
 CHUNK_BYTES_PER_THREAD = 1 << 20
@@ -137,18 +136,17 @@ def _native_gather_reduce(x_src: Tensor, index: Tensor, k: int, reduce: str, out
 
 
 def _native_backward(grad: Tensor, index: Tensor, k: int, rank: Tensor | None,
-                     num_src: int, into: Tensor | None = None) -> Tensor | None:
+                     num_src: int) -> Tensor | None:
     """The source rows' gradient by the compiled scatter (``native/_gather.c``: threads
-    split the channels, so no [N, C] index tensor and no atomics), added into ``into``
-    (another term of the same gradient, ``[num_src, C]`` contiguous) or into zeros; or
-    ``None`` where it does not apply (as :func:`_native_gather_reduce`). The indices were
-    valid in the forward."""
+    split the channels, so no [N, C] index tensor and no atomics), or ``None`` where it
+    does not apply (as :func:`_native_gather_reduce`). The indices were valid in the
+    forward."""
     lib = native.library_for(grad, "gather")
     if lib is None or index.dtype != torch.int64 or (rank is not None
                                                      and rank.dtype != torch.uint8):
         return None
     grad = grad.contiguous()
-    grad_src = grad.new_zeros(num_src, grad.size(1)) if into is None else into
+    grad_src = grad.new_zeros(num_src, grad.size(1))
     lib.vig_gather_reduce_backward(grad.data_ptr(), index.data_ptr(), grad.size(0), k,
                                    grad.size(1), None if rank is None else rank.data_ptr(),
                                    grad_src.data_ptr(), torch.get_num_threads())
@@ -191,51 +189,17 @@ class _GatherSum(torch.autograd.Function):
         return _scatter_sum(grad, index, ctx.k, ctx.num_src), None, None
 
 
-def _scatter_sum(grad: Tensor, index: Tensor, k: int, num_src: int,
-                 into: Tensor | None = None) -> Tensor:
-    """The sources' gradient of a neighbour sum, added into ``into`` or zeros: compiled
-    (:func:`_native_backward`) or as ``k`` scatters of ``[N, C]`` (no ``[N, k, C]`` tensor)."""
-    native = _native_backward(grad, index, k, None, num_src, into=into)
+def _scatter_sum(grad: Tensor, index: Tensor, k: int, num_src: int) -> Tensor:
+    """The sources' gradient of a neighbour sum: compiled (:func:`_native_backward`) or as
+    ``k`` scatters of ``[N, C]`` (no ``[N, k, C]`` tensor)."""
+    native = _native_backward(grad, index, k, None, num_src)
     if native is not None:
         return native
-    grad_src = grad.new_zeros(num_src, grad.size(1)) if into is None else into
+    grad_src = grad.new_zeros(num_src, grad.size(1))
     targets = index.view(-1, k)
     for r in range(k):
         grad_src.index_add_(0, targets[:, r], grad)
     return grad_src
-
-
-class _GatherSumCentre(torch.autograd.Function):
-    """``scale * x_dst + gather_sum(x_src)``, ``scale = 1 + eps``, compiled both ways.
-    ``x_dst`` is ``None`` when the centres are the sources themselves (a graph on one node
-    set): the two gradient terms of that one tensor are then summed in one buffer instead of
-    by autograd."""
-
-    @staticmethod
-    def forward(ctx, x_src, x_dst, eps, index, k, lib):
-        centre = (x_src if x_dst is None else x_dst).contiguous()
-        x_src = x_src.contiguous()
-        n, c = index.numel() // k, x_src.size(1)
-        out = x_src.new_empty(n, c)
-        scale = float(1 + eps)
-        lib.vig_gather_sum_centre(x_src.data_ptr(), index.data_ptr(), n, k, c,
-                                  centre.data_ptr(), scale, out.data_ptr(),
-                                  torch.get_num_threads())
-        ctx.save_for_backward(index, centre)
-        ctx.scale, ctx.k, ctx.num_src, ctx.shared = scale, k, x_src.size(0), x_dst is None
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: Tensor):
-        index, centre = ctx.saved_tensors
-        grad = grad.contiguous()
-        centre_grad = grad * ctx.scale
-        d_eps = torch.dot(grad.view(-1), centre.view(-1)).view(1)
-        into = centre_grad if ctx.shared else None
-        d_src = _scatter_sum(grad, index, ctx.k, ctx.num_src, into=into)
-        d_dst = None if ctx.shared else centre_grad
-        return d_src, d_dst, d_eps, None, None, None
 
 
 class _NeighbourMax(torch.autograd.Function):
@@ -282,29 +246,6 @@ def gather_sum(x_src: Tensor, index: Tensor, k: int) -> Tensor:
     if not _wants_grad(x_src):
         return _gather_reduce(x_src, index, k, "sum", False)[0]
     return _GatherSum.apply(x_src, index, k)
-
-
-def gather_sum_centre(x_src: Tensor, index: Tensor, k: int, x_dst: Tensor,
-                      eps: Tensor) -> Tensor:
-    r"""``out[i] = (1 + eps) * x_dst[i] + sum_{r < k} x_src[index[i * k + r]]`` (GIN's
-    aggregation; ``eps`` a one-element tensor): ``[N, C]``.
-
-    Where the compiled kernel applies (float32 on the CPU, ``native/_gather.c``, the fast
-    path ``"gin_centre"``) the centre term is added in the gather's own pass, and the
-    backward adds the centre's gradient into the sources' scatter (one buffer when
-    ``x_dst`` is ``x_src``) and takes ``eps``'s as one dot product, where ``torch.addcmul``
-    after the gather needs more passes and tensors each way: forward + backward 1.4-1.5x
-    faster on vig_ti's and pvig_ti's graphs (``benchmarks/bench_conv.py --gather``)."""
-    index = index.contiguous()
-    lib = None if tracing() else native.library_for(x_src, "gin_centre")
-    if lib is None or index.dtype != torch.int64 or x_src.size(0) == 0 or (
-            x_dst is not x_src and native.library_for(x_dst, "gin_centre") is None) \
-            or eps.numel() != 1 or eps.dtype != torch.float32 \
-            or x_dst.shape != (index.numel() // k, x_src.size(1)):
-        return torch.addcmul(gather_sum(x_src, index, k), x_dst, 1 + eps)
-    _check_sources(index, x_src.size(0))
-    return _GatherSumCentre.apply(x_src, None if x_dst is x_src else x_dst, eps, index, k,
-                                  lib)
 
 
 def neighbour_max(rows: Tensor, k: int) -> Tensor:

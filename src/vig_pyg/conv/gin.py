@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import GrapherConv
-from .functional import gather_sum_centre
+from .functional import gather_sum
 from .projection import GroupedProjection
 from .registry import register_conv
 
@@ -58,8 +58,9 @@ class ViGGINConv(GrapherConv):
         x_src, x_dst = self._unpack(x)
         k = self._fixed_degree(edge_index, x_dst.size(0))
         if k is not None:
-            return self.nn(gather_sum_centre(x_src, edge_index[0], k, x_dst, self.eps))
-        s = self._propagate(edge_index, x_src, x_dst)
+            s = gather_sum(x_src, edge_index[0], k)
+        else:
+            s = self._propagate(edge_index, x_src, x_dst)
         return self.nn(torch.addcmul(s, x_dst, 1 + self.eps))
 
     def message(self, x_j: Tensor) -> Tensor:

@@ -39,11 +39,9 @@ from torch import Tensor, nn
 
 from .. import fast_paths
 from ..tracing import recording
-from . import grouped_linear
 from .batch_norm import batch_norm_act
 
-__all__ = ["conv_bn_act", "pointwise_conv", "fold_batch_norm", "onednn_activation",
-           "ONEDNN_ACTIVATIONS"]
+__all__ = ["conv_bn_act", "fold_batch_norm", "onednn_activation", "ONEDNN_ACTIVATIONS"]
 
 #: Activation modules oneDNN applies as a post-op: ``type -> (name, scalars, algorithm)``
 #: (``LeakyReLU`` and ``GELU`` take their slope and approximation from the module).
@@ -94,37 +92,19 @@ def _fusable(x: Tensor, weight: Tensor, residual: Optional[Tensor]) -> bool:
                                 and residual.dtype == torch.float32)
 
 
-def pointwise_conv(conv: nn.Module, x: Tensor) -> Tensor:
-    """``conv(x)``; a 1x1 convolution of a channels-last map in training runs as matrix
-    products on the map's rows (:func:`~vig_pyg.layers.grouped_linear.products`, where
-    they apply and the fast path ``"pointwise_linear"`` is on)."""
-    if not (isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1)
-            and conv.stride == (1, 1) and conv.padding in ((0, 0), "valid")
-            and conv.dilation == (1, 1) and x.dim() == 4
-            and x.is_contiguous(memory_format=torch.channels_last)
-            and fast_paths.enabled("pointwise_linear")
-            and grouped_linear.applies(x, conv.weight)):
-        return conv(x)
-    b, c, h, w = x.shape
-    y = grouped_linear.products(x.permute(0, 2, 3, 1).reshape(-1, c), conv.weight,
-                                conv.bias, conv.groups)
-    return y.view(b, h, w, -1).permute(0, 3, 1, 2)
-
-
 def conv_bn_act(conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d], x: Tensor,
                 act: Optional[nn.Module] = None, residual: Optional[Tensor] = None) -> Tensor:
     """``act(bn(conv(x)))``, or ``bn(conv(x)) + residual`` (give ``act`` or ``residual``,
     not both). ``bn`` may be ``None``; with running statistics it is folded into the
     convolution, and in float32 CPU inference the whole is one oneDNN call; in training
     mode BatchNorm + activation (or + residual) is one compiled pass each way
-    (:func:`~vig_pyg.layers.batch_norm.batch_norm_act`), after a 1x1 convolution as matrix
-    products (:func:`pointwise_conv`)."""
+    (:func:`~vig_pyg.layers.batch_norm.batch_norm_act`) after the convolution."""
     if act is not None and residual is not None:
         raise ValueError("conv_bn_act takes an activation or a residual, not both")
     if not isinstance(conv, nn.Conv2d) or (bn is not None and (
             bn.training or bn.running_mean is None)):
         if bn is not None:  # batch statistics: nothing to fold; compiled where it applies
-            return batch_norm_act(bn, pointwise_conv(conv, x), act, residual)
+            return batch_norm_act(bn, conv(x), act, residual)
         y = conv(x)
         y = y if act is None else act(y)
         return y if residual is None else y + residual

@@ -18,20 +18,10 @@ on a column block of the rows, read and written in place through the leading dim
 ``M * C_out * C_in / G`` each, and forward + backward 1.1-1.5x faster on ViG's shapes
 (``benchmarks/bench_conv.py --projection``).
 
-Every other 1x1 convolution of a channels-last map in training (the FFNs', the Graphers'
-fc1 and fc2; ``groups = 1``) takes the same products (:func:`products`) through
-:func:`vig_pyg.layers.fused.pointwise_conv`: oneDNN's convolution backward is slower than
-two BLAS products there. Measured in the whole training step, not alone: a 1x1 layer
-timed by itself, its data warm in the cache, ran 0.86-0.95x as fast as oneDNN's on vig_ti's
-shapes and 0.46-1.06x on pvig_ti's, while the step with every such layer on the products
-ran 1.04-1.05x (vig_ti, ``gin`` and ``mr``) and 1.01-1.03x (pvig_ti) the step without
-(a throwaway script alternating the two step by step in one process, medians of 7-8).
-
-The products run where they apply (:func:`applies`): float32 rows on the CPU, a gradient
-to compute, nothing tracing or recording (:func:`vig_pyg.tracing.recording`:
-``FlopCounterMode`` and the exporters see the convolution); and where the caller's fast
-path is on (:mod:`vig_pyg.fast_paths`): ``"grouped_linear"`` for :func:`grouped_linear`,
-``"pointwise_linear"`` for ``pointwise_conv``. Otherwise :func:`grouped_linear` calls
+The products run where they apply: float32 rows on the CPU, a gradient to compute, nothing
+tracing or recording (:func:`vig_pyg.tracing.recording`: ``FlopCounterMode`` and the
+exporters see the convolution), and the fast path ``"grouped_linear"`` on
+(:mod:`vig_pyg.fast_paths`). Otherwise :func:`grouped_linear` calls
 :func:`torch.nn.functional.conv2d` on the channels-last view ``[1, C_in, M, 1]`` of the
 rows (no copy, still grouped); tests and benchmarks compare the two.
 """
@@ -47,33 +37,26 @@ from torch.autograd.function import once_differentiable
 from .. import fast_paths
 from ..tracing import recording
 
-__all__ = ["grouped_linear", "products", "applies"]
+__all__ = ["grouped_linear"]
 
 
-def applies(x: Tensor, weight: Tensor) -> bool:
-    """Whether the matrix products apply to ``x`` and ``weight`` (the module docstring);
-    the callers check their fast path's switch besides."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32
-            and weight.dtype == torch.float32 and torch.is_grad_enabled()
-            and (x.requires_grad or weight.requires_grad) and not recording()
-            and not torch.is_autocast_enabled("cpu"))
+def _applies(x: Tensor, weight: Tensor) -> bool:
+    """Whether the matrix products apply to ``x`` and ``weight`` (the module docstring)."""
+    return (fast_paths.enabled("grouped_linear") and x.device.type == "cpu"
+            and x.dtype == torch.float32 and weight.dtype == torch.float32
+            and torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+            and not recording() and not torch.is_autocast_enabled("cpu"))
 
 
 def grouped_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], groups: int) -> Tensor:
     """``y [M, C_out]`` from rows ``x [M, C_in]`` and a grouped 1x1 convolution's
     ``weight [C_out, C_in / groups, 1, 1]`` and ``bias [C_out]`` (or ``None``): what
     ``F.conv2d`` computes on the rows' channels-last view (module docstring)."""
-    if not (fast_paths.enabled("grouped_linear") and applies(x, weight)):
+    if not _applies(x, weight):
         m = x.size(0)
         view = x.contiguous().view(1, m, 1, -1).permute(0, 3, 1, 2)
         y = F.conv2d(view, weight, bias, groups=groups)
         return y.permute(0, 2, 3, 1).reshape(m, -1)
-    return products(x, weight, bias, groups)
-
-
-def products(x: Tensor, weight: Tensor, bias: Optional[Tensor], groups: int) -> Tensor:
-    """:func:`grouped_linear`'s result by one matrix product per group, forward and
-    backward, for callers that checked :func:`applies`."""
     return _GroupedLinear.apply(x.contiguous(), weight, bias, groups)
 
 

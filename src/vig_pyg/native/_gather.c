@@ -75,24 +75,6 @@ void vig_gather_reduce(const float* x, const int64_t* idx, int64_t n, int64_t k,
   }
 }
 
-/* in the same pass over the output row as the sum (torch needs a second pass and a second
-   tensor) */
-void vig_gather_sum_centre(const float* x, const int64_t* idx, int64_t n, int64_t k,
-                           int64_t c, const float* centre, float scale, float* out,
-                           int32_t threads) {
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-#else
-  (void)threads;
-#endif
-  for (int64_t i = 0; i < n; ++i) {
-    float* o = out + i * c;
-    const float* z = centre + i * c;
-    sum_row(x, idx + i * k, k, c, o);
-    for (int64_t j = 0; j < c; ++j) o[j] += scale * z[j];
-  }
-}
-
 /* Threads split the channels, not the targets, so no two threads ever add into the same
    value and no atomics are needed. */
 void vig_gather_reduce_backward(const float* grad, const int64_t* idx, int64_t n, int64_t k,

@@ -94,16 +94,9 @@ int vig_normalize_rows(const float* x, int64_t rows, int64_t c, float* out, floa
 void vig_gather_reduce(const float* x, const int64_t* idx, int64_t n, int64_t k, int64_t c,
                        int32_t reduce, float* out, uint8_t* rank, int32_t threads);
 
-/* GIN's aggregation: out[i] = (the sum of vig_gather_reduce) + scale * centre[i] (centre
-   [n, c]), the centre term added last, as torch.addcmul(sum, centre, scale) adds it. */
-void vig_gather_sum_centre(const float* x, const int64_t* idx, int64_t n, int64_t k,
-                           int64_t c, const float* centre, float scale, float* out,
-                           int32_t threads);
-
-/* The gradient of vig_gather_reduce: grad_src ([*, c], zeroed or holding another term of
-   the same gradient, such as GIN's centre term) += the output gradient grad ([n, c]) of
-   every target at each of its k source rows (rank NULL: the sum), or at the one source row
-   rank chose (the maximum: rank [n, c] bytes). */
+/* The gradient of vig_gather_reduce: grad_src ([*, c], zeroed by the caller) += the output
+   gradient grad ([n, c]) of every target at each of its k source rows (rank NULL: the
+   sum), or at the one source row rank chose (the maximum: rank [n, c] bytes). */
 void vig_gather_reduce_backward(const float* grad, const int64_t* idx, int64_t n, int64_t k,
                                 int64_t c, const uint8_t* rank, float* grad_src,
                                 int32_t threads);
