@@ -18,6 +18,8 @@ from vig_pyg.graph.builders.clustered_knn import clustered_knn_edges, initial_ce
 from vig_pyg.graph.kmeans import batched_kmeans, kmeans
 from vig_pyg.models import create_model
 
+from graph_helpers import neighbour_lists, trains_then_evaluates_deterministically
+
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 SMALL_ISO = dict(num_classes=3, k=3, img_size=32, channels=32, depth=4, stem_stride=4)
@@ -83,15 +85,6 @@ def brute_partition_knn(x, labels, k):
             cand = [j for j in range(n) if lab[j] == lab[i]]
             cand.sort(key=lambda j: (sqdist(unit[i], unit[j]), j))
             out[im * n + i] = [im * n + j for j in cand[:k]]
-    return out
-
-
-def neighbour_lists(edge_index, num_nodes):
-    src, dst = edge_index.tolist()
-    assert dst == sorted(dst), "edges must be grouped by centre, centres in order"
-    out = {i: [] for i in range(num_nodes)}
-    for j, i in zip(src, dst):
-        out[i].append(j)
     return out
 
 
@@ -490,14 +483,7 @@ def test_tiny_isotropic_model_trains(conv):
         assert model.state_dict().keys() == plain.state_dict().keys()
     else:              # the aggregator's K is the builder's
         assert all(g.graph_conv.clusters == 3 for g in graphers)
-    x = torch.randn(2, 3, 32, 32)
-    loss = model(x).logsumexp(1).sum()
-    loss.backward()
-    assert torch.isfinite(loss)
-    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
-    model.eval()
-    with torch.no_grad():
-        assert torch.equal(model(x), model(x))    # eval graphs are deterministic
+    trains_then_evaluates_deterministically(model, torch.randn(2, 3, 32, 32))
 
 
 def test_tiny_pyramid_model_runs():

@@ -16,6 +16,8 @@ from vig_pyg.graph.builders import BlockInfo
 from vig_pyg.graph.builders.random import distinct_draws
 from vig_pyg.models import create_model
 
+from graph_helpers import neighbour_lists
+
 BUILTINS = ["knn", "static_knn", "axial", "axial_threshold", "window_knn", "spatial_knn",
             "random"]
 
@@ -23,16 +25,6 @@ BUILTINS = ["knn", "static_knn", "axial", "axial_threshold", "window_knn", "spat
 def fmap(b, c, h, w, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(b, c, h, w, generator=g, dtype=torch.float64)
-
-
-def neighbour_lists(edge_index, num_nodes):
-    """{centre: [neighbours in stored order]}; also checks the grouped-by-centre layout."""
-    src, dst = edge_index.tolist()
-    assert dst == sorted(dst), "edges must be grouped by centre, centres in order"
-    out = {i: [] for i in range(num_nodes)}
-    for j, i in zip(src, dst):
-        out[i].append(j)
-    return out
 
 
 def node(b, r, c, h, w):
