@@ -351,6 +351,17 @@ def _check_split_edge_conv(monkeypatch, run):
     return run(lambda: (module(x, ei), -len(edge_rows)))
 
 
+def _check_cpu_paths(monkeypatch, run):
+    from vig_pyg.conv import functional as CF
+
+    calls = []
+    apply = CF._GatherMax.apply
+    monkeypatch.setattr(CF._GatherMax, "apply", lambda *a: (calls.append(1), apply(*a))[1])
+    x = torch.randn(12, 8, generator=_gen(), dtype=torch.float64, requires_grad=True)
+    index = torch.randint(0, 12, (36,), generator=_gen(1))
+    return run(lambda: (CF.gather_max(x, index, 3), len(calls)))
+
+
 GATES = {
     "select": _check_select, "normalize": _check_normalize,
     "single_pass": _check_single_pass, "knn_direct": _check_knn_direct,
@@ -359,6 +370,7 @@ GATES = {
     "grouped_linear": _check_grouped_linear,
     "fixed_degree": _check_fixed_degree, "padded": _check_padded,
     "pyg_aggregation": _check_pyg_aggregation, "split_edge_conv": _check_split_edge_conv,
+    "cpu_paths": _check_cpu_paths,
 }
 
 

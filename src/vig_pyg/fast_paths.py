@@ -25,7 +25,7 @@ import os
 import threading
 from typing import Iterator
 
-__all__ = ["enabled", "disabled", "names", "NATIVE"]
+__all__ = ["enabled", "disabled", "names", "cpu_path", "NATIVE", "GPU_CHOICES"]
 
 #: name -> what it switches (on) and what runs instead (off).
 _PATHS = {
@@ -52,7 +52,15 @@ _PATHS = {
                        "fixed-degree graphs (conv.fast_aggregation; off: PyG's scatter)",
     "split_edge_conv": "pyg:EdgeConv's first Linear applied per node, not per edge "
                        "(conv.split_edge_conv; off: PyG's EdgeConv.forward)",
+    "cpu_paths": "on the CPU, the evaluations chosen for it where a GPU takes others "
+                 "(cpu_path(): the kNN's NaN/Inf refusal and norms, the neighbour "
+                 "reductions, edge's and sage's per-node training, the fixed-degree check "
+                 "of unmarked graphs; off: the GPU's choices, on the CPU too)",
 }
+#: What a GPU runs, on the CPU: ``with disabled(*GPU_CHOICES):`` (tests compare it with the
+#: CPU's choices; ``benchmarks/bench_models.py`` times its host overhead).
+GPU_CHOICES = ("cpu_paths", "select", "normalize", "single_pass", "knn_direct", "gather",
+               "batch_norm", "fused_conv", "grouped_linear")
 
 #: The switches of the paths that call the compiled library (``VIG_PYG_NATIVE=0``: all off).
 NATIVE = ("select", "normalize", "single_pass", "gather", "batch_norm")
@@ -74,6 +82,13 @@ def enabled(name: str) -> bool:
     if on is None:
         raise _unknown(name)
     return on
+
+
+def cpu_path(t) -> bool:
+    """Whether code on tensor ``t`` takes the CPU's evaluation where the CPU and a GPU
+    differ: ``t`` on the CPU and the switch ``"cpu_paths"`` on. Elsewhere the GPU's
+    evaluation runs: no value read back to the host, fewer kernel launches."""
+    return t.is_cpu and _on["cpu_paths"]
 
 
 def names() -> dict[str, str]:

@@ -10,7 +10,8 @@ from .base import GrapherConv
 from .functional import map_target_chunks, neighbour_max, tracing
 from .projection import GroupedProjection
 from .registry import register_conv
-from .rowwise import batch_norm_affine, batch_norm_rows, batch_norm_step, uses_batch_stats
+from .rowwise import (batch_norm_affine, batch_norm_rows, batch_norm_step, per_node_statistics,
+                      uses_batch_stats)
 
 
 @register_conv("edge")
@@ -44,7 +45,8 @@ class ViGEdgeConv(GrapherConv):
     a subtraction per edge; no matrix product runs per edge. In inference the BatchNorm
     scale is folded into :math:`\mathbf{z}` and the edges are processed a few hundred
     targets at a time. ``vig_pyg.fast_paths.disabled("fixed_degree", "padded")`` gives the
-    literal per-edge evaluation.
+    literal per-edge evaluation; so does training off the CPU
+    (:func:`~.rowwise.per_node_statistics`: there the per-edge rows launch fewer kernels).
 
     Equals :class:`torch_geometric.nn.conv.EdgeConv` with ``nn=self.nn, aggr="max"``;
     named ``ViGEdgeConv`` to keep the two apart. On a fixed-degree graph the ``[N*k, 2C]``
@@ -79,7 +81,7 @@ class ViGEdgeConv(GrapherConv):
         if k is None:
             return self._propagate(edge_index, x_src, x_dst)
         src = edge_index[0]
-        if self.groups % 2 == 0:
+        if self.groups % 2 == 0 and per_node_statistics(self.nn[1], x_dst):
             return self._split(x_src, x_dst, src, k)
         if self._rows_independent(x_src, x_dst) and not tracing():  # inference: chunks
             width = max(2 * c, self.out_channels) * k * x_dst.element_size()

@@ -19,6 +19,10 @@ Three things make these faster than the obvious ``x[index].view(N, k, C).amax(1)
 - **Tracing.** Under ``torch.compile``, ``torch.export`` or the ONNX exporter the same
   reductions are written as plain gathers and ``amax``/``sum`` (:func:`tracing`): the
   chunk loop and the custom backward are CPU-eager devices a compiler does better without.
+- **Off the CPU** (a GPU) they are one gather and one reduction, ``max(dim)`` with its
+  indices for the maxima: a GPU keeps the whole block in its memory anyway and is bound by
+  the number of kernels it launches, and these launch the fewest (forward and backward:
+  gather, reduce, scatter, index-add; ``benchmarks/bench_models.py --ops``).
 - **Ties.** On a tie the highest rank gets the whole gradient (``amax`` would split it
   evenly); the total reaching the inputs is the same when tied values come from one
   source row (duplicate edges), and exact ties between distinct rows have measure zero.
@@ -30,6 +34,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .. import native
+from ..fast_paths import cpu_path
 from ..tracing import tracing
 
 __all__ = ["gather_max", "gather_sum", "neighbour_max", "map_target_chunks",
@@ -227,11 +232,19 @@ def _wants_grad(t: Tensor) -> bool:
     return torch.is_grad_enabled() and t.requires_grad
 
 
+def _block_max(block: Tensor) -> Tensor:
+    """Max over dim 1 of a ``[N, k, C]`` block off the CPU: ``max(dim)`` records the winner
+    as it reduces, so its backward is one scatter (``amax``'s builds masks and counts)."""
+    return block.max(1).values
+
+
 def gather_max(x_src: Tensor, index: Tensor, k: int) -> Tensor:
     r"""``out[i] = max_{r < k} x_src[index[i * k + r]]`` channel-wise: ``[N, C]`` for an
     ``index`` of ``N * k`` source rows (row 0 of a fixed-degree ``edge_index``)."""
     if tracing():
         return x_src.index_select(0, index).view(-1, k, x_src.size(1)).amax(1)
+    if not cpu_path(x_src):
+        return _block_max(x_src.index_select(0, index).view(-1, k, x_src.size(1)))
     index = index.contiguous()
     if not _wants_grad(x_src):
         return _gather_reduce(x_src, index, k, "max", False)[0]
@@ -240,7 +253,7 @@ def gather_max(x_src: Tensor, index: Tensor, k: int) -> Tensor:
 
 def gather_sum(x_src: Tensor, index: Tensor, k: int) -> Tensor:
     r"""``out[i] = sum_{r < k} x_src[index[i * k + r]]``: ``[N, C]``."""
-    if tracing():
+    if tracing() or not cpu_path(x_src):
         return x_src.index_select(0, index).view(-1, k, x_src.size(1)).sum(1)
     index = index.contiguous()
     if not _wants_grad(x_src):
@@ -251,6 +264,8 @@ def gather_sum(x_src: Tensor, index: Tensor, k: int) -> Tensor:
 def neighbour_max(rows: Tensor, k: int) -> Tensor:
     r"""``out[i] = max_{r < k} rows[i * k + r]`` channel-wise: per-edge rows ``[N * k, C]``
     (grouped by target) reduced to ``[N, C]``."""
+    if not cpu_path(rows) and not tracing():
+        return _block_max(rows.reshape(-1, k, rows.size(1)))
     if tracing() or not _wants_grad(rows):
         return rows.reshape(-1, k, rows.size(1)).amax(1)
     return _NeighbourMax.apply(rows, k)

@@ -26,12 +26,27 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["batch_norm_step", "batch_norm_rows", "batch_norm_affine", "uses_batch_stats"]
+from ..fast_paths import cpu_path
+
+__all__ = ["batch_norm_step", "batch_norm_rows", "batch_norm_affine", "uses_batch_stats",
+           "per_node_statistics"]
 
 
 def uses_batch_stats(bn: nn.BatchNorm2d) -> bool:
     """BatchNorm normalises with the batch's statistics (training, or no running ones)."""
     return bn.training or bn.running_mean is None
+
+
+def per_node_statistics(bn: nn.BatchNorm2d, x: Tensor) -> bool:
+    """Whether ``edge`` and ``sage`` apply their per-edge projection per node while ``bn``
+    takes batch statistics (training): on the CPU, where the ``k``-fold fewer
+    multiply-accumulates bound the step. Off the CPU (a GPU) the projection runs on every
+    edge row, as the release does: the weighted statistics and the sliced weights of the
+    per-node form cost about 50 (edge) and 40 (sage) more kernel launches per block, and a
+    GPU running ViG's small models is bound by its launches
+    (``benchmarks/bench_models.py --ops``). With running statistics (inference) the
+    per-node form is pure per-row arithmetic and runs everywhere."""
+    return cpu_path(x) or not uses_batch_stats(bn)
 
 
 def batch_norm_step(bn: nn.BatchNorm2d) -> float:

@@ -7,10 +7,10 @@ from torch import Tensor, nn
 
 from ..layers.grouped_linear import grouped_linear
 from .base import GrapherConv
-from .functional import gather_max
+from .functional import gather_max, neighbour_max
 from .projection import GroupedProjection
 from .registry import register_conv
-from .rowwise import batch_norm_rows, batch_norm_step, uses_batch_stats
+from .rowwise import batch_norm_rows, batch_norm_step, per_node_statistics, uses_batch_stats
 
 
 @register_conv("sage")
@@ -38,7 +38,8 @@ class ViGSAGEConv(GrapherConv):
     source rows :math:`\mathbf{x}_j` repeated, so ``nn1`` runs once per source node and
     the result is gathered, :math:`\mathbf{a}_i = \max_j \mathbf{h}_j`; in training its
     BatchNorm takes the statistics of the edge rows by weighting node :math:`j` with its
-    out-degree (see :mod:`.rowwise`). ``vig_pyg.fast_paths.disabled("fixed_degree",
+    out-degree (see :mod:`.rowwise`); training off the CPU applies ``nn1`` per edge
+    (:func:`~.rowwise.per_node_statistics`). ``vig_pyg.fast_paths.disabled("fixed_degree",
     "padded")`` gives the per-edge form (the official count, 1.58 GMACs for vig_ti, is what
     ``vig-pyg info`` reports).
 
@@ -69,7 +70,9 @@ class ViGSAGEConv(GrapherConv):
         x_src, x_dst = self._unpack(x)
         n = x_dst.size(0)
         k = self._fixed_degree(edge_index, n)
-        if k is not None:
+        if k is not None and not per_node_statistics(self.nn1[1], x_src):
+            a = neighbour_max(self.nn1(x_src.index_select(0, edge_index[0])), k)
+        elif k is not None:
             a = gather_max(self._project_sources(x_src, edge_index[0], n * k), edge_index[0], k)
         else:
             a = self._propagate(edge_index, x_src, x_dst)

@@ -58,6 +58,19 @@ SINGLE_PASS_WORK_PER_THREAD = 1 << 20
 MAX_CHUNK_ELEMENTS = 2 ** 22
 
 
+def _image_offsets(num_images: int, num_keys: int, device: torch.device) -> Tensor:
+    """``[G, 1, 1]``: the first key of every image, ``0, M, 2M, ...``."""
+    if tracing():
+        return torch.arange(num_images, device=device).mul_(num_keys).view(-1, 1, 1)
+    return _cached_image_offsets(num_images, num_keys, device)
+
+
+@lru_cache(maxsize=64)
+def _cached_image_offsets(num_images: int, num_keys: int, device: torch.device) -> Tensor:
+    # constant for a given shape: two fewer kernel launches per graph on a GPU
+    return torch.arange(num_images, device=device).mul_(num_keys).view(-1, 1, 1)
+
+
 def _target_index(num_targets: int, k: int, device: torch.device) -> Tensor:
     """``[0]*k + [1]*k + ...``: the target row of a fixed-degree graph."""
     if tracing():
@@ -76,19 +89,23 @@ def mark_fixed_degree(edge_index: Tensor, k: int) -> Tensor:
     layout :func:`knn_edges` returns), so that :func:`fixed_degree` takes it on trust
     instead of reading the target row back, for as long as nothing writes to it (its
     version counter unchanged). Reading it back costs a pass over the edges and, on a GPU,
-    a synchronisation for every graph convolution; a builder that makes this layout marks
-    its result. Inference tensors (``torch.inference_mode``) have no version counter, so
-    they are not marked and are checked as before; writes that bypass the counter (through
-    ``.data`` or a NumPy view) are not seen."""
-    if not tracing() and not edge_index.is_inference():
-        edge_index._vig_fixed_degree = (k, edge_index._version)
+    a synchronisation for every graph convolution; every builder that makes this layout
+    marks its result. Inference tensors (``torch.inference_mode``) have no version counter:
+    their mark holds for their lifetime (inside inference mode nothing of vig_pyg writes to
+    an edge_index). Writes that bypass the counter (through ``.data`` or a NumPy view) are
+    not seen."""
+    if not tracing():
+        edge_index._vig_fixed_degree = (
+            k, None if edge_index.is_inference() else edge_index._version)
     return edge_index
 
 
 def fixed_degree(edge_index: Tensor, num_targets: int) -> int | None:
     """``k`` if ``edge_index`` has exactly ``k`` edges per target, grouped by target in
-    order (the layout :func:`knn_edges` returns), else ``None``: checked against the
-    target row, or trusted where :func:`mark_fixed_degree` recorded it.
+    order (the layout :func:`knn_edges` returns), else ``None``: trusted where
+    :func:`mark_fixed_degree` recorded it, else checked against the target row on the CPU.
+    Off the CPU an unmarked ``edge_index`` counts as not fixed-degree: reading its target
+    row back would stall the device's stream at every graph convolution.
 
     While tracing (:func:`torch.compile`, :func:`torch.export`, ONNX export) the values
     cannot be read, so ``num_edges = k * num_targets`` is taken as that layout: trace
@@ -99,9 +116,11 @@ def fixed_degree(edge_index: Tensor, num_targets: int) -> int | None:
     k = num_edges // num_targets
     if tracing():
         return k
-    mark = getattr(edge_index, "_vig_fixed_degree", None)
-    if mark is not None and mark == (k, edge_index._version):
+    version = None if edge_index.is_inference() else edge_index._version
+    if getattr(edge_index, "_vig_fixed_degree", None) == (k, version):
         return k
+    if not fast_paths.cpu_path(edge_index):
+        return None
     if torch.equal(edge_index[1], _target_index(num_targets, k, edge_index.device)):
         return k
     return None
@@ -127,13 +146,22 @@ def _check_batch(batch: Tensor | None, num_nodes: int, name: str) -> Tensor | No
     return batch.long()
 
 
-def _refuses_non_finite(x: Tensor) -> bool:
-    """Whether NaN/Inf in ``x`` stop the graph: not while tracing, nor under
+def watches_non_finite(x: Tensor) -> bool:
+    """Whether NaN/Inf in ``x`` are an error: not while tracing, nor under
     float16/bfloat16 autocast, where an overflow is routine and
     :class:`torch.amp.GradScaler` skips the step (the top-k of a NaN distance still
     returns valid indices, and the NaN reaches the loss)."""
+    kind = x.device.type
     return not (tracing() or x.dtype in (torch.float16, torch.bfloat16)
-                or torch.is_autocast_enabled(x.device.type))
+                or torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind))
+
+
+def _refuses_non_finite(x: Tensor) -> bool:
+    """Whether the kNN itself stops on NaN/Inf in ``x``: on the CPU, where
+    :func:`watches_non_finite`. Elsewhere the answer would have to be read back to the
+    host, which stalls the device's stream in every block and rules out CUDA graphs; there
+    the Grapher keeps a flag on the device instead (:mod:`vig_pyg.models.finite`)."""
+    return fast_paths.cpu_path(x) and watches_non_finite(x)
 
 
 def _not_finite(name: str) -> ValueError:
@@ -366,8 +394,7 @@ def _knn_grid(queries: Tensor, keys: Tensor, k: int, dilation: int, relative_pos
         elif every_dth:
             return idx  # the whole edge_index
         idx = idx[..., ranks]
-        offset = torch.arange(g, device=idx.device).mul_(m).view(g, 1, 1)
-        src = (idx + offset).reshape(-1)
+        src = (idx + _image_offsets(g, m, idx.device)).reshape(-1)
         return torch.stack([src, _target_index(g * n, k, idx.device)])
 
 
@@ -382,10 +409,10 @@ def _matmul_nearest(queries: Tensor, keys: Tensor, relative_pos: Tensor | None, 
     y, y_sq = (q, q_sq) if self_keys else _normalize(keys, "key features")
     # |q_i|^2 is the same for every candidate of query i, so it cannot change the order
     y_sq = y_sq.unsqueeze(1)  # [G, 1, M]
-    if tracing():  # one block: the batch size may be symbolic
-        return _nearest(q, y, y_sq, relative_pos, kd)
-    idx = torch.empty(g, n, kd, dtype=torch.long, device=q.device)
     img_step, row_step = _chunks(g, n, m, max_chunk_elements)
+    if tracing() or (img_step >= g and row_step >= n):  # one block (while tracing the
+        return _nearest(q, y, y_sq, relative_pos, kd)   # batch size may be symbolic)
+    idx = torch.empty(g, n, kd, dtype=torch.long, device=q.device)
     for g0 in range(0, g, img_step):
         for r0 in range(0, n, row_step):
             gs, rs = slice(g0, g0 + img_step), slice(r0, r0 + row_step)
@@ -547,7 +574,10 @@ def _norms(x: Tensor) -> Tensor:
     an order of magnitude slower when the channels are not the innermost dim (node features
     of a plain ``[B, C, H, W]`` map), and a few hundredths of a millisecond faster when they
     are (the models' channels-last maps): ``benchmarks/bench_knn.py --parts``. One rule for
-    both keeps the rounding independent of the layout."""
+    both keeps the rounding independent of the layout. Off the CPU ``vector_norm`` is one
+    kernel where the three ops are three."""
+    if not fast_paths.cpu_path(x):
+        return torch.linalg.vector_norm(x, dim=-1, keepdim=True)
     return x.square().sum(-1, keepdim=True).sqrt_()
 
 

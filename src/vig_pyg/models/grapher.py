@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from ..graph import PatchGraph, relative_position_table, resize_relative_position
 from ..graph.builders import GraphBuilderError, as_built_graph, builder_options, graph_builder
 from .convbn import ConvBN
+from .finite import note_finite
 
 
 def _build_conv(name: str, channels: int, out: int, act: str, groups: int, options: dict,
@@ -125,6 +126,9 @@ class Grapher(nn.Module):
         # equal, keep one resized copy between them (at 800 x 1333 one is a 1 GiB tensor)
         self._rel_cache: dict = {}
         self._warned_sizes: set = set()
+        #: off the CPU, the float64 sum of the builder's latest input, finite iff the input
+        #: is (a device scalar that :func:`~.finite.check_finite` reads); ``None`` until then
+        self.finite: Tensor | None = None
 
     def extra_repr(self) -> str:
         return (f"k={self.k}, dilation={self.dilation}, reduce_ratio={self.reduce_ratio}"
@@ -170,6 +174,7 @@ class Grapher(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         shortcut = x
         x = self.fc1(x)
+        note_finite(self, x)
         b, c, h, w = x.shape
         r = self.reduce_ratio
         builder = self.graph_builder

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from . import checkpoint as ckpt_io
 from . import distributed as D
+from ..models.finite import check_finite
 from .crash import crash_point
 from .setup import Precision
 from .state import Run
@@ -40,6 +41,7 @@ def evaluate(model: nn.Module, loader, device: torch.device, precision: Precisio
             out = model(x)
         out = out.float()
         loss_sum += F.cross_entropy(out, y, reduction="sum").item()
+        check_finite(model)  # off the CPU: the blocks' NaN/Inf flags, read with the loss
         hit = out.topk(min(5, out.size(1)), dim=1).indices.eq(y[:, None])
         top1 += hit[:, 0].sum().item()
         top5 += hit.any(dim=1).sum().item()
@@ -65,6 +67,7 @@ def _step(run: Run, x, y) -> float:
         out = run.train_model(x)
     loss = run.criterion(out.float(), y)
     value = loss.item()
+    check_finite(run.model)  # off the CPU: the blocks' NaN/Inf flags, read with the loss
     if not math.isfinite(value) and not run.precision.scaler:
         raise RuntimeError(f"loss is {value} at step {run.state.global_step}: lower optim.lr "
                            "or enable optim.clip_grad")
