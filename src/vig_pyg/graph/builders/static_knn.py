@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..knn import BACKENDS, _target_index, knn_edges
+from ..knn import BACKENDS, _target_index, knn_edges, mark_fixed_degree
 from .base import BlockInfo, GraphBuilder, check_map
 from .registry import GraphBuilderError, register_graph_builder
 
@@ -93,4 +93,5 @@ class StaticKNNBuilder(GraphBuilder):
             raise GraphBuilderError(f"static_knn: block asks for k * d = {k * dilation} but the "
                                     f"stage ranked {kd}; bind every block of the stage")
         src = edges[0].view(-1, kd)[:, :k * dilation:dilation]
-        return torch.stack([src.reshape(-1), _target_index(src.size(0), k, src.device)])
+        return mark_fixed_degree(
+            torch.stack([src.reshape(-1), _target_index(src.size(0), k, src.device)]), k)
