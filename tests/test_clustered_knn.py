@@ -14,7 +14,9 @@ from vig_pyg import fast_paths
 from vig_pyg.conv import ClusterMRConv, build_conv
 from vig_pyg.errors import VigPygError
 from vig_pyg.graph import fixed_degree, graph_builder
-from vig_pyg.graph.builders.clustered_knn import clustered_knn_edges, initial_centres
+from vig_pyg.graph.builders.axial_threshold import padded_table_edges
+from vig_pyg.graph.builders.clustered_knn import (clustered_knn_edges, initial_centres,
+                                                  partition_knn)
 from vig_pyg.graph.kmeans import batched_kmeans, kmeans
 from vig_pyg.models import create_model
 
@@ -206,6 +208,33 @@ def test_batched_kmeans_is_per_image_and_restart_rule():
         assert torch.equal(alone[0][0], labels[im])
 
 
+def test_kmeans_without_the_early_stop_is_the_same():
+    # the form run off the CPU: every iteration, none read back; an image that has
+    # stopped is masked out, so the result equals the early-stopping one exactly
+    x, init = slow_converging()
+    batch = torch.stack([x, 100 * x, x.flip(0)])
+    inits = torch.stack([init, init, init + 5])
+    _, _, _, shifts = brute_kmeans(x.tolist(), init.tolist(), max_iter=100, tol=0.0)
+    stopped_early = []
+    for max_iter, tol in [(25, shifts[2] * (1 + 1e-9)), (25, 1e-3), (4, 0.0), (100, 1e-12)]:
+        early = batched_kmeans(batch, inits, max_iter, tol, early_stop=True)
+        full = batched_kmeans(batch, inits, max_iter, tol, early_stop=False)
+        for a, b in zip(early, full):
+            assert torch.equal(a, b), (max_iter, tol)
+        steps = [len(brute_kmeans(batch[i].tolist(), inits[i].tolist(), max_iter, tol)[3])
+                 for i in range(3)]
+        stopped_early.append(max(steps) < max_iter)    # the loop left before the cap
+    assert any(stopped_early) and not all(stopped_early)
+    # with restarts
+    g = torch.Generator().manual_seed(3)
+    xs = randn(4, 20, 3, seed=7)
+    restarts = torch.stack([torch.stack([torch.randperm(20, generator=g)[:3]
+                                         for _ in range(4)]) for _ in range(2)])
+    for a, b in zip(batched_kmeans(xs, restarts, early_stop=True),
+                    batched_kmeans(xs, restarts, early_stop=False)):
+        assert torch.equal(a, b)
+
+
 # ------------------------------------------------------------------ edges given a partition
 @pytest.mark.parametrize("b,h,w,k,parts", [(2, 3, 5, 4, 3), (3, 4, 4, 3, 2), (1, 2, 3, 9, 2),
                                            (2, 5, 2, 1, 4)])
@@ -253,6 +282,43 @@ def test_edges_fixed_degree_when_every_partition_has_k():
     assert fixed_degree(ei, 32) == 5
     assert getattr(ei, "_vig_fixed_degree", None) is not None   # marked: the fixed-degree path
     assert neighbour_lists(ei, 32) == brute_partition_knn(rows_of(x), labels, 5)
+
+
+def test_edges_off_the_cpu_repeat_the_first_neighbour():
+    # the padded form (partitions smaller than k): every column, one outside the centre's
+    # partition naming its first neighbour; mr gives what it gives on the CPU's edges
+    b, h, w, k = 2, 3, 5, 4
+    n = h * w
+    x = randn(b, 8, h, w, seed=21)
+    rows = rows_of(x)
+    labels = torch.randint(0, 3, (b, n), generator=torch.Generator().manual_seed(2))
+    labels[-1, -2:] = 3                      # a partition of two nodes
+    table, keep = partition_knn(rows, labels, k)
+    assert keep is not None and not bool(keep.all())
+    padded = padded_table_edges(table, b, n, keep)
+    ref = brute_partition_knn(rows, labels, k)
+    want = {i: v + [v[0]] * (k - len(v)) for i, v in ref.items()}
+    assert neighbour_lists(padded, b * n) == want and fixed_degree(padded, b * n) == k
+    cpu = clustered_knn_edges(rows, labels, k)
+    for a, b_ in zip(mr_step(padded, x), mr_step(cpu, x)):
+        torch.testing.assert_close(a, b_, rtol=1e-12, atol=1e-12)
+    # every partition with k nodes or more: the CPU's fixed-degree edges exactly
+    labels = torch.arange(n).remainder(2).repeat(b, 1)
+    table, _ = partition_knn(rows, labels, k)
+    keep = torch.ones(b, n, k, dtype=torch.bool)
+    assert torch.equal(padded_table_edges(table, b, n, keep),
+                       clustered_knn_edges(rows, labels, k))
+
+
+def mr_step(edge_index, x):
+    """``mr``'s output and gradients (input and parameters) in training, float64."""
+    torch.manual_seed(0)
+    conv = build_conv("mr", x.size(1), 2 * x.size(1)).double().train()
+    nodes = x.permute(0, 2, 3, 1).reshape(-1, x.size(1)).detach().requires_grad_(True)
+    out = conv(nodes, edge_index)
+    (out * torch.randn(out.shape, dtype=out.dtype,
+                       generator=torch.Generator().manual_seed(1))).sum().backward()
+    return [out.detach(), nodes.grad] + [p.grad for p in conv.parameters()]
 
 
 # ------------------------------------------------------------------ the builder

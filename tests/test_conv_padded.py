@@ -94,3 +94,54 @@ def test_pyg_adapter_on_variable_degree(graph):
     out = conv(nodes, edge_index)
     out.square().sum().backward()
     assert out.shape == (B * H * W, 2 * C) and bool(torch.isfinite(nodes.grad).all())
+
+
+def window_edges_off_the_cpu(x, size, k):
+    """``window_knn``'s edges as it builds them off the CPU (at positions known from the
+    grid, marked with their largest degree), here on the CPU."""
+    from vig_pyg.graph.builders.base import node_rows
+    from vig_pyg.graph.builders.window_knn import (_window_edges_fixed, window_layout,
+                                                   window_members)
+
+    b, _, h, w = x.shape
+    cpu = torch.device("cpu")
+    order, kept, max_degree = window_layout(h, w, size, 0, k, cpu)
+    return _window_edges_fixed(node_rows(x), window_members(h, w, size, 0, cpu), order,
+                               kept, max_degree, k, h * w)
+
+
+@pytest.mark.parametrize("name", CONVS)
+def test_the_marked_table_equals_propagate(name, monkeypatch):
+    # the branch taken off the CPU: order and largest degree from the builder's mark
+    from vig_pyg.graph.builders.window_knn import marked_max_degree
+
+    monkeypatch.setattr(padded, "MIN_FILL", {"max": 0.0, "sum": 0.0})
+    torch.manual_seed(0)
+    conv = build_conv(name, C, 2 * C).double().train()
+    x = torch.randn(B, C, H, W, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    edge_index = window_edges_off_the_cpu(x, 3, K)     # 5 x 7 grid, 3 x 3 windows: 9 to 1
+    degree_max = marked_max_degree(edge_index)
+    assert degree_max == int(torch.bincount(edge_index[1]).max())
+    calls = []
+    monkeypatch.setattr(padded, "padded_propagate", lambda conv, ei, xs, xd: calls.append(1)
+                        or padded._padded(conv, conv.aggr, ei[0], ei[1], xs, xd, degree_max))
+    out_fast, g_fast = run(conv, x, edge_index, True)
+    assert calls
+    out_ref, g_ref = run(conv, x, edge_index, False)
+    torch.testing.assert_close(out_fast, out_ref, rtol=1e-12, atol=1e-12)
+    for a, b in zip(g_fast, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_off_the_cpu_the_table_needs_the_mark():
+    # meta tensors hold no values: any read would raise
+    from vig_pyg.graph.builders.window_knn import mark_max_degree
+
+    conv = build_conv("mr", C, 2 * C).to("meta")
+    x = torch.randn(6, C, device="meta")
+    edge_index = torch.tensor([[0, 1, 2, 3, 4], [0, 0, 1, 2, 2]]).to("meta")
+    assert padded_propagate(conv, edge_index, x, x) is None    # unmarked: propagate
+    out = padded_propagate(conv, mark_max_degree(edge_index, 2), x, x)
+    assert out.shape == (6, C) and out.device.type == "meta"
+    edge_index.add_(0)                                         # a write drops the mark
+    assert padded_propagate(conv, edge_index, x, x) is None

@@ -272,6 +272,31 @@ def test_global_attention_matches_dense_softmax_per_image(path):
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
+def test_the_complete_graph_is_known_off_the_cpu_from_the_builders_mark():
+    # off the CPU gated_mr takes the complete graph from the builder's mark, not from
+    # comparing the edges (meta tensors hold no values: any read raises)
+    from vig_pyg.conv.gated_max_relative import GatedMRConv
+    from vig_pyg.graph.builders.gated_axial import marked_complete
+
+    b, h, w = 3, 2, 3
+    n = h * w
+    x = fmap(b, 4, h, w)
+    cpu = graph_builder("gated_axial", global_attention=True)(x).edge_index
+    assert marked_complete(cpu, n) and GatedMRConv._complete(cpu, b * n, n)   # compared
+    meta = graph_builder("gated_axial", global_attention=True)(x.to("meta")).edge_index
+    assert meta.device.type == "meta" and GatedMRConv._complete(meta, b * n, n)
+    assert not marked_complete(meta, n + 1)
+    reordered = torch.stack([meta[0].flip(0), meta[1]])    # a graph nobody marked
+    assert not GatedMRConv._complete(reordered, b * n, n)
+    meta[0].add_(0)                                        # a write drops the mark
+    assert not GatedMRConv._complete(meta, b * n, n)
+    # the local/long graph is not the complete graph, on either device
+    for device in ("cpu", "meta"):
+        ei = graph_builder("gated_axial")(fmap(b, 4, 4, 4).to(device)).edge_index
+        d = ei.size(1) // (b * 16)
+        assert not marked_complete(ei, d)
+
+
 # ------------------------------------------------------------------ bad input
 def one_line(fn, exc, match):
     with pytest.raises(exc, match=match) as info:

@@ -12,8 +12,13 @@ import torch.nn.functional as F
 
 from vig_pyg.errors import VigPygError
 from vig_pyg.graph import fixed_degree, graph_builder, knn_edges, list_graph_builders
+from vig_pyg.conv import build_conv
 from vig_pyg.graph.builders import BlockInfo
+from vig_pyg.graph.builders.axial_threshold import padded_table_edges
+from vig_pyg.graph.builders.base import node_rows
 from vig_pyg.graph.builders.random import distinct_draws
+from vig_pyg.graph.builders.window_knn import (_window_edges, _window_edges_fixed,
+                                               marked_max_degree, window_layout, window_members)
 from vig_pyg.models import create_model
 
 from graph_helpers import neighbour_lists
@@ -393,3 +398,82 @@ def test_register_a_builder_and_use_it_in_a_model():
                        r"options: \['step'\]")
     finally:
         registry._REGISTRY.pop("ring_test", None)
+
+
+# ------------------------------------------------------------------ off the CPU: no read back
+def mr_step(edge_index, x, **options):
+    """``mr``'s output and gradients (input and parameters) in training, float64."""
+    torch.manual_seed(0)
+    conv = build_conv("mr", x.size(1), 2 * x.size(1), **options).double().train()
+    nodes = x.permute(0, 2, 3, 1).reshape(-1, x.size(1)).detach().requires_grad_(True)
+    out = conv(nodes, edge_index)
+    (out * torch.randn(out.shape, dtype=out.dtype,
+                       generator=torch.Generator().manual_seed(1))).sum().backward()
+    return [out.detach(), nodes.grad] + [p.grad for p in conv.parameters()]
+
+
+@pytest.mark.parametrize("self_loop", [True, False])
+def test_axial_threshold_off_the_cpu_form(self_loop):
+    # image 0 constant (nothing passes the threshold), image 1 random: every case
+    h, w, hop = 6, 7, 2
+    x = fmap(2, 8, h, w, seed=3)
+    x[0] = 1.0
+    builder = graph_builder("axial_threshold", hop=hop, self_loop=self_loop)
+    table, mask = builder.candidates(x)
+    padded = padded_table_edges(table, 2, h * w, mask)
+    # the rule: every candidate column, a dropped one naming the first kept candidate,
+    # or the centre itself where none is kept
+    kept, candidates = brute_axial_threshold(x, hop, self_loop), brute_axial(2, h, w, hop)
+    want = {i: [c if c in kept[i] else (kept[i][0] if kept[i] else i) for c in cand]
+            for i, cand in candidates.items()}
+    assert neighbour_lists(padded, 2 * h * w) == want
+    assert fixed_degree(padded, 2 * h * w) == table.size(1)
+    assert any(not v for v in kept.values()) != self_loop   # some centre keeps nothing
+    # mr gives what it gives on the CPU's graph, forward and backward
+    cpu = builder(x)
+    for options in ({}, {"sign": "i-j"}, {"zero_start": True}):
+        for a, b in zip(mr_step(padded, x, **options), mr_step(cpu, x, **options)):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_axial_threshold_builds_the_padded_form_off_the_cpu():
+    x = fmap(2, 5, 6, 7).to("meta")
+    builder = graph_builder("axial_threshold")
+    builder.repeats_harmless = True  # what a Grapher sets for a maximum (mr, cluster_mr)
+    edge_index = builder(x)
+    d = 1 + 5 // 2 + 6 // 2
+    assert edge_index.shape == (2, 2 * 42 * d) and fixed_degree(edge_index, 84) == d
+
+
+@pytest.mark.parametrize("conv, padded", [("mr", True), ("gin", False), ("edge", False),
+                                         ("sage", False)])
+def test_only_a_maximum_lets_a_builder_pad_with_repeats(conv, padded):
+    # a sum (gin) or statistics over the edges (edge, sage in training) count a repeated
+    # edge, so their builders keep the exact variable-degree edges off the CPU too
+    from vig_pyg.models.grapher import Grapher
+
+    grapher = Grapher(8, k=3, conv=conv, graph="axial_threshold")
+    assert grapher.graph_builder.repeats_harmless is padded
+
+
+@pytest.mark.parametrize("h,w,size,k", [(6, 6, 3, 4), (8, 7, 3, 5), (5, 9, 4, 6),
+                                        (14, 14, 5, 17)])
+@pytest.mark.parametrize("shifted", [False, True])
+def test_window_knn_off_the_cpu_gives_the_same_edges(h, w, size, k, shifted):
+    x = fmap(2, 6, h, w, seed=size + k)
+    shift, n = (size // 2 if shifted else 0), h * w
+    members = window_members(h, w, size, shift, torch.device("cpu"))
+    order, kept, max_degree = window_layout(h, w, size, shift, k, torch.device("cpu"))
+    nodes = node_rows(x)
+    cpu = _window_edges(nodes, members, order, k, n)
+    fixed = _window_edges_fixed(nodes, members, order, kept, max_degree, k, n)
+    assert torch.equal(fixed, cpu)
+    degree = torch.bincount(cpu[1], minlength=2 * n)
+    if kept is None:
+        assert bool((degree == k).all()) and fixed_degree(fixed, 2 * n) == k
+    else:   # variable degree: its largest, for the padded table, known without a read
+        assert marked_max_degree(fixed) == int(degree.max()) and int(degree.min()) < k
+    # on meta (no values): the same number of edges
+    builder = graph_builder("window_knn", window=size)
+    builder.bind_block(BlockInfo(3, 1 if shifted else 0, k, 1, 1), {})
+    assert builder(x.to("meta"), k=k).shape == cpu.shape

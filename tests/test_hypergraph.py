@@ -15,7 +15,8 @@ from vig_pyg.conv.hypergraph import ViHGNNConv
 from vig_pyg.errors import VigPygError
 from vig_pyg.graph import graph_builder, list_graph_builders
 from vig_pyg.graph.builders import BlockInfo, BuiltGraph
-from vig_pyg.graph.fuzzy_c_means import fuzzy_c_means, hyperedge_incidence, membership_mask
+from vig_pyg.graph.fuzzy_c_means import (fuzzy_c_means, hyperedge_incidence, membership_mask,
+                                         padded_incidence)
 from vig_pyg.models import create_model
 
 from graph_helpers import trains_then_evaluates_deterministically
@@ -437,3 +438,101 @@ def test_tiny_models_train_and_evaluate(conv, name, kw, options):
     with torch.no_grad():                   # an image's graph does not depend on its batch
         a, single = model(x), model(x[1:])
     torch.testing.assert_close(single[0], a[1], rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------ off the CPU: no read back
+def test_fcm_without_the_early_stop_is_the_same():
+    # the form run off the CPU: all 15 iterations, none read back; an image that has
+    # stopped keeps its U, so the result equals the early-stopping one exactly
+    n, c, k = 24, 3, 3
+    u0 = torch.from_numpy(rows(3, 3, n, k))
+    x = torch.from_numpy(np.stack([clustered(0, n, c, 3), clustered(1, n, c, 3),
+                                   clustered(2, n, c, 2)]))     # the last one runs 15
+    for images in (slice(0, 2), slice(0, 3)):
+        early = fuzzy_c_means(x[images], u0[images], return_iterations=True, early_stop=True)
+        full = fuzzy_c_means(x[images], u0[images], return_iterations=True, early_stop=False)
+        assert torch.equal(early[0], full[0]) and torch.equal(early[1], full[1])
+    assert early[1].tolist()[2] == 15 and len(set(early[1].tolist())) == 3
+    # with the first two alone every image stopped: the loop did leave before the cap
+    assert int(fuzzy_c_means(x[:2], u0[:2], return_iterations=True)[1].max()) < 15
+
+
+def test_padded_incidence_holds_the_memberships_in_a_fixed_size():
+    us = torch.from_numpy(rows(6, 3, 10, 4))
+    us[1, :, :] = torch.from_numpy(rows(7, 10, 4)) * 0.0 + 0.25   # a weak image: one-hot
+    padded = padded_incidence(us)
+    assert padded.shape == (2, 3 * 10 * 4)
+    real = padded[0] < 30
+    assert torch.equal(padded[:, real], hyperedge_incidence(us))   # the same, in order
+    assert bool((padded[:, ~real] == torch.tensor([[30], [12]])).all())
+    assert pairs(padded[:, real]) == brute_incidence(us.numpy())
+
+
+PROJECT = ViHGNNConv._project_hyperedges
+
+
+def vihgnn_step(conv, x, incidence, m, select=None, monkeypatch=None):
+    """vihgnn's output, gradients and running statistics; ``select=False`` runs the
+    form taken off the CPU (statistics weighted by membership)."""
+    if select is not None:
+        monkeypatch.setattr(ViHGNNConv, "_project_hyperedges",
+                            lambda self, means, kept, **_: PROJECT(self, means, kept,
+                                                                  select=select))
+    x = x.detach().requires_grad_(True)
+    out = conv(x, incidence, num_hyperedges=m)
+    (out * torch.randn(out.shape, dtype=out.dtype,
+                       generator=torch.Generator().manual_seed(1))).sum().backward()
+    return ([out.detach(), x.grad] + [p.grad for p in conv.parameters()]
+            + [b.clone() for b in conv.buffers()])
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_vihgnn_off_the_cpu_form_is_the_same(training, monkeypatch):
+    # the padded incidence, and h_1 on every hyperedge with membership-weighted BatchNorm
+    # statistics, give what the exact incidence and the selected rows give
+    torch.manual_seed(0)
+    b, n, k = 2, 9, 5
+    us = torch.from_numpy(rows(8, b, n, k))
+    us[0, :, 4] = 0.0                                   # hyperedge 4 of image 0: empty
+    us = us / us.sum(-1, keepdim=True)
+    exact, padded = hyperedge_incidence(us), padded_incidence(us)
+    assert 4 not in exact[1].tolist()
+    conv = build_conv("vihgnn", 8, 12, groups=2).double().train(training)
+    state = copy.deepcopy(conv.state_dict())
+    x = torch.randn(b * n, 8, dtype=torch.float64)
+    ref = vihgnn_step(conv, x, exact, b * k)
+    for select in (True, False):
+        conv.load_state_dict(state)
+        conv.zero_grad()
+        got = vihgnn_step(conv, x, padded, b * k, select, monkeypatch)
+        for a, r in zip(got, ref):
+            torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12)
+
+
+def test_pyg_hypergraph_conv_on_the_padded_incidence():
+    # what the pyg:HypergraphConv adapter does with the padding entries: one zero node
+    # and one hyperedge appended, the extra node's row dropped; then PyG's own layer
+    # gives what it gives on the exact incidence
+    from torch_geometric.nn import HypergraphConv
+
+    torch.manual_seed(0)
+    us = torch.from_numpy(rows(9, 2, 9, 4))
+    layer = HypergraphConv(8, 6).double()
+    x = torch.randn(18, 8, dtype=torch.float64)
+    want = layer(x, hyperedge_incidence(us), num_edges=8)
+    got = layer(torch.cat([x, x.new_zeros(1, 8)]), padded_incidence(us), num_edges=9)[:18]
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_the_pyg_adapter_gives_the_exact_result_on_either_incidence():
+    # the adapter itself on the padded (off the CPU) and the exact (CPU) incidence, against
+    # PyG's own layer on the exact one
+    torch.manual_seed(0)
+    us = torch.from_numpy(rows(9, 2, 9, 4))
+    module = build_conv("pyg:HypergraphConv", 8, 6).double().eval()
+    x = torch.randn(18, 8, dtype=torch.float64)
+    with torch.no_grad():
+        want = module.act(module.norm(module.conv(x, hyperedge_incidence(us), num_edges=8)))
+        for incidence in (padded_incidence(us), hyperedge_incidence(us)):
+            got = module(x, incidence, num_hyperedges=8)
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)

@@ -31,6 +31,9 @@ class GrapherConv(MessagePassing):
     #: Fields of the builder's :class:`~vig_pyg.graph.builders.BuiltGraph` that ``forward``
     #: takes as keyword arguments (``edge_attr``, ``num_hyperedges``, ...), when set.
     graph_inputs: tuple = ()
+    #: Whether a repeated edge leaves the output unchanged (a maximum of neighbour terms,
+    #: with no statistics over the edges): builders may then pad to a fixed degree.
+    repeat_invariant: bool = False
 
     def __init__(self, in_channels: int, out_channels: Optional[int], aggr: str):
         super().__init__(aggr=aggr, flow="source_to_target", node_dim=0)

@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.nn import GATv2Conv
 
+from ..fast_paths import cpu_path
 from .base import GrapherConv, interleave
 from .functional import gather_max
 from .projection import GroupedProjection
@@ -83,6 +84,7 @@ class ClusterMRConv(GrapherConv):
     """
 
     graph_inputs = ("partition", "centroids")
+    repeat_invariant = True  # maxima over the neighbours; statistics over the nodes
     #: the padded-table path of variable-degree graphs computes max_j x_j - x_i directly
     padded_kind = "relative_max"
 
@@ -116,10 +118,12 @@ class ClusterMRConv(GrapherConv):
         if (partition.shape != (n,) or centroids.dim() != 2
                 or centroids.size(1) != self.in_channels or k_total % self.clusters
                 or images == 0 or n % images
-                # every node's cluster must be one of its own image's K
-                or not bool((partition.div(self.clusters, rounding_mode="floor")
-                             == torch.arange(n, device=partition.device)
-                             .div(n // images, rounding_mode="floor")).all())):
+                # every node's cluster must be one of its own image's K: read back, so
+                # checked on the CPU only
+                or cpu_path(partition) and not bool(
+                    (partition.div(self.clusters, rounding_mode="floor")
+                     == torch.arange(n, device=partition.device)
+                     .div(n // images, rounding_mode="floor")).all())):
             raise ValueError(f"ClusterMRConv: expected partition [{n}] (image b's nodes in "
                              f"clusters b*K .. b*K + K - 1) and centroids [B * K, "
                              f"{self.in_channels}] with K = clusters = {self.clusters}, got "

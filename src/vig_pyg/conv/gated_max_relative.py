@@ -13,6 +13,8 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.utils import softmax as edge_softmax
 
+from ..fast_paths import cpu_path
+from ..graph.builders.gated_axial import marked_complete
 from .base import GrapherConv, interleave
 from .functional import tracing
 from .projection import GroupedProjection
@@ -76,8 +78,11 @@ class GatedMRConv(GrapherConv):
     ``q_norm.{weight,bias}``, ``k_norm.{weight,bias}`` (no temperature: it would be unused).
 
     On a fixed-degree graph (the builder's always is) the neighbours form a dense
-    ``[N, D, C]`` block, and the complete graph of each image, recognised from its edges,
-    runs as one batched attention per image; other graphs run through scatters.
+    ``[N, D, C]`` block, and the complete graph of each image runs as one batched attention
+    per image; other graphs run through scatters. The complete graph is recognised from its
+    edges on the CPU, elsewhere from the builder's mark
+    (:func:`~vig_pyg.graph.builders.gated_axial.mark_complete`), as the edge kinds are
+    checked on the CPU only: off the CPU nothing is read back to the host.
 
     Args:
         in_channels (int): node feature width :math:`C` (:math:`\ge 4` with global
@@ -207,7 +212,7 @@ class GatedMRConv(GrapherConv):
         d = self._fixed_degree(edge_index, n)
         if d is not None:
             src = edge_index[0].view(n, d)
-            if n % d == 0 and self._complete(src, n, d):         # one attention per image
+            if n % d == 0 and self._complete(edge_index, n, d):  # one attention per image
                 b = n // d
                 a = torch.softmax(torch.bmm(q.view(b, d, -1), k.view(b, d, -1).transpose(1, 2))
                                   * scale, dim=-1)
@@ -222,11 +227,15 @@ class GatedMRConv(GrapherConv):
         return (av - x).clamp_min(0.0)
 
     @staticmethod
-    def _complete(src: Tensor, n: int, d: int) -> bool:
-        """Whether the ``[N, D]`` neighbour table is the complete graph of every image of
-        ``d`` nodes, neighbours in node order (what ``gated_axial`` builds)."""
+    def _complete(edge_index: Tensor, n: int, d: int) -> bool:
+        """Whether the fixed-degree ``edge_index`` (``d`` per centre) is the complete graph
+        of every image of ``d`` nodes, neighbours in node order (what ``gated_axial``
+        builds): compared on the CPU, from the builder's mark elsewhere."""
         if tracing():
             return False
+        if not cpu_path(edge_index):
+            return marked_complete(edge_index, d)
+        src = edge_index[0].view(n, d)
         first = torch.arange(0, n, d, device=src.device).repeat_interleave(d).unsqueeze(1)
         return torch.equal(src, first + torch.arange(d, device=src.device))
 

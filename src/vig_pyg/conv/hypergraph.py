@@ -3,11 +3,22 @@ from __future__ import annotations
 from typing import Callable, Optional, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..fast_paths import cpu_path
+from ..layers.grouped_linear import grouped_linear
 from .base import GrapherConv
 from .projection import GroupedProjection
 from .registry import register_conv
+from .rowwise import batch_norm_step, uses_batch_stats
+
+
+def _count(index: Tensor, size: int) -> Tensor:
+    """How often every value of ``[0, size)`` occurs in ``index``, counted into a tensor of
+    known size (``bincount`` would read the largest index back to the host)."""
+    return torch.zeros(size, dtype=torch.long, device=index.device).index_add_(
+        0, index, torch.ones_like(index))
 
 
 def _mean_by(index: Tensor, src: Tensor, size: int, count: Tensor) -> Tensor:
@@ -15,6 +26,34 @@ def _mean_by(index: Tensor, src: Tensor, size: int, count: Tensor) -> Tensor:
     without rows gives 0)."""
     total = src.new_zeros(size, src.size(1)).index_add_(0, index, src)
     return total / count.clamp_min(1).unsqueeze(1).to(total.dtype)
+
+
+def _project_rows_where(projection: GroupedProjection, rows: Tensor, kept: Tensor) -> Tensor:
+    """``projection`` of every row, its BatchNorm taking batch statistics (training) over
+    the rows where ``kept`` only, as if the others were not there (the running statistics
+    too: the unbiased variance of the ``W = sum(kept)`` rows). Rows not kept get values
+    that mean nothing. ``W`` stays on the device: nothing is read back."""
+    conv, bn, act = projection[0], projection[1], projection[2]
+    if not uses_batch_stats(bn):
+        return projection(rows)
+    factor = batch_norm_step(bn)
+    y = grouped_linear(rows, conv.weight, conv.bias, projection.groups)
+    # statistics in float64, as BatchNorm's kernels accumulate them
+    w64, y64 = kept.double(), y.double()
+    total = w64.sum()
+    share = w64 / total.clamp_min(1)          # no member at all: zero statistics, not NaN
+    mean64 = share @ y64
+    var = (share @ (y64 - mean64).square()).to(y.dtype)
+    mean = mean64.to(y.dtype)
+    if bn.running_mean is not None:  # through .data, as BatchNorm's kernel (no version bump)
+        unbiased = var.detach() * (total / (total - 1).clamp_min(1)).to(y.dtype)
+        bn.running_mean.data.mul_(1 - factor).add_(mean.detach(), alpha=factor)
+        bn.running_var.data.mul_(1 - factor).add_(unbiased, alpha=factor)
+    scale = torch.rsqrt(var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    out = (y - mean) * scale
+    return act(out if bn.bias is None else out + bn.bias)
 
 
 @register_conv("vihgnn")
@@ -41,7 +80,16 @@ class ViHGNNConv(GrapherConv):
     members only: in training its BatchNorm takes its batch statistics (and updates its
     running statistics) over those rows, so an empty hyperedge changes no output and no
     running statistic, as if it were not there (SPEC's rule is over hyperedges with members;
-    with ``hypergraph_fcm`` a hyperedge is empty where no node passes the threshold).
+    with ``hypergraph_fcm`` a hyperedge is empty where no node passes the threshold). On the
+    CPU the rows are selected; elsewhere, where their number would have to be read back,
+    :math:`h_1` runs on every row with the statistics weighted by membership (the same
+    values, up to rounding).
+
+    **Padding entries.** An entry ``(num_nodes, num_hyperedges)``, one past the last node
+    and the last hyperedge, is no membership (the fixed-size incidence ``hypergraph_fcm``
+    builds off the CPU, :func:`~vig_pyg.graph.fuzzy_c_means.padded_incidence`): it goes to
+    one extra hyperedge and one extra node that are dropped. ``num_hyperedges`` must then be
+    given.
 
     Args:
         in_channels (int): node feature width :math:`C`.
@@ -54,7 +102,7 @@ class ViHGNNConv(GrapherConv):
         - **input:** node features :math:`(|\mathcal{V}|, C)` (no bipartite pair: a
           hypergraph has one node set), the incidence :math:`(2, \text{nnz})` (row 0 the
           node, row 1 the hyperedge) and ``num_hyperedges`` (default: the largest hyperedge
-          index + 1)
+          index + 1, which reads it back to the host; the Grapher passes the builder's)
         - **output:** :math:`(|\mathcal{V}|, F_{out})`
     """
 
@@ -88,15 +136,27 @@ class ViHGNNConv(GrapherConv):
             raise ValueError(f"vihgnn: edge_index must be the incidence [2, nnz] (row 0 node, "
                              f"row 1 hyperedge), got {shape}")
         nodes, edges = edge_index[0], edge_index[1]
+        n = x.size(0)
         if num_hyperedges is None:
             num_hyperedges = int(edges.max()) + 1 if edges.numel() else 0
-        members = torch.bincount(edges, minlength=num_hyperedges)          # |k|
-        means = _mean_by(edges, x.index_select(0, nodes), num_hyperedges, members)
-        # h_1 on the hyperedges with members only (see the class docstring); `compact`
-        # renumbers them 0.. in order, which is all the incidence refers to
-        kept = members > 0
-        compact = torch.cumsum(kept, 0) - 1
-        e = self.nn1(means[kept])
-        degree = torch.bincount(nodes, minlength=x.size(0))                # |E(p)|
-        m = _mean_by(nodes, e.index_select(0, compact[edges]), x.size(0), degree)
+        # one extra hyperedge and one extra node take the padding entries (class docstring)
+        size = num_hyperedges + 1
+        members = _count(edges, size)                                     # |k|
+        means = _mean_by(edges, F.pad(x, (0, 0, 0, 1)).index_select(0, nodes), size,
+                         members)[:num_hyperedges]
+        e = self._project_hyperedges(means, members[:num_hyperedges] > 0, select=cpu_path(x))
+        degree = _count(nodes, n + 1)                                     # |E(p)|
+        m = _mean_by(nodes, e.index_select(0, edges), n + 1, degree)[:n]
         return self.nn2(torch.addcmul(m, x.to(m.dtype), 1 + self.eps))
+
+    def _project_hyperedges(self, means: Tensor, kept: Tensor, select: bool) -> Tensor:
+        """:math:`h_1` of the hyperedges with members (``kept``), ``[M + 1, C]`` with a
+        last row for the padding hyperedge: ``select`` picks their rows (a read back, the
+        CPU's way), else every row runs with membership-weighted statistics. Rows of other
+        hyperedges mean nothing: no entry reads them."""
+        if not select:
+            return F.pad(_project_rows_where(self.nn1, means, kept), (0, 0, 0, 1))
+        rows = self.nn1(means[kept])
+        e = rows.new_zeros(means.size(0) + 1, rows.size(1))
+        e[:-1][kept] = rows
+        return e

@@ -61,6 +61,8 @@ class MRConv(GrapherConv):
         - **output:** :math:`(|\mathcal{V}_t|, F_{out})`
     """
 
+    repeat_invariant = True  # a maximum over the neighbours; BatchNorm sees the nodes
+
     #: the padded-table path of variable-degree graphs computes max_j x_j - x_i directly
     padded_kind = "relative_max"
 

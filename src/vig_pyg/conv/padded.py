@@ -16,8 +16,12 @@ sums and for targets without neighbours, point at one appended zero row. Then
 
 :func:`padded_propagate` returns ``None`` where the table would not pay (targets out of
 order, or fewer than :data:`MIN_FILL` of the ``N * kmax`` slots used); the caller then runs
-``propagate``. A max table beats PyG's scatter-max well below full (max needs 20 % of its
-slots used); a sum table pays only when nearly full, since scatter-add is cheap (75 %).
+``propagate``. Order and ``kmax`` are read from the targets on the CPU; elsewhere, where
+that read would stop the device, they are taken from the builder's mark
+(:func:`~vig_pyg.graph.builders.window_knn.mark_max_degree`, set by ``window_knn`` on its
+smaller windows), and an unmarked graph runs ``propagate`` (no read either). A max table
+beats PyG's scatter-max well below full (max needs 20 % of its slots used); a sum table
+pays only when nearly full, since scatter-add is cheap (75 %).
 ``python benchmarks/bench_graphs.py --graphs axial_threshold axial_threshold/propagate``
 times the table against ``propagate`` in a whole model.
 """
@@ -30,6 +34,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ..fast_paths import cpu_path
+from ..graph.builders.window_knn import marked_max_degree
 from .functional import gather_max, gather_sum
 
 __all__ = ["padded_table", "padded_propagate", "MIN_FILL"]
@@ -39,12 +45,17 @@ MIN_FILL = {"max": 0.2, "sum": 0.75}
 
 
 def padded_table(dst: Tensor, values: Tensor, num_targets: int, pad: str,
-                 zero_row: int) -> tuple[Tensor, Tensor]:
+                 zero_row: int, kmax: int | None = None) -> tuple[Tensor, Tensor]:
     """``(table [N, kmax], degree [N])``: ``values`` (one per edge, edges grouped by target)
     laid out by target; free slots hold the target's first value (``pad="first"``) or
-    ``zero_row`` (``pad="zero"``); targets without edges get ``zero_row`` everywhere."""
-    degree = torch.bincount(dst, minlength=num_targets)
-    kmax = int(degree.max()) if degree.numel() else 0
+    ``zero_row`` (``pad="zero"``); targets without edges get ``zero_row`` everywhere.
+    ``kmax`` (at least the largest degree) is read from ``dst`` where not given."""
+    if kmax is None:
+        degree = torch.bincount(dst, minlength=num_targets)
+        kmax = int(degree.max()) if degree.numel() else 0
+    else:  # counted into a known size: nothing is read back
+        degree = torch.zeros(num_targets, dtype=torch.long, device=dst.device).index_add_(
+            0, dst, torch.ones_like(dst))
     start = torch.cumsum(degree, 0) - degree
     slot = torch.arange(dst.numel(), device=dst.device) - start[dst]
     table = torch.full((num_targets, max(kmax, 1)), zero_row, dtype=torch.long,
@@ -74,19 +85,34 @@ def padded_propagate(conv, edge_index: Tensor, x_src: Tensor,
     if aggr not in ("max", "sum") or n == 0 or num_edges == 0:
         return None
     src, dst = edge_index[0], edge_index[1]
-    if num_edges > 1 and bool((dst[1:] < dst[:-1]).any()):
-        return None
-    degree_max = int(torch.bincount(dst, minlength=n).max())
+    if cpu_path(edge_index):
+        if num_edges > 1 and bool((dst[1:] < dst[:-1]).any()):
+            return None
+        degree_max = int(torch.bincount(dst, minlength=n).max())
+    else:
+        degree_max = marked_max_degree(edge_index)
+        if degree_max is None:
+            return None
+    return _padded(conv, aggr, src, dst, x_src, x_dst, degree_max)
+
+
+def _padded(conv, aggr: str, src: Tensor, dst: Tensor, x_src: Tensor, x_dst: Tensor,
+            degree_max: int) -> Optional[Tensor]:
+    """:func:`padded_propagate` for edges grouped by target with at most ``degree_max``
+    per target: nothing more is read back."""
+    n, num_edges = x_dst.size(0), src.numel()
     if num_edges < MIN_FILL[aggr] * n * degree_max:
         return None
     kind = getattr(conv, "padded_kind", None)  # set by convs with a closed-form table
     if kind == "relative_max":
-        table, degree = padded_table(dst, src, n, "first", x_src.size(0))
+        table, degree = padded_table(dst, src, n, "first", x_src.size(0), degree_max)
         m = gather_max(_with_zero_row(x_src), table.view(-1), table.size(1)) - x_dst
         empty = degree == 0
-        return m.masked_fill(empty.unsqueeze(1), 0.0) if bool(empty.any()) else m
+        if cpu_path(m) and not bool(empty.any()):  # read on the CPU only, to skip a pass
+            return m
+        return m.masked_fill(empty.unsqueeze(1), 0.0)
     if kind == "neighbour_sum":
-        table, _ = padded_table(dst, src, n, "zero", x_src.size(0))
+        table, _ = padded_table(dst, src, n, "zero", x_src.size(0), degree_max)
         return gather_sum(_with_zero_row(x_src), table.view(-1), table.size(1))
     names = _message_args(type(conv))
     if not set(names) <= {"x_i", "x_j"}:
@@ -94,6 +120,6 @@ def padded_propagate(conv, edge_index: Tensor, x_src: Tensor,
     rows = {"x_j": x_src.index_select(0, src), "x_i": x_dst.index_select(0, dst)}
     messages = conv.message(**{name: rows[name] for name in names})
     table, _ = padded_table(dst, torch.arange(num_edges, device=dst.device), n,
-                            "first" if aggr == "max" else "zero", num_edges)
+                            "first" if aggr == "max" else "zero", num_edges, degree_max)
     reduce = gather_max if aggr == "max" else gather_sum
     return reduce(_with_zero_row(messages), table.view(-1), table.size(1))

@@ -55,6 +55,7 @@ from __future__ import annotations
 import inspect
 from typing import Callable, Optional, Tuple, Union
 
+import torch.nn.functional as F
 import torch_geometric.nn.conv as pyg_conv
 from torch import Tensor, nn
 
@@ -117,8 +118,14 @@ class PyGConv(nn.Module):
                     f"does (e.g. 'pyg:SAGEConv', 'pyg:GATConv' or the ViG layers) for "
                     f"reduce_ratio > 1, or keys equal to the queries")
             x = tuple(x)
-        if self.graph_kind == "hypergraph":
-            out = self.conv(x, edge_index, num_edges=num_hyperedges)
+        if self.graph_kind == "hypergraph" and num_hyperedges is None:
+            out = self.conv(x, edge_index)
+        elif self.graph_kind == "hypergraph":
+            # off the CPU the builder pads its incidence with entries (num_nodes,
+            # num_hyperedges) (hypergraph_fcm's padded_incidence): they point at one zero
+            # node and one extra hyperedge, both dropped, so the result is the exact one
+            padded = F.pad(x, (0, 0, 0, 1))
+            out = self.conv(padded, edge_index, num_edges=num_hyperedges + 1)[: x.size(0)]
         elif edge_attr is not None:
             out = self.conv(x, edge_index, edge_attr=edge_attr)
         else:

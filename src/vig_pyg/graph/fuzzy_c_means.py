@@ -38,11 +38,16 @@ rule and the 0.5 threshold to the whole batch as soon as one node of any image i
 module follows SPEC's per-image rule. A node attached to its argmax is a member of that
 hyperedge like any other (the incidence has one entry for it, so it enters the hyperedge's
 mean); the release lists the hyperedge only on the node's side.
+
+Off the CPU nothing is read back to the host: :func:`fuzzy_c_means` runs all its iterations
+(an image that has stopped keeps its :math:`U`, so the result is the same), and
+:func:`padded_incidence` gives the incidence in a size known in advance.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+from ..fast_paths import cpu_path
 
 #: SPEC's constants: iteration cap, stopping tolerance, distance floor, thresholds.
 MAX_ITER = 15
@@ -52,7 +57,8 @@ THRESHOLD = 0.01
 WEAK = 0.1
 WEAK_THRESHOLD = 0.5
 
-__all__ = ["fuzzy_c_means", "membership_mask", "hyperedge_incidence", "random_memberships"]
+__all__ = ["fuzzy_c_means", "membership_mask", "hyperedge_incidence", "padded_incidence",
+           "random_memberships"]
 
 
 def _check(x: Tensor, u0: Tensor) -> None:
@@ -75,7 +81,7 @@ def random_memberships(num_images: int, nodes: int, clusters: int, generator=Non
 
 
 def fuzzy_c_means(x: Tensor, u0: Tensor, *, max_iter: int = MAX_ITER, tol: float = TOL,
-                  return_iterations: bool = False):
+                  return_iterations: bool = False, early_stop: bool | None = None):
     """Fuzzy c-means from initial memberships ``u0`` (see the module docstring).
 
     Args:
@@ -83,12 +89,16 @@ def fuzzy_c_means(x: Tensor, u0: Tensor, *, max_iter: int = MAX_ITER, tol: float
         u0: initial memberships ``[B, N, K]`` (rows summing to 1).
         max_iter, tol: the iteration cap and the stopping tolerance (SPEC: 15 and 1e-3).
         return_iterations: also return how many iterations every image ran (``[B]``).
+        early_stop: leave the loop once every image has stopped, which reads the test back
+            to the host (``None``: on the CPU only); the result is the same either way.
 
     Returns:
         ``U`` ``[B, N, K]`` in the computation dtype (float32 at least), and with
         ``return_iterations`` the ``[B]`` iteration counts.
     """
     _check(x, u0)
+    if early_stop is None:
+        early_stop = cpu_path(x)
     dtype = torch.promote_types(torch.promote_types(x.dtype, u0.dtype), torch.float32)
     x = x.to(dtype)
     x = x - x.mean(1, keepdim=True)                  # translation-free, smaller cancellation
@@ -108,7 +118,8 @@ def fuzzy_c_means(x: Tensor, u0: Tensor, *, max_iter: int = MAX_ITER, tol: float
         u = torch.where(active.view(b, 1, 1), new, u)
         iterations += active
         active &= ~(change < tol)
-        if not bool(active.any()):
+        # past this point every image is masked out: the iterations left change nothing
+        if early_stop and not bool(active.any()):
             break
     return (u, iterations) if return_iterations else u
 
@@ -135,3 +146,19 @@ def hyperedge_incidence(u: Tensor) -> Tensor:
     b, n, k = u.shape
     img, node, edge = membership_mask(u).nonzero(as_tuple=True)
     return torch.stack([img * n + node, img * k + edge])
+
+
+def padded_incidence(u: Tensor) -> Tensor:
+    """The incidence of :func:`hyperedge_incidence` in a size that does not depend on
+    ``U``: all ``B*N*K`` pairs ``(b*N + p, b*K + k)`` in that order, a pair that is no
+    membership replaced by the padding entry ``(B*N, B*K)``, one past the last node and the
+    last hyperedge (which ``vihgnn`` drops). Nothing is read back: the form for a device
+    other than the CPU. ``[2, B*N*K]``."""
+    b, n, k = u.shape
+    device = u.device
+    mask = membership_mask(u)
+    node = torch.arange(b * n, device=device).view(b, n, 1).expand(b, n, k)
+    edge = torch.arange(b * k, device=device).view(b, 1, k).expand(b, n, k)
+    node = torch.where(mask, node, b * n)
+    edge = torch.where(mask, edge, b * k)
+    return torch.stack([node.reshape(-1), edge.reshape(-1)])

@@ -19,11 +19,16 @@ The result is the last assignment :math:`\ell`, the centres :math:`c^{(t)}` comp
 stops on its own test; an image that has stopped is left as it was while the others go on),
 and with several sets of initial centres (restarts) keeps per image the result of lowest
 inertia (the earlier restart on a tie). :func:`kmeans` is the one-image form.
+
+The stopping test is read back to the host only on the CPU. Elsewhere all ``max_iter``
+iterations run, with the same result: an image that has stopped keeps its assignment and
+centres (its later iterations are masked out), so running on changes nothing.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+from ..fast_paths import cpu_path
 
 __all__ = ["kmeans", "batched_kmeans"]
 
@@ -57,12 +62,15 @@ def _means(x: Tensor, labels: Tensor, k: int) -> Tensor:
     b, n, c = x.shape
     index = (labels + torch.arange(b, device=x.device).mul_(k).unsqueeze(1)).view(-1)
     sums = x.new_zeros(b * k, c).index_add_(0, index, x.reshape(b * n, c))
-    counts = torch.bincount(index, minlength=b * k).clamp_min_(1).to(x.dtype)
+    # counted into a tensor of known size (bincount would read the largest index back)
+    counts = torch.zeros(b * k, dtype=torch.long, device=x.device).index_add_(
+        0, index, torch.ones_like(index)).clamp_min_(1).to(x.dtype)
     return (sums / counts.unsqueeze(1)).view(b, k, c)
 
 
-def _lloyd(x: Tensor, init: Tensor, max_iter: int, tol: float):
-    """One k-means per image: ``x [B, N, C]``, ``init [B, K]``."""
+def _lloyd(x: Tensor, init: Tensor, max_iter: int, tol: float, early_stop: bool):
+    """One k-means per image: ``x [B, N, C]``, ``init [B, K]``; ``early_stop`` ends the
+    loop once every image has stopped (a read back), else all ``max_iter`` run."""
     b = x.size(0)
     centres = x[torch.arange(b, device=x.device).unsqueeze(1), init]   # [B, K, C]
     labels = None
@@ -77,14 +85,16 @@ def _lloyd(x: Tensor, init: Tensor, max_iter: int, tol: float):
             labels = torch.where(active.unsqueeze(1), new_labels, labels)
         centres = torch.where(active.view(b, 1, 1), new_centres, centres)
         active = active & ~(shift < tol)
-        if not bool(active.any()):
+        # past this point every image is masked out: the iterations left change nothing
+        if early_stop and not bool(active.any()):
             break
     assigned = centres.gather(1, labels.unsqueeze(-1).expand(-1, -1, x.size(2)))
     inertia = (x - assigned).pow(2).sum((1, 2))
     return labels, centres, inertia
 
 
-def batched_kmeans(x: Tensor, init: Tensor, max_iter: int = 25, tol: float = 1e-3):
+def batched_kmeans(x: Tensor, init: Tensor, max_iter: int = 25, tol: float = 1e-3, *,
+                   early_stop: bool | None = None):
     """k-means of every image (module docstring).
 
     Args:
@@ -92,6 +102,8 @@ def batched_kmeans(x: Tensor, init: Tensor, max_iter: int = 25, tol: float = 1e-
         init: ``[B, K]`` initial centres (node indices, distinct per image), or
             ``[R, B, K]`` for ``R`` restarts.
         max_iter, tol: the iteration cap and the stopping threshold.
+        early_stop: leave the loop once every image has stopped, which reads the test back
+            to the host (``None``: on the CPU only); the result is the same either way.
 
     Returns:
         ``(labels [B, N], centres [B, K, C], inertia [B])``, per image from the restart of
@@ -104,7 +116,9 @@ def batched_kmeans(x: Tensor, init: Tensor, max_iter: int = 25, tol: float = 1e-
     n, c = x.shape[1:]
     # the restarts as extra images: one batched run
     xs = x.unsqueeze(0).expand(r, b, n, c).reshape(r * b, n, c)
-    labels, centres, inertia = _lloyd(xs, init.reshape(r * b, k), max_iter, tol)
+    if early_stop is None:
+        early_stop = cpu_path(x)
+    labels, centres, inertia = _lloyd(xs, init.reshape(r * b, k), max_iter, tol, early_stop)
     if r == 1:
         return labels, centres, inertia
     best = inertia.view(r, b).argmin(0)                               # first minimum

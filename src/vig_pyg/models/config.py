@@ -128,15 +128,17 @@ class ViGConfig:
     def block_specs(self) -> list[BlockSpec]:
         import torch  # the schedules use torch.linspace exactly like the release
 
+        # on the CPU whatever the default device (`with torch.device("meta"):` builds a
+        # model without values): the schedules are Python numbers, read back at once
         depth = self.depth
         k_hi = 2 * self.k if self.kind == "isotropic" else self.k
-        ks = [int(v.item()) for v in torch.linspace(self.k, k_hi, depth)]
+        ks = [int(v.item()) for v in torch.linspace(self.k, k_hi, depth, device="cpu")]
         max_dilation = max(1, _DILATION_NODES[self.kind] // max(ks))
         if self.dilation is False:
             max_dilation = 1
         elif self.dilation is not True:
             max_dilation = int(self.dilation)
-        dpr = [v.item() for v in torch.linspace(0, self.drop_path_rate, depth)]
+        dpr = [v.item() for v in torch.linspace(0, self.drop_path_rate, depth, device="cpu")]
         specs, i = [], 0
         for stage, (c, n, r) in enumerate(zip(self.channels, self.blocks, self.reduce_ratios)):
             for _ in range(n):

@@ -113,6 +113,8 @@ class Grapher(nn.Module):
         self.fc1 = ConvBN(channels, channels) if fc else nn.Identity()
         self.graph_conv = _build_conv(conv, channels, width, act, groups,
                                       dict(conv_options or {}), self.graph_builder)
+        self.graph_builder.repeats_harmless = bool(
+            getattr(self.graph_conv, "repeat_invariant", False))
         self.fc2 = ConvBN(width, channels) if fc else nn.Identity()
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         if grid_size is not None:

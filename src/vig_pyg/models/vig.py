@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import VigPygError
+from .checkpointing import checkpoint_block
 from .config import ViGConfig
 from .downsample import Downsample
 from .ffn import FFN
@@ -28,6 +29,11 @@ from .zoo import pretrained_cfg
 class ViGBlock(nn.Sequential):
     """``0``: Grapher, ``1``: FFN."""
 
+    #: The dict its stage's graph builders share, where they need the stage input
+    #: (``static_knn``, set by :func:`bind_graph_builders`); gradient checkpointing hands
+    #: the block's rerun the entries its first run saw (:mod:`.checkpointing`).
+    stage_state: dict | None = None
+
     def __init__(self, grapher: Grapher, ffn: FFN):
         super().__init__(grapher, ffn)
 
@@ -35,6 +41,9 @@ class ViGBlock(nn.Sequential):
 class ViG(nn.Module):
     """Vision GNN. Build it from a :class:`ViGConfig` (or by name with
     :func:`vig_pyg.models.create_model`)."""
+
+    #: Blocks recompute their activations in backward (:meth:`set_grad_checkpointing`).
+    grad_checkpointing: bool = False
 
     def __init__(self, config: ViGConfig):
         super().__init__()
@@ -110,6 +119,23 @@ class ViG(nn.Module):
         self.config.num_classes = num_classes
         self.pretrained_cfg = self.default_cfg = pretrained_cfg(self.config)
 
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """timm's switch: with ``enable``, each block (Grapher + FFN) keeps only its input
+        for the backward pass and runs again there for the rest (training mode with
+        gradients on; otherwise the blocks run as usual). Gradients, BatchNorm statistics
+        and random draws are the plain pass's (:mod:`.checkpointing` says how)."""
+        self.grad_checkpointing = bool(enable)
+
+    def _checkpointing(self) -> bool:
+        return (self.grad_checkpointing and self.training and torch.is_grad_enabled()
+                and not torch.jit.is_scripting())
+
+    def _run_block(self, module: nn.Module, x: Tensor) -> Tensor:
+        if isinstance(module, ViGBlock) and self._checkpointing():
+            return checkpoint_block(module, x)
+        return module(x)
+
     # ------------------------------------------------------------------ forward
     def _check_input(self, x: Tensor) -> None:
         if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != self.config.in_chans:
@@ -152,7 +178,12 @@ class ViG(nn.Module):
         if isinstance(x, Tensor) and x.dim() == 4 and x.shape[0] == 0:
             self._check_input(x)
             return self._empty_maps(x)[-1]
-        return self.backbone(self._embed(x))
+        x = self._embed(x)
+        if not self._checkpointing():
+            return self.backbone(x)
+        for module in self.backbone:
+            x = self._run_block(module, x)
+        return x
 
     def forward_intermediates(self, x: Tensor, indices=None, norm: bool = False,
                               stop_early: bool = False, output_fmt: str = "NCHW",
@@ -193,7 +224,7 @@ class ViG(nn.Module):
         last = ends[max(take)] if stop_early and take else len(self.backbone) - 1
         x, maps, stage = self._embed(x), [], 0
         for i, module in enumerate(self.backbone[: last + 1]):
-            x = module(x)
+            x = self._run_block(module, x)
             if i == ends[stage]:
                 if stage in take:
                     maps.append(x)
@@ -265,3 +296,5 @@ def bind_graph_builders(backbone: nn.Sequential, infos) -> None:
         members = [b for i, b in zip(infos, blocks) if i.stage == stage]
         if any(b[0].graph_builder.needs_stage_input for b in members):
             attach_stage_hooks(members[0], members[-1], shared[stage])
+            for block in members:
+                block.stage_state = shared[stage]

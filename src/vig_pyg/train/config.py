@@ -119,6 +119,8 @@ class TrainConfig:
     device: str = "auto"                 # auto, cpu, cuda, cuda:N
     threads: str = "auto"                # CPU intra-op threads: auto (1 or all, by measured speed), default (torch's), or N
     compile: bool = False                # torch.compile the model (also --compile)
+    compile_mode: Optional[str] = None   # with compile: torch.compile's mode (null: torch's default), default, reduce-overhead (CUDA graphs; cuda only), max-autotune, max-autotune-no-cudagraphs
+    grad_checkpointing: bool = False     # recompute each block in backward instead of keeping its activations (less memory, about one more forward per step)
 
 
 @dataclass
@@ -185,6 +187,9 @@ CHOICES = {
     "optim.clip_mode": ("norm", "value", "agc"),
 }
 
+#: ``train.compile_mode``: torch.compile's modes (``reduce-overhead`` captures CUDA graphs).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
 
 def validate(cfg: Config) -> None:
     """Checks that need no model or data (names, ranges)."""
@@ -213,7 +218,32 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"ema.decay must be in [0, 1), got {cfg.ema.decay}")
     if cfg.data.dataset == "imagefolder" and not cfg.data.root:
         raise ConfigError("data.dataset=imagefolder needs data.root=DIR (with DIR/train and DIR/val)")
+    validate_compile_mode(cfg)
     validate_model(cfg)
+
+
+def validate_compile_mode(cfg: Config) -> None:
+    """``train.compile_mode``: one of :data:`COMPILE_MODES`, only with ``train.compile``, and
+    ``reduce-overhead`` (CUDA graphs) not on ``train.device=cpu`` (``auto`` is checked
+    once the device is known: :func:`vig_pyg.train.setup.compile_options`)."""
+    mode, t = cfg.train.compile_mode, cfg.train
+    if mode is None:
+        return
+    if mode not in COMPILE_MODES:
+        raise ConfigError(f"train.compile_mode='{mode}' is not supported: pick one of "
+                          + ", ".join(COMPILE_MODES) + " (or null)")
+    if not t.compile:
+        raise ConfigError(f"train.compile_mode={mode} but train.compile is false: set "
+                          "train.compile=true or drop train.compile_mode")
+    if mode == "reduce-overhead" and t.device == "cpu":
+        raise ConfigError(cuda_graphs_need_cuda("cpu"))
+
+
+def cuda_graphs_need_cuda(device: str) -> str:
+    """The error of ``reduce-overhead`` on a device without CUDA graphs."""
+    return (f"train.compile_mode=reduce-overhead captures CUDA graphs, which need CUDA, but "
+            f"the run is on {device}: use train.device=cuda, or another train.compile_mode "
+            f"(default, max-autotune-no-cudagraphs)")
 
 
 def model_kwargs(cfg: Config, num_classes: int) -> dict:

@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from ..errors import VigPygError, one_line
 from . import distributed as D
-from .config import Config, ConfigError, model_kwargs
+from .config import Config, ConfigError, cuda_graphs_need_cuda, model_kwargs
 from .imports import import_modules
 
 
@@ -142,6 +142,17 @@ def build_model(cfg: Config, num_classes: int, weights: Any = None,
         model.reset_classifier(num_classes)
         return model
     return create_model(cfg.model.name, checkpoint=state, **kwargs)
+
+
+def compile_options(cfg: Config, device: torch.device) -> dict:
+    """``torch.compile``'s keyword arguments for ``train.compile_mode`` on ``device``
+    (``{}``: torch's default mode); ``reduce-overhead`` needs a CUDA device."""
+    mode = cfg.train.compile_mode
+    if mode is None:
+        return {}
+    if mode == "reduce-overhead" and device.type != "cuda":
+        raise ConfigError(cuda_graphs_need_cuda(device.type))
+    return {"mode": mode}
 
 
 def load_run_weights(model: nn.Module, weights, source: str) -> None:

@@ -21,7 +21,7 @@ from .data import TrainLoader, build_datasets, build_eval_loader, build_mixup, l
 from .loop import epoch_row, evaluate_epoch, train_epoch
 from .records import Records
 from .setup import (build_criterion, build_ema, build_model, build_optimizer, build_scheduler,
-                    check_input_size, count_params, run_process,
+                    check_input_size, compile_options, count_params, run_process,
                     resolve_precision, seed_everything, set_deterministic, wrap_ddp)
 from .state import Run
 from .summary import final_summary, print_summary, save_final_weights
@@ -93,6 +93,7 @@ def build_run(cfg: Config, device, info: D.DistInfo, resumed: bool) -> Run:
     """Data, model and the objects that train it (nothing is written)."""
     t, d = cfg.train, cfg.data
     precision = resolve_precision(cfg, device)
+    compile_kwargs = compile_options(cfg, device) if t.compile else {}
     if (cfg.aug.mixup > 0 or cfg.aug.cutmix > 0) and d.batch_size % 2:
         raise ConfigError(f"mixup/cutmix need an even data.batch_size, got {d.batch_size}")
     set_deterministic(t.deterministic, device)
@@ -101,6 +102,8 @@ def build_run(cfg: Config, device, info: D.DistInfo, resumed: bool) -> Run:
     model = build_model(cfg, num_classes, initial_weights=not resumed)
     model.to(device)
     check_input_size(model, cfg, device)
+    if t.grad_checkpointing:
+        model.set_grad_checkpointing(True)
     pin = device.type == "cuda"
     init = loader_init(cfg.model.imports)
     train_loader = TrainLoader(train_set, d.batch_size, d.num_workers, t.seed, info.world_size,
@@ -110,7 +113,8 @@ def build_run(cfg: Config, device, info: D.DistInfo, resumed: bool) -> Run:
     optimizer = build_optimizer(cfg, model)
     mixup = build_mixup(cfg, num_classes)
     return Run(cfg=cfg, device=device, info=info, precision=precision, model=model,
-               train_model=maybe_compile(wrap_ddp(model, cfg, device, info), t.compile),
+               train_model=maybe_compile(wrap_ddp(model, cfg, device, info), t.compile,
+                                         **compile_kwargs),
                ema=build_ema(cfg, model), optimizer=optimizer,
                scheduler=build_scheduler(cfg, optimizer, train_loader.steps_per_epoch),
                scaler=torch.amp.GradScaler(device.type, enabled=precision.scaler),
@@ -193,11 +197,18 @@ def _announce(run: Run, run_dir: str, resume_path: Optional[str]) -> None:
           f"{cfg.data.dataset}: {len(run.train_loader.sampler.inner.dataset)} train images, "
           f"{run.num_classes} classes, {cfg.train.epochs} epochs x {run.steps_per_epoch} steps, "
           f"batch {cfg.data.batch_size}x{run.info.world_size}, {run.device.type} "
-          f"{run.precision.name}{', compiled' if cfg.train.compile else ''} -> {run_dir}",
+          f"{run.precision.name}{_compiled(cfg)}"
+          f"{', grad checkpointing' if cfg.train.grad_checkpointing else ''} -> {run_dir}",
           flush=True)
     if resume_path:
         print(f"resumed from {resume_path} at epoch {s.epoch + 1}, step "
               f"{s.step_in_epoch}/{run.steps_per_epoch} (global step {s.global_step})", flush=True)
+
+
+def _compiled(cfg: Config) -> str:
+    if not cfg.train.compile:
+        return ""
+    return f", compiled ({cfg.train.compile_mode})" if cfg.train.compile_mode else ", compiled"
 
 
 def _print_epoch(run: Run, row: dict, tuner) -> None:

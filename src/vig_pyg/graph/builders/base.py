@@ -108,6 +108,12 @@ class GraphBuilder(nn.Module):
     #: The :class:`BuiltGraph` fields beyond ``edge_index`` the builder sets: an aggregator
     #: whose :attr:`graph_inputs` asks for one it lacks is refused when the model is built.
     provides: tuple = ()
+    #: Set by the Grapher from its aggregator's ``repeat_invariant`` (a maximum: a repeated
+    #: neighbour changes nothing). Builders whose degree depends on the data
+    #: (``axial_threshold``, ``clustered_knn``) then pad every centre to a fixed degree
+    #: with repeats off the CPU, where counting the degrees would read them back; for any
+    #: other aggregator they keep the exact variable-degree edges everywhere.
+    repeats_harmless: bool = False
 
     def conv_options(self) -> dict:
         """Options this builder asks of the aggregator, given to an aggregator whose

@@ -24,6 +24,15 @@ centres (of the centred features; zero for an empty cluster), which ``cluster_mr
 its GATv2 layer. Every aggregator runs on the edges; only ``cluster_mr`` also reads the
 partition and the centroids. Nothing here is differentiable (like every graph).
 
+Off the CPU nothing is read back to the host: k-means runs all its iterations (the same
+result, :mod:`~vig_pyg.graph.kmeans`), and the edges always come in the fixed-degree layout
+of ``min(k, N)`` columns (:func:`~.axial_threshold.padded_table_edges`), a column outside
+the centre's partition naming again its first neighbour (the nearest; in the partition,
+which holds the centre at distance 0). Where every partition has ``k`` nodes these are the
+CPU's edges; where one has fewer, the repeats change no maximum of :math:`x_j - x_i`
+(``mr``, ``cluster_mr``), while a sum (``gin``) or BatchNorm statistics over the edges
+(``edge``, ``sage`` in training) count them.
+
 Initial centres. In training mode they are drawn from the global torch generator (fresh at
 every step, per image and restart, reproducible under ``torch.manual_seed``). In eval mode
 they come from a CPU generator seeded with ``seed * 1_000_003 + block_index`` (``seed`` an
@@ -41,7 +50,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ...fast_paths import cpu_path
 from ..kmeans import batched_kmeans
+from .axial_threshold import padded_table_edges
 from .base import BlockInfo, BuiltGraph, GraphBuilder, check_map, node_rows, table_edges
 from .random import distinct_draws
 from .registry import GraphBuilderError, register_graph_builder
@@ -71,7 +82,8 @@ def partition_knn(nodes: Tensor, labels: Tensor, k: int) -> tuple[Tensor, Tensor
     """The neighbour table of step 2: ``nodes [B, N, C]`` (not yet normalised), ``labels
     [B, N]`` the partition of each image. Returns ``(table [B, N, min(k, N)], keep)``, the
     table's columns in (distance, node index) order, ``keep [B, N, min(k, N)]`` marking the
-    entries inside the centre's partition, or ``None`` when all are."""
+    entries inside the centre's partition, or (on the CPU only, where it is read) ``None``
+    when all are."""
     b, n, c = nodes.shape
     width = min(k, n)
     y = torch.nn.functional.normalize(nodes, dim=-1)
@@ -89,17 +101,24 @@ def partition_knn(nodes: Tensor, labels: Tensor, k: int) -> tuple[Tensor, Tensor
     size = torch.zeros(b, n, dtype=torch.long, device=nodes.device)
     size.scatter_add_(1, labels, torch.ones_like(labels))              # partition sizes
     own = size.gather(1, labels)                                      # |P_{l_i}|, [B, N]
-    if bool((own >= width).all()):
+    if cpu_path(nodes) and bool((own >= width).all()):
         return table, None
     keep = torch.arange(width, device=nodes.device).view(1, 1, width) < own.unsqueeze(2)
     return table, keep
 
 
-def clustered_knn_edges(nodes: Tensor, labels: Tensor, k: int) -> Tensor:
+def clustered_knn_edges(nodes: Tensor, labels: Tensor, k: int,
+                        repeats_harmless: bool = True) -> Tensor:
     """Edges of step 2 for node rows ``[B, N, C]`` and their partition ``labels [B, N]``
-    (node ``b*N + p``; grouped by centre; fixed-degree layout when every centre has ``k``)."""
+    (node ``b*N + p``; grouped by centre; fixed-degree layout when every centre has ``k``).
+    Off the CPU, where ``repeats_harmless`` (the aggregator is a maximum), always that
+    layout, padded (see the module docstring)."""
     table, keep = partition_knn(nodes, labels, k)
-    return table_edges(table, nodes.size(0), nodes.size(1), keep)
+    if keep is None:
+        return table_edges(table, nodes.size(0), nodes.size(1))
+    if cpu_path(nodes) or not repeats_harmless:
+        return table_edges(table, nodes.size(0), nodes.size(1), keep)
+    return padded_table_edges(table, nodes.size(0), nodes.size(1), keep)
 
 
 @register_graph_builder("clustered_knn")
@@ -158,7 +177,7 @@ class ClusteredKNNBuilder(GraphBuilder):
             centred = work - work.mean(1, keepdim=True)
             init = self.initial_centres(b, n, x.device)
             labels, centres, _ = batched_kmeans(centred, init, MAX_ITER, TOL)
-            edge_index = clustered_knn_edges(work, labels, k)
+            edge_index = clustered_knn_edges(work, labels, k, self.repeats_harmless)
             partition = (labels + torch.arange(b, device=x.device).mul_(K).unsqueeze(1))
         return BuiltGraph(edge_index, partition=partition.view(-1),
                           centroids=centres.reshape(b * K, c).to(x.dtype))

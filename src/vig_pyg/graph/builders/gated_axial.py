@@ -24,7 +24,9 @@ and ``mr`` does with ``conv_options={"zero_start": True}`` (then it is the ungat
 ``global_attention=True`` (AdaptViG's last stage, chosen per stage with a list of
 ``graph_options``) instead returns the complete graph of each image (every node, itself
 included, in node order) with ``edge_attr`` ``2.0``, and asks its aggregator for
-``global_attention=True`` (:meth:`GatedAxialBuilder.conv_options`).
+``global_attention=True`` (:meth:`GatedAxialBuilder.conv_options`). That ``edge_index`` is
+marked as the complete graph (:func:`mark_complete`), so that ``gated_mr`` takes it as such
+without comparing its values (which off the CPU would be read back to the host).
 
 Hop: ``None`` (default) is the release's per-stage value, :math:`K = 8, 4, 2, 1` at grids
 56, 28, 14, 7, i.e. :math:`K = \max(1, \lfloor \min(H, W) / 7 \rfloor)` at any grid; an int
@@ -38,12 +40,31 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
+from ...tracing import tracing
 from .axial import check_hop
 from .base import BuiltGraph, GraphBuilder, check_map, grid_rows_cols, table_edges
 from .registry import GraphBuilderError, register_graph_builder
 
 #: ``edge_attr`` values: the kind of every edge.
 LOCAL, LONG, GLOBAL = 0.0, 1.0, 2.0
+
+
+def mark_complete(edge_index: Tensor, nodes: int) -> Tensor:
+    """``edge_index``, recorded as the complete graph of every image of ``nodes`` nodes
+    (each centre's neighbours all nodes of its image, in node order, centres in order) for
+    as long as nothing writes to it (its version counter unchanged), as
+    :func:`~vig_pyg.graph.knn.mark_fixed_degree` records a fixed degree. Not while tracing,
+    nor for inference tensors (no version counter)."""
+    if not tracing() and not edge_index.is_inference():
+        edge_index._vig_complete = (nodes, edge_index._version)
+    return edge_index
+
+
+def marked_complete(edge_index: Tensor, nodes: int) -> bool:
+    """Whether :func:`mark_complete` recorded ``edge_index`` with ``nodes`` nodes per image
+    and nothing has written to it since."""
+    mark = getattr(edge_index, "_vig_complete", None)
+    return mark is not None and mark == (nodes, edge_index._version)
 
 
 def default_hop(h: int, w: int) -> int:
@@ -127,7 +148,7 @@ class GatedAxialBuilder(GraphBuilder):
         dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
         if self.global_attention:
             table = torch.arange(n, device=x.device).expand(n, n)
-            edge_index = table_edges(table, b, n)
+            edge_index = mark_complete(table_edges(table, b, n), n)
             edge_attr = torch.full((edge_index.size(1), 1), GLOBAL, dtype=dtype, device=x.device)
             return BuiltGraph(edge_index, edge_attr=edge_attr)
         table, kinds = gated_axial_table(h, w, self.hop_for(h, w), x.device)

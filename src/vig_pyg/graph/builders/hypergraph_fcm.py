@@ -25,7 +25,11 @@ unbound builder (used outside a model) takes 25. :math:`K` must not exceed :math
 
 Output: a :class:`~.base.BuiltGraph` with ``edge_index`` the incidence ``[2, nnz]`` (row 0
 the node ``b*N + p``, row 1 the hyperedge ``b*K + k``, sorted by node then hyperedge) and
-``num_hyperedges = B*K``. A hyperedge may have no member (it then has no entry).
+``num_hyperedges = B*K``. A hyperedge may have no member (it then has no entry). Off the
+CPU, where the number of memberships would have to be read back, ``edge_index`` is instead
+the fixed-size ``[2, B*N*K]`` form of :func:`~vig_pyg.graph.fuzzy_c_means.padded_incidence`:
+every pair in the order above, a pair that is no membership replaced by the padding entry
+``(B*N, B*K)``, which the aggregator drops.
 
 Where the release (``construct_hyperedges_optimized``, ``fuzzy_c_means``) differs, this
 builder follows SPEC's per-image rule: the release decides the weak-node rule, the 0.5
@@ -43,7 +47,9 @@ from contextlib import nullcontext
 import torch
 from torch import Tensor
 
-from ..fuzzy_c_means import fuzzy_c_means, hyperedge_incidence, random_memberships
+from ...fast_paths import cpu_path
+from ..fuzzy_c_means import (fuzzy_c_means, hyperedge_incidence, padded_incidence,
+                             random_memberships)
 from .base import BlockInfo, BuiltGraph, GraphBuilder, check_map, node_rows
 from .registry import GraphBuilderError, register_graph_builder
 
@@ -59,7 +65,7 @@ def hyperedge_schedule(kind: str, depth: int) -> list[int]:
     (float32, truncated, as the release) or 25 everywhere."""
     if kind == "pyramid":
         return [PYRAMID_HYPEREDGES] * depth
-    return [int(v) for v in torch.linspace(*ISOTROPIC_RANGE, depth).tolist()]
+    return [int(v) for v in torch.linspace(*ISOTROPIC_RANGE, depth, device="cpu").tolist()]
 
 
 def _check_int(value, name: str, low: int | None) -> None:
@@ -133,5 +139,6 @@ class HypergraphFCMBuilder(GraphBuilder):
             else:
                 u0 = self._eval_memberships(n, hyperedges).to(x.device, dtype)
                 u0 = u0.expand(b, n, hyperedges)
-            incidence = hyperedge_incidence(fuzzy_c_means(nodes, u0))
+            u = fuzzy_c_means(nodes, u0)
+            incidence = hyperedge_incidence(u) if cpu_path(x) else padded_incidence(u)
         return BuiltGraph(incidence, num_hyperedges=b * hyperedges)

@@ -10,6 +10,13 @@ share a window; there is no Swin attention mask). When ``H`` or ``W`` is not a m
 ``w`` the last windows are smaller; a node whose window holds fewer than ``k`` nodes is joined
 to all of them (variable degree). Otherwise the degree is ``k`` everywhere. Neither dilation
 nor relative positions apply.
+
+Which neighbours a node keeps (the first ``min(k, |window|)`` of its ranking) depends on the
+grid alone, so the edge count is known before any feature is: off the CPU the edges are
+taken at those fixed positions, with no read back to the host, and a variable-degree result
+carries its largest degree (:func:`mark_max_degree`) for the aggregators' padded table
+(:mod:`vig_pyg.conv.padded`); on the CPU they come from the ranking itself (the same edges
+for finite features).
 """
 from __future__ import annotations
 
@@ -18,8 +25,30 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
+from ...tracing import tracing
+from ..knn import _target_index, mark_fixed_degree
 from .base import BlockInfo, GraphBuilder, check_map, grid_rows_cols, node_rows
 from .registry import GraphBuilderError, register_graph_builder
+
+
+def mark_max_degree(edge_index: Tensor, max_degree: int) -> Tensor:
+    """``edge_index``, recorded as grouped by target in order (row 1 non-decreasing) with
+    at most ``max_degree`` edges per target, for as long as nothing writes to it (its
+    version counter unchanged), so that :func:`vig_pyg.conv.padded.padded_propagate` sizes
+    its table without reading the targets back. Not while tracing, nor for inference
+    tensors (no version counter), like :func:`~vig_pyg.graph.knn.mark_fixed_degree`."""
+    if not tracing() and not edge_index.is_inference():
+        edge_index._vig_max_degree = (max_degree, edge_index._version)
+    return edge_index
+
+
+def marked_max_degree(edge_index: Tensor) -> int | None:
+    """The ``max_degree`` :func:`mark_max_degree` recorded, if nothing has written to
+    ``edge_index`` since; else ``None``."""
+    mark = getattr(edge_index, "_vig_max_degree", None)
+    if mark is None or mark[1] != edge_index._version:
+        return None
+    return mark[0]
 
 
 @lru_cache(maxsize=32)
@@ -34,6 +63,27 @@ def window_members(h: int, w: int, size: int, shift: int, device: torch.device) 
     table = torch.full((-(-h // size) * nw, size * size), -1, dtype=torch.long, device=device)
     table[window, slot] = torch.arange(h * w, device=device)
     return table
+
+
+@lru_cache(maxsize=32)
+def window_layout(h: int, w: int, size: int, shift: int, k: int,
+                  device: torch.device) -> tuple[Tensor, Tensor | None, int]:
+    """``(order [N], kept, max_degree)`` of the grid, computed on the CPU and moved to
+    ``device``: ``order[p]`` is node ``p``'s position in the flattened
+    ``[num_windows, size * size]`` member table, ``kept`` the flat positions in a
+    node-ordered ``[N, k]`` neighbour table of the slots a node keeps,
+    ``r < min(k, |window|)`` (``None`` when every window holds ``k`` nodes or more), and
+    ``max_degree`` the largest ``min(k, |window|)``."""
+    members = window_members(h, w, size, shift, torch.device("cpu"))
+    valid = members >= 0
+    order = torch.empty(h * w, dtype=torch.long)
+    order[members[valid]] = torch.arange(valid.numel())[valid.view(-1)]
+    population = valid.sum(1, keepdim=True).expand_as(members).reshape(-1)[order]   # [N]
+    if bool((population >= k).all()):
+        return order.to(device), None, k
+    keep = torch.arange(k).unsqueeze(0) < population.unsqueeze(1)
+    return (order.to(device), keep.view(-1).nonzero().view(-1).to(device),
+            int(population.clamp_max(k).max()))
 
 
 @register_graph_builder("window_knn")
@@ -70,12 +120,20 @@ class WindowKNNBuilder(GraphBuilder):
         b, c, h, w = check_map(x, "window_knn")
         self.check_grid(h, w, k)
         size = self.window
-        members = window_members(h, w, size, size // 2 if self.shifted else 0, x.device)
+        shift = size // 2 if self.shifted else 0
+        members = window_members(h, w, size, shift, x.device)
+        order, kept, max_degree = window_layout(h, w, size, shift, k, x.device)
         with torch.no_grad():
-            return _window_edges(node_rows(x), members, k, h * w)
+            if x.is_cpu:
+                return _window_edges(node_rows(x), members, order, k, h * w)
+            return _window_edges_fixed(node_rows(x), members, order, kept, max_degree, k,
+                                       h * w)
 
 
-def _window_edges(nodes: Tensor, members: Tensor, k: int, n: int) -> Tensor:
+def _ranked(nodes: Tensor, members: Tensor, order: Tensor, k: int) -> Tensor:
+    """``[B, N, k]`` every node's ``k`` nearest members of its window, ascending (node
+    indices within the image; ``-1`` after the last member of a window smaller than
+    ``k``)."""
     b, _, c = nodes.shape
     nwin, m = members.shape
     valid = members >= 0                                          # [nwin, m]
@@ -86,14 +144,38 @@ def _window_edges(nodes: Tensor, members: Tensor, k: int, n: int) -> Tensor:
     dist = dist.view(b, nwin, m, m).masked_fill(~valid.view(1, nwin, 1, m), float("inf"))
     rank = dist.topk(k, dim=-1, largest=False, sorted=True).indices   # [B, nwin, m, k]
     neighbour = members[torch.arange(nwin, device=members.device).view(1, nwin, 1, 1), rank]
+    # back to node order: the window slot of every node
+    return neighbour.view(b, nwin * m, k)[:, order]
+
+
+def _window_edges(nodes: Tensor, members: Tensor, order: Tensor, k: int, n: int) -> Tensor:
+    """The edges (grouped by centre) from the ranking itself: the CPU's form."""
+    b = nodes.size(0)
+    neighbour = _ranked(nodes, members, order, k)
     keep = neighbour >= 0
-    # back to node order: the window slot of every node, then image offsets
-    order = torch.empty(n, dtype=torch.long, device=members.device)
-    order[members[valid]] = torch.arange(nwin * m, device=members.device)[valid.view(-1)]
-    neighbour = neighbour.view(b, nwin * m, k)[:, order]          # [B, N, k]
-    keep = keep.view(b, nwin * m, k)[:, order]
     src = neighbour + torch.arange(b, device=nodes.device).mul_(n).view(b, 1, 1)
     centre = torch.arange(b * n, device=nodes.device).view(b, n, 1).expand(b, n, k)
     if bool(keep.all()):
         return torch.stack([src.reshape(-1), centre.reshape(-1)])
     return torch.stack([src[keep], centre[keep]])
+
+
+def _window_edges_fixed(nodes: Tensor, members: Tensor, order: Tensor, kept: Tensor | None,
+                        max_degree: int, k: int, n: int) -> Tensor:
+    """The same edges taken at the positions :func:`window_layout` knows from the grid: no
+    read back. With finite features the ``min(k, |window|)`` finite distances rank first,
+    so these are the ranking's own ``neighbour >= 0``; a slot that is not (a non-finite
+    feature) names the centre, so that no index leaves the image. Marked with the fixed
+    degree ``k``, or with ``max_degree`` where windows are smaller."""
+    b = nodes.size(0)
+    device = nodes.device
+    centre = torch.arange(n, device=device).view(1, n, 1)
+    neighbour = _ranked(nodes, members, order, k)
+    neighbour = torch.where(neighbour >= 0, neighbour, centre)
+    offsets = torch.arange(b, device=device).mul_(n).view(b, 1)
+    if kept is None:
+        src = (neighbour.view(b, n * k) + offsets).view(-1)
+        return mark_fixed_degree(torch.stack([src, _target_index(b * n, k, device)]), k)
+    src = neighbour.view(b, n * k).index_select(1, kept) + offsets
+    centre = kept.div(k, rounding_mode="floor").unsqueeze(0) + offsets
+    return mark_max_degree(torch.stack([src.view(-1), centre.view(-1)]), max_degree)
