@@ -14,7 +14,7 @@ from vig_pyg import fast_paths
 from vig_pyg.conv import ClusterMRConv, build_conv
 from vig_pyg.errors import VigPygError
 from vig_pyg.graph import fixed_degree, graph_builder
-from vig_pyg.graph.builders.axial_threshold import padded_table_edges
+from vig_pyg.graph.builders.base import padded_table_edges
 from vig_pyg.graph.builders.clustered_knn import (clustered_knn_edges, initial_centres,
                                                   partition_knn)
 from vig_pyg.graph.kmeans import batched_kmeans, kmeans

@@ -113,7 +113,7 @@ def window_edges_off_the_cpu(x, size, k):
 @pytest.mark.parametrize("name", CONVS)
 def test_the_marked_table_equals_propagate(name, monkeypatch):
     # the branch taken off the CPU: order and largest degree from the builder's mark
-    from vig_pyg.graph.builders.window_knn import marked_max_degree
+    from vig_pyg.graph.knn import marked_max_degree
 
     monkeypatch.setattr(padded, "MIN_FILL", {"max": 0.0, "sum": 0.0})
     torch.manual_seed(0)
@@ -135,7 +135,7 @@ def test_the_marked_table_equals_propagate(name, monkeypatch):
 
 def test_off_the_cpu_the_table_needs_the_mark():
     # meta tensors hold no values: any read would raise
-    from vig_pyg.graph.builders.window_knn import mark_max_degree
+    from vig_pyg.graph.knn import mark_max_degree
 
     conv = build_conv("mr", C, 2 * C).to("meta")
     x = torch.randn(6, C, device="meta")

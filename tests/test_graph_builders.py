@@ -14,11 +14,12 @@ from vig_pyg.errors import VigPygError
 from vig_pyg.graph import fixed_degree, graph_builder, knn_edges, list_graph_builders
 from vig_pyg.conv import build_conv
 from vig_pyg.graph.builders import BlockInfo
-from vig_pyg.graph.builders.axial_threshold import padded_table_edges
+from vig_pyg.graph.builders.base import padded_table_edges
 from vig_pyg.graph.builders.base import node_rows
 from vig_pyg.graph.builders.random import distinct_draws
-from vig_pyg.graph.builders.window_knn import (_window_edges, _window_edges_fixed,
-                                               marked_max_degree, window_layout, window_members)
+from vig_pyg.graph.builders.window_knn import (_window_edges, _window_edges_fixed, window_layout,
+                                               window_members)
+from vig_pyg.graph.knn import marked_max_degree
 from vig_pyg.models import create_model
 
 from graph_helpers import neighbour_lists

@@ -18,7 +18,7 @@ sums and for targets without neighbours, point at one appended zero row. Then
 order, or fewer than :data:`MIN_FILL` of the ``N * kmax`` slots used); the caller then runs
 ``propagate``. Order and ``kmax`` are read from the targets on the CPU; elsewhere, where
 that read would stop the device, they are taken from the builder's mark
-(:func:`~vig_pyg.graph.builders.window_knn.mark_max_degree`, set by ``window_knn`` on its
+(:func:`~vig_pyg.graph.knn.mark_max_degree`, set by ``window_knn`` on its
 smaller windows), and an unmarked graph runs ``propagate`` (no read either). A max table
 beats PyG's scatter-max well below full (max needs 20 % of its slots used); a sum table
 pays only when nearly full, since scatter-add is cheap (75 %).
@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from ..fast_paths import cpu_path
-from ..graph.builders.window_knn import marked_max_degree
+from ..graph.knn import marked_max_degree
 from .functional import gather_max, gather_sum
 
 __all__ = ["padded_table", "padded_propagate", "MIN_FILL"]

@@ -126,6 +126,26 @@ def fixed_degree(edge_index: Tensor, num_targets: int) -> int | None:
     return None
 
 
+def mark_max_degree(edge_index: Tensor, max_degree: int) -> Tensor:
+    """``edge_index``, recorded as grouped by target in order (row 1 non-decreasing) with
+    at most ``max_degree`` edges per target, for as long as nothing writes to it (its
+    version counter unchanged), so that :func:`vig_pyg.conv.padded.padded_propagate` sizes
+    its table without reading the targets back. Not while tracing, nor for inference
+    tensors (no version counter), like :func:`mark_fixed_degree`."""
+    if not tracing() and not edge_index.is_inference():
+        edge_index._vig_max_degree = (max_degree, edge_index._version)
+    return edge_index
+
+
+def marked_max_degree(edge_index: Tensor) -> int | None:
+    """The ``max_degree`` :func:`mark_max_degree` recorded, if nothing has written to
+    ``edge_index`` since; else ``None``."""
+    mark = getattr(edge_index, "_vig_max_degree", None)
+    if mark is None or mark[1] != edge_index._version:
+        return None
+    return mark[0]
+
+
 def _check_like(x: Tensor, t: Tensor | None, name: str, dtype: bool = True) -> None:
     """``t`` on ``x``'s device (and of its dtype), or one clear error."""
     if t is not None and (t.device != x.device or (dtype and t.dtype != x.dtype)):

@@ -20,7 +20,7 @@ by increasing ``i``, columns by increasing ``j``.
 
 Off the CPU the kept set is not read back to the host (its size would have to be, at a
 synchronisation in every block): the builder returns instead every candidate, ``D`` per
-centre in the order above (the fixed-degree layout, :func:`padded_table_edges`), a dropped
+centre in the order above (the fixed-degree layout, :func:`~.base.padded_table_edges`), a dropped
 candidate naming again the centre's first kept one (itself with ``self_loop=True``), or
 the centre itself when nothing is kept. A repeated neighbour changes no maximum and
 :math:`x_i - x_i = 0` is the empty maximum, so aggregators of the form
@@ -37,8 +37,7 @@ from torch import Tensor
 
 from ...fast_paths import cpu_path
 from .axial import axial_table, check_hop, check_hop_fits
-from ..knn import _target_index, mark_fixed_degree
-from .base import (GraphBuilder, check_map, grid_rows_cols, image_offsets, node_rows,
+from .base import (GraphBuilder, check_map, grid_rows_cols, node_rows, padded_table_edges,
                    table_edges)
 from .registry import register_graph_builder
 
@@ -49,26 +48,6 @@ def opposite_index(h: int, w: int, device: torch.device) -> Tensor:
     that rolling the map by ``ceil(H/2)`` rows and ``ceil(W/2)`` columns puts at ``(r, c)``."""
     rows, cols = grid_rows_cols(h, w, device)
     return (rows - (h + 1) // 2).remainder(h) * w + (cols - (w + 1) // 2).remainder(w)
-
-
-def padded_table_edges(table: Tensor, num_images: int, nodes: int, mask: Tensor) -> Tensor:
-    """The edges of ``table_edges(table, num_images, nodes, mask)`` in a size that does not
-    depend on ``mask``: all ``D`` columns of every centre (the fixed-degree layout, marked
-    as such), a column ``mask`` drops naming instead the centre's first kept neighbour, or
-    the centre itself where ``mask`` keeps none. ``table`` ``[N, D]`` or ``[B, N, D]``,
-    ``mask`` ``[B, N, D]`` bool. Nothing is read back: for the graph of a device other
-    than the CPU."""
-    device = table.device
-    if table.dim() == 2:
-        table = table.unsqueeze(0)
-    d = table.size(-1)
-    src = (table + image_offsets(num_images, nodes, device)).expand(num_images, nodes, d)
-    centre = torch.arange(num_images * nodes, device=device).view(num_images, nodes, 1)
-    first = mask.to(torch.uint8).argmax(-1, keepdim=True)     # the first True (0 if none)
-    fill = torch.where(mask.any(-1, keepdim=True), src.gather(-1, first), centre)
-    src = torch.where(mask, src, fill).reshape(-1)
-    return mark_fixed_degree(
-        torch.stack([src, _target_index(num_images * nodes, d, device)]), d)
 
 
 def axial_threshold(x_nodes: Tensor, h: int, w: int) -> Tensor:

@@ -176,6 +176,26 @@ def table_edges(table: Tensor, num_images: int, nodes: int,
     return torch.stack([src[mask], centre.expand_as(src)[mask]])
 
 
+def padded_table_edges(table: Tensor, num_images: int, nodes: int, mask: Tensor) -> Tensor:
+    """The edges of ``table_edges(table, num_images, nodes, mask)`` in a size that does not
+    depend on ``mask``: all ``D`` columns of every centre (the fixed-degree layout, marked
+    as such), a column ``mask`` drops naming instead the centre's first kept neighbour, or
+    the centre itself where ``mask`` keeps none. ``table`` ``[N, D]`` or ``[B, N, D]``,
+    ``mask`` ``[B, N, D]`` bool. Nothing is read back: for the graph of a device other
+    than the CPU."""
+    device = table.device
+    if table.dim() == 2:
+        table = table.unsqueeze(0)
+    d = table.size(-1)
+    src = (table + image_offsets(num_images, nodes, device)).expand(num_images, nodes, d)
+    centre = torch.arange(num_images * nodes, device=device).view(num_images, nodes, 1)
+    first = mask.to(torch.uint8).argmax(-1, keepdim=True)     # the first True (0 if none)
+    fill = torch.where(mask.any(-1, keepdim=True), src.gather(-1, first), centre)
+    src = torch.where(mask, src, fill).reshape(-1)
+    return mark_fixed_degree(
+        torch.stack([src, _target_index(num_images * nodes, d, device)]), d)
+
+
 @lru_cache(maxsize=32)
 def grid_rows_cols(h: int, w: int, device: torch.device) -> tuple[Tensor, Tensor]:
     """Row and column of every node of an ``h x w`` grid (node ``row * w + col``)."""

@@ -26,7 +26,7 @@ partition and the centroids. Nothing here is differentiable (like every graph).
 
 Off the CPU nothing is read back to the host: k-means runs all its iterations (the same
 result, :mod:`~vig_pyg.graph.kmeans`), and the edges always come in the fixed-degree layout
-of ``min(k, N)`` columns (:func:`~.axial_threshold.padded_table_edges`), a column outside
+of ``min(k, N)`` columns (:func:`~.base.padded_table_edges`), a column outside
 the centre's partition naming again its first neighbour (the nearest; in the partition,
 which holds the centre at distance 0). Where every partition has ``k`` nodes these are the
 CPU's edges; where one has fewer, the repeats change no maximum of :math:`x_j - x_i`
@@ -52,8 +52,8 @@ from torch import Tensor
 
 from ...fast_paths import cpu_path
 from ..kmeans import batched_kmeans
-from .axial_threshold import padded_table_edges
-from .base import BlockInfo, BuiltGraph, GraphBuilder, check_map, node_rows, table_edges
+from .base import (BlockInfo, BuiltGraph, GraphBuilder, check_map, node_rows, padded_table_edges,
+                   table_edges)
 from .random import distinct_draws
 from .registry import GraphBuilderError, register_graph_builder
 

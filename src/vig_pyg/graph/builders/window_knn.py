@@ -14,7 +14,7 @@ nor relative positions apply.
 Which neighbours a node keeps (the first ``min(k, |window|)`` of its ranking) depends on the
 grid alone, so the edge count is known before any feature is: off the CPU the edges are
 taken at those fixed positions, with no read back to the host, and a variable-degree result
-carries its largest degree (:func:`mark_max_degree`) for the aggregators' padded table
+carries its largest degree (:func:`~vig_pyg.graph.knn.mark_max_degree`) for the aggregators' padded table
 (:mod:`vig_pyg.conv.padded`); on the CPU they come from the ranking itself (the same edges
 for finite features).
 """
@@ -25,30 +25,9 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-from ...tracing import tracing
-from ..knn import _target_index, mark_fixed_degree
+from ..knn import _target_index, mark_fixed_degree, mark_max_degree
 from .base import BlockInfo, GraphBuilder, check_map, grid_rows_cols, node_rows
 from .registry import GraphBuilderError, register_graph_builder
-
-
-def mark_max_degree(edge_index: Tensor, max_degree: int) -> Tensor:
-    """``edge_index``, recorded as grouped by target in order (row 1 non-decreasing) with
-    at most ``max_degree`` edges per target, for as long as nothing writes to it (its
-    version counter unchanged), so that :func:`vig_pyg.conv.padded.padded_propagate` sizes
-    its table without reading the targets back. Not while tracing, nor for inference
-    tensors (no version counter), like :func:`~vig_pyg.graph.knn.mark_fixed_degree`."""
-    if not tracing() and not edge_index.is_inference():
-        edge_index._vig_max_degree = (max_degree, edge_index._version)
-    return edge_index
-
-
-def marked_max_degree(edge_index: Tensor) -> int | None:
-    """The ``max_degree`` :func:`mark_max_degree` recorded, if nothing has written to
-    ``edge_index`` since; else ``None``."""
-    mark = getattr(edge_index, "_vig_max_degree", None)
-    if mark is None or mark[1] != edge_index._version:
-        return None
-    return mark[0]
 
 
 @lru_cache(maxsize=32)
