@@ -25,7 +25,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(ROOT, "tests"))
+sys.path[:0] = [HERE, os.path.join(ROOT, "tests")]
 
 ARCH = {"vig_ti": dict(channels=192), "pvig_ti": dict(channels=[48, 96, 240, 384])}
 
@@ -38,10 +38,11 @@ def _shrunk(name: str, shrink: int) -> dict:
 
 
 def make_steps(name: str, conv: str, mode: str, shrink: int, batch: int = 2, img: int = 224):
-    """``{impl: step}`` for ours (GPU choices) and the reference, sharing weights."""
+    """``{impl: step}`` for ours (GPU choices) and the reference, on the same weights
+    (``bench_models``' steps)."""
     import torch
-    import torch.nn.functional as F
 
+    import bench_models as B
     import official_reference as R
     from vig_pyg import fast_paths
     from vig_pyg.models import create_model
@@ -54,36 +55,12 @@ def make_steps(name: str, conv: str, mode: str, shrink: int, batch: int = 2, img
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, img, img, generator=g)
     y = torch.randint(0, 1000, (batch,), generator=g)
-    if mode == "infer":
-        model.eval()
-
-        def ours():
-            with torch.no_grad(), fast_paths.disabled(*fast_paths.GPU_CHOICES):
-                return model(x)
-
-        def reference():
-            with torch.no_grad():
-                return R.ref_forward(sd, x, cfg)
-        return {"ours": ours, "reference": reference}
-    model.train()
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    params = [t.requires_grad_(True) for k, t in sd.items() if t.is_floating_point()
-              and not k.endswith(("running_mean", "running_var", "relative_pos"))]
-    ref_opt = torch.optim.SGD(params, lr=1e-3)
+    step = B._ours_step(model, mode, x, y)
 
     def ours():
         with fast_paths.disabled(*fast_paths.GPU_CHOICES):
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-    def reference():
-        loss = F.cross_entropy(R.ref_forward(sd, x, cfg, training=True), y)
-        ref_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        ref_opt.step()
-    return {"ours": ours, "reference": reference}
+            return step()
+    return {"ours": ours, "reference": B._reference_step(R, cfg, sd, mode, x, y)}
 
 
 def measure(steps: dict, iters: int) -> dict:

@@ -42,17 +42,6 @@ MODELS = ("vig_ti", "pvig_ti", "pvig_s")
 CHECKPOINTED_TARGET = {"pvig_s": 0.60}  # checkpointed / ours, at most
 
 
-def _model_of(step):
-    """The model a ``_make_step`` closure trains."""
-    import torch
-
-    models = [c.cell_contents for c in step.__closure__ or ()
-              if isinstance(c.cell_contents, torch.nn.Module)]
-    if len(models) != 1:
-        raise RuntimeError("bench_models._make_step's step no longer closes over one model")
-    return models[0]
-
-
 def _reset_peak_rss() -> bool:
     """Resets the resident high-water mark (what ``ru_maxrss`` reports) to the current
     resident size; False where the kernel does not allow it."""
@@ -66,10 +55,7 @@ def _reset_peak_rss() -> bool:
 
 def memory_worker(model_name: str, impl: str, batch: int, img: int, device: str) -> dict:
     """Peak memory of one training step above what was held before it (MB)."""
-    step = _make_step(model_name, "reference" if impl == "reference" else "ours", "train",
-                      batch, img, device=device)
-    if impl == "checkpointed":
-        _model_of(step).set_grad_checkpointing(True)
+    step = _make_step(model_name, impl, "train", batch, img, device=device)
     if device.startswith("cuda"):
         import torch
 

@@ -186,14 +186,17 @@ def _reference_step(R, cfg, sd, mode: str, x, y, amp=contextlib.nullcontext, for
 
 def _make_step(model_name: str, impl: str, mode: str, batch: int, img: int,
                conv: str = "mr", device: str = "cpu"):
-    """A fresh ``step()`` of ``impl`` (``ours``, ``compiled``: ``torch.compile(ours)``, or
-    ``reference``) in ``mode`` (``infer`` or ``train``)."""
+    """A fresh ``step()`` of ``impl`` (``ours``, ``compiled``: ``torch.compile(ours)``,
+    ``checkpointed``: ours after ``set_grad_checkpointing(True)``, or ``reference``) in
+    ``mode`` (``infer`` or ``train``)."""
     import torch
 
     R, cfg, sd, model, x, y = _setup(model_name, batch, img, conv=conv, device=device)
     if impl == "reference":
         del model
         return _reference_step(R, cfg, sd, mode, x, y)
+    if impl == "checkpointed":
+        model.set_grad_checkpointing(True)
     forward = torch.compile(model) if impl == "compiled" else model
     return _ours_step(model, mode, x, y, forward=forward)
 

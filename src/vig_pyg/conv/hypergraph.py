@@ -11,7 +11,7 @@ from ..layers.grouped_linear import grouped_linear
 from .base import GrapherConv
 from .projection import GroupedProjection
 from .registry import register_conv
-from .rowwise import batch_norm_step, uses_batch_stats
+from .rowwise import batch_norm_rows, batch_norm_step, uses_batch_stats
 
 
 def _count(index: Tensor, size: int) -> Tensor:
@@ -38,22 +38,8 @@ def _project_rows_where(projection: GroupedProjection, rows: Tensor, kept: Tenso
         return projection(rows)
     factor = batch_norm_step(bn)
     y = grouped_linear(rows, conv.weight, conv.bias, projection.groups)
-    # statistics in float64, as BatchNorm's kernels accumulate them
-    w64, y64 = kept.double(), y.double()
-    total = w64.sum()
-    share = w64 / total.clamp_min(1)          # no member at all: zero statistics, not NaN
-    mean64 = share @ y64
-    var = (share @ (y64 - mean64).square()).to(y.dtype)
-    mean = mean64.to(y.dtype)
-    if bn.running_mean is not None:  # through .data, as BatchNorm's kernel (no version bump)
-        unbiased = var.detach() * (total / (total - 1).clamp_min(1)).to(y.dtype)
-        bn.running_mean.data.mul_(1 - factor).add_(mean.detach(), alpha=factor)
-        bn.running_var.data.mul_(1 - factor).add_(unbiased, alpha=factor)
-    scale = torch.rsqrt(var + bn.eps)
-    if bn.weight is not None:
-        scale = scale * bn.weight
-    out = (y - mean) * scale
-    return act(out if bn.bias is None else out + bn.bias)
+    weight = kept.to(y.dtype)
+    return act(batch_norm_rows(y, bn, slice(None), factor, weight, weight.sum()))
 
 
 @register_conv("vihgnn")

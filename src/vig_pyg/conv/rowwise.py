@@ -66,12 +66,14 @@ def _part(t: Optional[Tensor], part: slice) -> Optional[Tensor]:
 
 
 def batch_norm_rows(y: Tensor, bn: nn.BatchNorm2d, part: slice, factor: float,
-                    weight: Optional[Tensor] = None, total: Optional[int] = None) -> Tensor:
+                    weight: Optional[Tensor] = None,
+                    total: Optional[int | Tensor] = None) -> Tensor:
     """``bn`` on rows ``y [M, len(part)]`` holding channels ``part``, batch statistics.
 
     Without ``weight`` every row counts once (BatchNorm's own kernel, updating the running
     statistics of ``part`` in place). With ``weight [M]`` (see the module docstring) the
-    statistics are weighted and stand for ``total = sum(weight)`` rows."""
+    statistics are weighted and stand for ``total = sum(weight)`` rows; ``total`` may be a
+    tensor on the device (nothing is read back), and a total of 0 gives zero statistics."""
     gamma, beta = _part(bn.weight, part), _part(bn.bias, part)
     running = bn.training and bn.running_mean is not None
     rm = _part(bn.running_mean, part) if running else None
@@ -84,14 +86,19 @@ def batch_norm_rows(y: Tensor, bn: nn.BatchNorm2d, part: slice, factor: float,
     # statistics in float64: BatchNorm's own kernels accumulate in double too, and the
     # gradient through them is ill-conditioned (large cancellations) in single precision
     y64, w64 = y.double(), weight.double()
-    mean64 = w64 @ y64 / total
-    var = (w64 @ (y64 - mean64).square() / total).to(y.dtype)
+    if isinstance(total, Tensor):
+        share = w64 / total.clamp_min(1)
+        unbiased = (total / (total - 1).clamp_min(1)).to(y.dtype)
+    else:
+        share, unbiased = w64 / max(total, 1), total / max(total - 1, 1)
+    mean64 = share @ y64
+    var = (share @ (y64 - mean64).square()).to(y.dtype)
     mean = mean64.to(y.dtype)
     centred = y - mean
     if rm is not None:  # through .data, like BatchNorm's kernel: no version bump, which
         # would invalidate another call's saved slices of the same buffers (double forward)
         rm.data.mul_(1 - factor).add_(mean.detach(), alpha=factor)
-        rv.data.mul_(1 - factor).add_(var.detach(), alpha=factor * total / max(total - 1, 1))
+        rv.data.mul_(1 - factor).add_(var.detach() * unbiased, alpha=factor)
     scale = torch.rsqrt(var + bn.eps)
     if gamma is not None:
         scale = scale * gamma
