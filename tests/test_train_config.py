@@ -69,7 +69,7 @@ def test_model_options_are_the_models_overrides(tmp_path):
     ("train.epochs=abc", "config key 'train.epochs' expects int"),
     ("train.epochs=2.5", "config key 'train.epochs' expects int"),
     ("train.deterministic=maybe", "expects bool"),
-    ("data.dataset=mnist", "data.dataset='mnist' is not supported"),
+    ("data.dataset=emnist", "data.dataset='emnist' is not supported"),
     ("model.conv=gat", "unknown graph convolution 'gat'; known: mr, edge, sage, gin, pyg:GATConv"),
     ("model.chanels=64", "chanels"),
     ("model.overrides={channels: 64}", "write the model's options directly"),

@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 from ..config_schema import Schema, Sections, check_choices, check_not_negative, check_positive
 from ..config_schema import load_yaml, parse_override  # noqa: F401  (re-exported)
+from ..datasets.table import DATASETS
 from ..errors import ConfigError  # noqa: F401  (re-exported)
 
 
@@ -41,21 +42,22 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     """Dataset, input pipeline and loader."""
-    dataset: str = "digits"              # digits (embedded), cifar10, cifar100, imagefolder
-    root: Optional[str] = None           # dataset directory (cifar*: torchvision layout; imagefolder: ROOT/train, ROOT/val)
-    download: bool = False               # cifar*: download into root if missing (needs network)
+    dataset: str = "digits"              # digits (embedded), imagefolder, or a set of vig_pyg.datasets.table: mnist, fashionmnist, kmnist, cifar10, cifar100, svhn, stl10
+    root: Optional[str] = None           # dataset directory (named sets: torchvision layout, MNIST family also the IDX files directly in ROOT; imagefolder: ROOT/train, ROOT/val)
+    download: bool = False               # named sets: download into root if missing (needs network)
     img_size: int = 32                   # model input size in pixels
     batch_size: int = 64                 # per process
     eval_batch_size: int = 256           # per process
     num_workers: int = 0                 # loader worker processes (0: bit-exact resume)
-    mean: list = field(default_factory=lambda: [0.5, 0.5, 0.5])  # the official ViG weights expect 0.5 / 0.5
-    std: list = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    mean: Optional[list] = None          # one value per model.in_chans; null: the set's statistics from the table (cifar10/100: 0.5), else 0.5 (the official ViG weights expect 0.5 / 0.5)
+    std: Optional[list] = None           # as mean
     interpolation: str = "bicubic"       # resize interpolation
     crop_pct: float = 1.0                # eval: resize to img_size / crop_pct, centre crop img_size (ImageNet: 0.875)
     train_split: str = "train"           # imagefolder: sub-directory for training
     val_split: str = "val"               # imagefolder: sub-directory for evaluation
     test_fraction: float = 0.2           # digits: held-out fraction (stratified)
-    split_seed: int = 0                  # digits: seed of the fixed train/test split
+    split_seed: int = 0                  # digits: seed of the fixed train/test split; all sets: seed of train_subset
+    train_subset: Optional[int] = None   # train on a stratified subset of this many images (after the validation carve-out); null: all
 
 
 @dataclass
@@ -181,7 +183,7 @@ def build_config(path: Optional[str] = None, overrides: Optional[list] = None,
 
 
 CHOICES = {
-    "data.dataset": ("digits", "cifar10", "cifar100", "imagefolder"),
+    "data.dataset": ("digits", "imagefolder", *DATASETS),
     "train.amp": ("auto", "none", "bf16", "fp16"),
     "sched.name": ("cosine", "tanh", "constant"),
     "optim.clip_mode": ("norm", "value", "agc"),
@@ -206,10 +208,13 @@ def validate(cfg: Config) -> None:
                           "positive number")
     if not 0 < cfg.data.test_fraction < 1:
         raise ConfigError(f"data.test_fraction must be between 0 and 1, got {cfg.data.test_fraction}")
+    chans = in_chans(cfg)
     for name in ("mean", "std"):
         v = getattr(cfg.data, name)
-        if len(v) != 3:
-            raise ConfigError(f"data.{name} needs 3 values (RGB), got {v}")
+        if v is not None and len(v) != chans:
+            raise ConfigError(f"data.{name} needs {chans} values (one per channel, "
+                              f"model.in_chans={chans}), got {v}: give {chans} values or null")
+    validate_splits(cfg)
     if not 0 < cfg.data.crop_pct <= 1:
         raise ConfigError(f"data.crop_pct must be in (0, 1], got {cfg.data.crop_pct}")
     if len(cfg.aug.scale) != 2 or len(cfg.aug.ratio) != 2:
@@ -220,6 +225,20 @@ def validate(cfg: Config) -> None:
         raise ConfigError("data.dataset=imagefolder needs data.root=DIR (with DIR/train and DIR/val)")
     validate_compile_mode(cfg)
     validate_model(cfg)
+
+
+def in_chans(cfg: Config) -> int:
+    """The model's input channels: ``model.in_chans`` (an override of the model), else 3."""
+    return int(cfg.model.options.get("in_chans", 3))
+
+
+def validate_splits(cfg: Config) -> None:
+    """``data.train_subset`` null or a positive int (that it is not above the training
+    set's size is checked when the data is loaded)."""
+    n = cfg.data.train_subset
+    if n is not None and n <= 0:
+        raise ConfigError(f"data.train_subset must be a positive number of images, got {n}: "
+                          "use e.g. 1000, or null for the whole training set")
 
 
 def validate_compile_mode(cfg: Config) -> None:

@@ -2,9 +2,15 @@
 
 * ``digits``: scikit-learn's handwritten digits (:mod:`vig_pyg.datasets.digits`: no
   download), with the fixed split of ``data.split_seed`` and ``data.test_fraction``.
-* ``cifar10`` / ``cifar100``: torchvision datasets under ``data.root`` (``data.download=true``
-  fetches them; nothing is ever downloaded otherwise).
+* a set of :mod:`vig_pyg.datasets.table` (``mnist``, ``fashionmnist``, ``kmnist``, ``cifar10``,
+  ``cifar100``, ``svhn``, ``stl10``) under ``data.root``, loaded as the table says: the MNIST
+  family by :class:`vig_pyg.datasets.idx.IdxDataset` (torchvision's layout or the IDX files
+  directly in ROOT), the others by their torchvision class (``data.download=true`` fetches
+  them; nothing is ever downloaded otherwise).
 * ``imagefolder``: ``ROOT/train/<class>/*.jpg`` and ``ROOT/val/<class>/*.jpg`` (ImageNet layout).
+
+``data.train_subset`` keeps a stratified subset of the training data
+(:mod:`vig_pyg.datasets.splits`, seeded by ``data.split_seed``).
 
 Training transforms come from ``timm.data.create_transform`` (random-resized crop, flip,
 RandAugment, random erasing); mixup / cutmix is applied per batch by ``timm.data.Mixup``.
@@ -18,18 +24,64 @@ from __future__ import annotations
 import os
 from typing import Iterator, Optional
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Sampler
 
 from ..datasets.digits import DigitsDataset
+from ..datasets.idx import IdxDataset
+from ..datasets.splits import TransformedSubset, stratified_subset
+from ..datasets.table import DatasetFacts, facts_of
 from ..errors import one_line
-from .config import Config, ConfigError
+from .config import Config, ConfigError, in_chans
 
 
 # --------------------------------------------------------------------------- datasets
 def num_classes_of(dataset: str) -> Optional[int]:
-    return {"digits": 10, "cifar10": 10, "cifar100": 100}.get(dataset)
+    """Classes of ``data.dataset``: the table's count, digits' 10; None for imagefolder
+    (known once its folders are read)."""
+    if dataset == "digits":
+        return len(DigitsDataset.classes)
+    facts = facts_of(dataset)
+    return facts.num_classes if facts else None
+
+
+def channels_of(dataset: str) -> int:
+    """Channels of the set's images: the table's; digits and imagefolder give RGB."""
+    facts = facts_of(dataset)
+    return facts.channels if facts else 3
+
+
+def normalization(cfg: Config) -> tuple:
+    """``(mean, std)`` with one value per ``model.in_chans``: ``data.mean``/``data.std`` when
+    given; else the table's statistics for a set with ``stats_by_default`` (a grey set's one
+    value repeated for a 3-channel model, whose input repeats the grey channel), else 0.5.
+    A colour set's statistics do not describe its grey conversion, so in_chans=1 gets 0.5."""
+    d, chans = cfg.data, in_chans(cfg)
+    facts = facts_of(d.dataset)
+
+    def pick(given, stats):
+        if given is not None:
+            return tuple(given)
+        if facts is None or not facts.stats_by_default or len(stats) not in (1, chans):
+            return (0.5,) * chans
+        return tuple(stats) * (chans // len(stats))
+
+    return (pick(d.mean, facts.mean if facts else ()), pick(d.std, facts.std if facts else ()))
+
+
+class ToMode:
+    """A PIL image converted to ``mode`` ("RGB": the grey channel repeated; "L": luma)."""
+
+    def __init__(self, mode: str):
+        self.mode = mode
+
+    def __call__(self, img):
+        return img if img.mode == self.mode else img.convert(self.mode)
+
+    def __repr__(self) -> str:
+        return f"ToMode({self.mode!r})"
 
 
 def _posterize_compat(img, bits_to_keep, **__):
@@ -53,19 +105,27 @@ def _patch_timm_posterize() -> None:
 
 
 def build_transforms(cfg: Config, train: bool):
+    """timm's transforms; first a conversion to the model's channels (grey to RGB, or RGB to
+    grey) when the set's images have other channels than ``model.in_chans``."""
     from timm.data import create_transform
+    from torchvision.transforms import Compose
 
     _patch_timm_posterize()
 
     d, a = cfg.data, cfg.aug
-    common = dict(input_size=d.img_size, interpolation=d.interpolation,
-                  mean=tuple(d.mean), std=tuple(d.std))
+    mean, std = normalization(cfg)
+    common = dict(input_size=d.img_size, interpolation=d.interpolation, mean=mean, std=std)
     if not train:
-        return create_transform(is_training=False, crop_pct=d.crop_pct, **common)
-    return create_transform(
-        is_training=True, scale=tuple(a.scale), ratio=tuple(a.ratio), hflip=a.hflip,
-        color_jitter=a.color_jitter, auto_augment=a.auto_augment or None,
-        re_prob=a.re_prob, re_mode=a.re_mode, **common)
+        tf = create_transform(is_training=False, crop_pct=d.crop_pct, **common)
+    else:
+        tf = create_transform(
+            is_training=True, scale=tuple(a.scale), ratio=tuple(a.ratio), hflip=a.hflip,
+            color_jitter=a.color_jitter, auto_augment=a.auto_augment or None,
+            re_prob=a.re_prob, re_mode=a.re_mode, **common)
+    chans = in_chans(cfg)
+    if chans in (1, 3) and chans != channels_of(d.dataset):
+        tf = Compose([ToMode("L" if chans == 1 else "RGB"), tf])
+    return tf
 
 
 def _check_root(cfg: Config, what: str) -> str:
@@ -75,56 +135,109 @@ def _check_root(cfg: Config, what: str) -> str:
     return os.path.expanduser(root)
 
 
+def _digits(cfg: Config, train_tf, test_tf):
+    d = cfg.data
+    kw = dict(img_size=d.img_size, test_fraction=d.test_fraction, split_seed=d.split_seed)
+    return (DigitsDataset(True, transform=train_tf, **kw),
+            DigitsDataset(False, transform=test_tf, **kw), 10)
+
+
+def _imagefolder(cfg: Config, train_tf, test_tf):
+    import torchvision
+
+    d = cfg.data
+    root = _check_root(cfg, "with DIR/train/<class>/ and DIR/val/<class>/")
+    if not os.path.isdir(root):
+        raise ConfigError(f"dataset root '{root}' does not exist: point data.root at a "
+                          f"directory with {d.train_split}/ and {d.val_split}/ class folders")
+    out = []
+    for split, tf in ((d.train_split, train_tf), (d.val_split, test_tf)):
+        path = os.path.join(root, split)
+        if not os.path.isdir(path):
+            raise ConfigError(f"dataset split '{path}' does not exist: data.root needs "
+                              f"{d.train_split}/ and {d.val_split}/ sub-directories "
+                              "(or set data.train_split / data.val_split)")
+        try:
+            out.append(torchvision.datasets.ImageFolder(path, transform=tf))
+        except (FileNotFoundError, RuntimeError) as exc:
+            raise ConfigError(f"no images in '{path}' ({one_line(exc)}): expected "
+                              "one sub-directory of images per class") from None
+    if out[0].classes != out[1].classes:
+        raise ConfigError(f"class folders of '{d.train_split}' and '{d.val_split}' under "
+                          f"'{root}' differ: both splits need the same class directories")
+    return out[0], out[1], len(out[0].classes)
+
+
+def _torchvision(cfg: Config, facts: DatasetFacts, root: str, train: bool, transform):
+    """The torchvision class of ``facts`` on one split, its errors made one line."""
+    import torchvision
+
+    cls = getattr(torchvision.datasets, facts.torchvision_class)
+    d = cfg.data
+    try:
+        return cls(root, transform=transform, download=d.download, **facts.split_args(train))
+    except RuntimeError as exc:
+        raise ConfigError(f"{d.dataset} not found under '{root}' ({one_line(exc)}): "
+                          "point data.root at the extracted files or add data.download=true") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {d.dataset} under '{root}' ({exc}): check data.root, or "
+                          "add data.download=true (needs network)") from None
+
+
+def _named(cfg: Config, facts: DatasetFacts, train_tf, test_tf):
+    """A set of the table: IDX files read by IdxDataset (after torchvision's download, when
+    asked for), the others by their torchvision class."""
+    d = cfg.data
+    root = _check_root(cfg, f"where the {facts.torchvision_class} files are, or add "
+                            "data.download=true to fetch them")
+    if not d.download and not os.path.isdir(root):
+        raise ConfigError(f"dataset root '{root}' does not exist: point data.root at the "
+                          f"directory holding the {d.dataset} files, or add data.download=true")
+    if facts.idx:
+        if d.download:  # torchvision fetches into ROOT/<Class>/raw, where IdxDataset looks
+            for train in (True, False):
+                _torchvision(cfg, facts, root, train, None)
+        sets = [IdxDataset(root, train, tf, folder=facts.torchvision_class)
+                for train, tf in ((True, train_tf), (False, test_tf))]
+    else:
+        sets = [_torchvision(cfg, facts, root, train, tf)
+                for train, tf in ((True, train_tf), (False, test_tf))]
+    return sets[0], sets[1], facts.num_classes
+
+
+_SOURCES = {"digits": _digits, "imagefolder": _imagefolder}
+
+
+def labels_of(dataset) -> np.ndarray:
+    """The labels of a loaded set (torchvision keeps them in ``targets``, SVHN and STL10 in
+    ``labels``), without reading its images."""
+    labels = getattr(dataset, "targets", None)
+    if labels is None:
+        labels = dataset.labels
+    return np.asarray(labels, dtype=np.int64)
+
+
 def build_datasets(cfg: Config):
-    """``(train, test, num_classes)``; raises ConfigError for a missing or empty root."""
+    """``(train, test, num_classes)``, the training set reduced to ``data.train_subset``
+    images where set; raises ConfigError for a missing or empty root and for a subset
+    above the training images."""
     d = cfg.data
     train_tf, test_tf = build_transforms(cfg, True), build_transforms(cfg, False)
-    if d.dataset == "digits":
-        kw = dict(img_size=d.img_size, test_fraction=d.test_fraction, split_seed=d.split_seed)
-        return (DigitsDataset(True, transform=train_tf, **kw),
-                DigitsDataset(False, transform=test_tf, **kw), 10)
-    if d.dataset in ("cifar10", "cifar100"):
-        import torchvision
-
-        root = _check_root(cfg, "where the CIFAR files are, or add data.download=true to fetch them")
-        cls = torchvision.datasets.CIFAR10 if d.dataset == "cifar10" else torchvision.datasets.CIFAR100
-        if not d.download and not os.path.isdir(root):
-            raise ConfigError(f"dataset root '{root}' does not exist: point data.root at the "
-                              f"directory holding the {d.dataset} files, or add data.download=true")
-        try:
-            train = cls(root, train=True, transform=train_tf, download=d.download)
-            test = cls(root, train=False, transform=test_tf, download=d.download)
-        except RuntimeError as exc:
-            raise ConfigError(f"{d.dataset} not found under '{root}' ({one_line(exc)}): "
-                              "point data.root at the extracted files or add data.download=true") from None
-        except OSError as exc:
-            raise ConfigError(f"cannot read {d.dataset} under '{root}' ({exc}): check data.root, or "
-                              "add data.download=true (needs network)") from None
-        return train, test, len(train.classes)
-    if d.dataset == "imagefolder":
-        import torchvision
-
-        root = _check_root(cfg, "with DIR/train/<class>/ and DIR/val/<class>/")
-        if not os.path.isdir(root):
-            raise ConfigError(f"dataset root '{root}' does not exist: point data.root at a "
-                              f"directory with {d.train_split}/ and {d.val_split}/ class folders")
-        out = []
-        for split, tf in ((d.train_split, train_tf), (d.val_split, test_tf)):
-            path = os.path.join(root, split)
-            if not os.path.isdir(path):
-                raise ConfigError(f"dataset split '{path}' does not exist: data.root needs "
-                                  f"{d.train_split}/ and {d.val_split}/ sub-directories "
-                                  "(or set data.train_split / data.val_split)")
-            try:
-                out.append(torchvision.datasets.ImageFolder(path, transform=tf))
-            except (FileNotFoundError, RuntimeError) as exc:
-                raise ConfigError(f"no images in '{path}' ({one_line(exc)}): expected "
-                                  "one sub-directory of images per class") from None
-        if out[0].classes != out[1].classes:
-            raise ConfigError(f"class folders of '{d.train_split}' and '{d.val_split}' under "
-                              f"'{root}' differ: both splits need the same class directories")
-        return out[0], out[1], len(out[0].classes)
-    raise ConfigError(f"unknown dataset '{d.dataset}'")
+    facts = facts_of(d.dataset)
+    if facts is None and d.dataset not in _SOURCES:
+        raise ConfigError(f"unknown dataset '{d.dataset}'")
+    load = (lambda *tfs: _named(cfg, facts, *tfs)) if facts else (
+        lambda *tfs: _SOURCES[d.dataset](cfg, *tfs))
+    if d.train_subset is None:
+        return load(train_tf, test_tf)
+    train, test, n = load(None, test_tf)
+    labels = labels_of(train)
+    if d.train_subset > len(labels):
+        raise ConfigError(f"data.train_subset={d.train_subset} is above the {len(labels)} "
+                          f"training images of {d.dataset}: lower data.train_subset, or null "
+                          f"for all")
+    keep = stratified_subset(labels, d.train_subset, d.split_seed)
+    return TransformedSubset(train, keep, train_tf, labels), test, n
 
 
 # --------------------------------------------------------------------------- sampling
