@@ -7,18 +7,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..fast_paths import cpu_path
+from ..graph.counting import count_values
 from ..layers.grouped_linear import grouped_linear
 from .base import GrapherConv
 from .projection import GroupedProjection
 from .registry import register_conv
 from .rowwise import batch_norm_rows, batch_norm_step, uses_batch_stats
-
-
-def _count(index: Tensor, size: int) -> Tensor:
-    """How often every value of ``[0, size)`` occurs in ``index``, counted into a tensor of
-    known size (``bincount`` would read the largest index back to the host)."""
-    return torch.zeros(size, dtype=torch.long, device=index.device).index_add_(
-        0, index, torch.ones_like(index))
 
 
 def _mean_by(index: Tensor, src: Tensor, size: int, count: Tensor) -> Tensor:
@@ -127,11 +121,11 @@ class ViHGNNConv(GrapherConv):
             num_hyperedges = int(edges.max()) + 1 if edges.numel() else 0
         # one extra hyperedge and one extra node take the padding entries (class docstring)
         size = num_hyperedges + 1
-        members = _count(edges, size)                                     # |k|
+        members = count_values(edges, size)                                     # |k|
         means = _mean_by(edges, F.pad(x, (0, 0, 0, 1)).index_select(0, nodes), size,
                          members)[:num_hyperedges]
         e = self._project_hyperedges(means, members[:num_hyperedges] > 0, select=cpu_path(x))
-        degree = _count(nodes, n + 1)                                     # |E(p)|
+        degree = count_values(nodes, n + 1)                                     # |E(p)|
         m = _mean_by(nodes, e.index_select(0, edges), n + 1, degree)[:n]
         return self.nn2(torch.addcmul(m, x.to(m.dtype), 1 + self.eps))
 

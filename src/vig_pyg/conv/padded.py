@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from ..fast_paths import cpu_path
+from ..graph.counting import count_values
 from ..graph.knn import marked_max_degree
 from .functional import gather_max, gather_sum
 
@@ -54,8 +55,7 @@ def padded_table(dst: Tensor, values: Tensor, num_targets: int, pad: str,
         degree = torch.bincount(dst, minlength=num_targets)
         kmax = int(degree.max()) if degree.numel() else 0
     else:  # counted into a known size: nothing is read back
-        degree = torch.zeros(num_targets, dtype=torch.long, device=dst.device).index_add_(
-            0, dst, torch.ones_like(dst))
+        degree = count_values(dst, num_targets)
     start = torch.cumsum(degree, 0) - degree
     slot = torch.arange(dst.numel(), device=dst.device) - start[dst]
     table = torch.full((num_targets, max(kmax, 1)), zero_row, dtype=torch.long,

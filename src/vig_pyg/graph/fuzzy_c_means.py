@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+
 from ..fast_paths import cpu_path
 
 #: SPEC's constants: iteration cap, stopping tolerance, distance floor, thresholds.

@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+
 from ..fast_paths import cpu_path
+from .counting import count_values
 
 __all__ = ["kmeans", "batched_kmeans"]
 
@@ -62,9 +64,7 @@ def _means(x: Tensor, labels: Tensor, k: int) -> Tensor:
     b, n, c = x.shape
     index = (labels + torch.arange(b, device=x.device).mul_(k).unsqueeze(1)).view(-1)
     sums = x.new_zeros(b * k, c).index_add_(0, index, x.reshape(b * n, c))
-    # counted into a tensor of known size (bincount would read the largest index back)
-    counts = torch.zeros(b * k, dtype=torch.long, device=x.device).index_add_(
-        0, index, torch.ones_like(index)).clamp_min_(1).to(x.dtype)
+    counts = count_values(index, b * k).clamp_min_(1).to(x.dtype)
     return (sums / counts.unsqueeze(1)).view(b, k, c)
 
 

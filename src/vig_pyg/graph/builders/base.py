@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import VigPygError
+from ..knn import _image_offsets as image_offsets
 from ..knn import _target_index, mark_fixed_degree
 
 
@@ -147,10 +148,6 @@ def node_rows(x: Tensor) -> Tensor:
     """``[B, C, H, W]`` -> ``[B, H*W, C]`` (a view for channels-last maps)."""
     b, c, h, w = x.shape
     return x.permute(0, 2, 3, 1).reshape(b, h * w, c)
-
-
-def image_offsets(num_images: int, nodes: int, device) -> Tensor:
-    return torch.arange(num_images, device=device).mul_(nodes).view(num_images, 1, 1)
 
 
 def table_edges(table: Tensor, num_images: int, nodes: int,
