@@ -33,7 +33,8 @@ def test_digits_images():
 
 def test_build_datasets_and_tensors():
     cfg = build_config(None, ["aug.auto_augment=rand-m9-mstd0.5-inc1", "aug.re_prob=0.5"])
-    train, test, n = build_datasets(cfg)
+    train, val, test, n = build_datasets(cfg)
+    assert val is None  # no data.val_fraction
     assert n == 10 and len(train) == 1437 and len(test) == 360
     torch.manual_seed(0)
     for i in range(50):  # timm's posterize at full magnitude (0 bits) must not crash

@@ -21,7 +21,7 @@ def test_imagefolder(tmp_path):
     _folder(tmp_path)
     cfg = build_config(None, ["data.dataset=imagefolder", f"data.root={tmp_path}", "data.img_size=32",
                               "data.crop_pct=0.875"])
-    train, val, n = build_datasets(cfg)
+    train, _, val, n = build_datasets(cfg)
     assert n == 2 and len(train) == len(val) == 6
     assert train[0][0].shape == (3, 32, 32) and val[0][0].shape == (3, 32, 32)
 

@@ -132,7 +132,7 @@ def test_fashionmnist_by_name(tmp_path):
     cfg = build_config(None, ["data.dataset=fashionmnist", f"data.root={tmp_path}",
                               "data.img_size=32"])
     assert normalization(cfg) == ((0.2860,) * 3, (0.3530,) * 3)
-    train, test, n = build_datasets(cfg)
+    train, _, test, n = build_datasets(cfg)
     assert n == 10 and len(train) == 20 and len(test) == 12
     assert train[0][0].shape == (3, 32, 32) and test[0][0].shape == (3, 32, 32)
     x = test[0][0]
@@ -140,7 +140,7 @@ def test_fashionmnist_by_name(tmp_path):
     grey = build_config(None, ["data.dataset=fashionmnist", f"data.root={tmp_path}",
                                "model.in_chans=1"])
     assert normalization(grey) == ((0.2860,), (0.3530,))
-    train, test, _ = build_datasets(grey)
+    train, _, test, _ = build_datasets(grey)
     for i in range(5):
         assert train[i][0].shape == (1, 32, 32)
     assert test[0][0].shape == (1, 32, 32)
@@ -151,7 +151,8 @@ def test_fashionmnist_by_name(tmp_path):
 def test_defaults_keep_their_meaning():
     # digits, imagefolder and cifar: data.mean/std null still mean 0.5 / 0.5
     for name in ("digits", "cifar10", "cifar100", "imagefolder"):
-        cfg = build_config(None, [f"data.dataset={name}", "data.root=/nonexistent"])
+        root = [] if name == "digits" else ["data.root=/nonexistent"]  # digits reads no root
+        cfg = build_config(None, [f"data.dataset={name}", *root])
         assert normalization(cfg) == ((0.5,) * 3, (0.5,) * 3)
     cfg = build_config(None, ["data.dataset=svhn", "data.mean=[0.1, 0.2, 0.3]"])
     assert normalization(cfg) == ((0.1, 0.2, 0.3), DATASETS["svhn"].std)

@@ -63,13 +63,13 @@ def test_config_errors(item, fragment):
 def test_digits_training_subset():
     train_idx, _, labels = digits_split(0.2, 0)
     counts = np.bincount(labels[train_idx])  # the 1437 training digits per class
-    train, test, n = build_datasets(build_config(None, ["data.train_subset=100"]))
+    train, _, test, n = build_datasets(build_config(None, ["data.train_subset=100"]))
     assert len(train) == 100 and len(test) == 360 and n == 10
     assert np.bincount(train.targets).tolist() == subset_quotas(counts, 100).tolist()
     assert train[0][0].shape == (3, 32, 32)
-    again, _, _ = build_datasets(build_config(None, ["data.train_subset=100"]))
+    again, _, _, _ = build_datasets(build_config(None, ["data.train_subset=100"]))
     assert again.indices == train.indices  # seeded by data.split_seed
-    other, _, _ = build_datasets(build_config(None, ["data.train_subset=100",
+    other, _, _, _ = build_datasets(build_config(None, ["data.train_subset=100",
                                                      "data.split_seed=1"]))
     assert other.indices != train.indices
     with pytest.raises(ConfigError) as err:

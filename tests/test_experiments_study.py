@@ -140,3 +140,37 @@ def test_include_adds_configurations_beyond_the_product(tmp_path):
     open(path, "w").write(yaml.safe_dump(raw))
     with pytest.raises(StudyError, match="one value for every grid axis"):
         load_study(path)
+
+
+def test_only_and_seeds_narrow_the_study_keeping_run_names(tmp_path):
+    import yaml
+
+    path = write_study(tmp_path, {"model.conv": ["mr", "edge", "gin"], "model.k": [3, 5]},
+                       seeds=[0, 1], reference={"model.conv": "mr", "model.k": 3})
+    raw = yaml.safe_load(open(path))
+    raw["include"] = [{"model.conv": "sage", "model.k": 4}, {"model.conv": "edge", "model.k": 4}]
+    open(path, "w").write(yaml.safe_dump(raw))
+    whole = {r.name for r in load_study(path).runs()}
+    study = load_study(path, seeds=[0, 1, 2], only=["model.conv=mr", "model.conv=edge"])
+    # rule: keep a configuration when each --only axis holds one of its listed values
+    expected = [(c, k) for c in ["mr", "edge"] for k in [3, 5]] + [("edge", 4)]
+    assert [(v["model.conv"], v["model.k"]) for v in study.configurations()] == expected
+    assert study.seeds == [0, 1, 2] and len(study.runs()) == 15
+    assert {r.name for r in study.runs() if r.seed < 2} <= whole  # same directories
+    for only, message in ((["model.conv=edge"], "leaves out the reference"),
+                          (["model.conv=gat"], "no configuration of the study has it"),
+                          (["model.depth=2"], "one of the grid's axes")):
+        with pytest.raises(StudyError, match=message):
+            load_study(path, only=only)
+    with pytest.raises(StudyError, match="distinct integers"):
+        load_study(path, seeds=[1, 1])
+
+
+def test_sweep_only_on_the_command_line(tmp_path, capsys):
+    path = write_study(tmp_path, {"model.conv": ["mr", "edge"]}, seeds=[0],
+                       reference={"model.conv": "mr"})
+    code = main(["sweep", path, "--only", "model.conv=mr", "--seeds", "3", "4", "--dry-run",
+                 "--output", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert code == 0 and "conv-mr__seed-3" in out and "conv-mr__seed-4" in out
+    assert "edge" not in out

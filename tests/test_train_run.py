@@ -186,3 +186,14 @@ def test_eval_official_release_layout(trained, capsys, tmp_path):
     assert code == 0, err
     summary = json.loads((trained / "summary.json").read_text())
     assert json.loads(js.read_text())["top1"] == pytest.approx(summary["top1"])
+
+
+def test_one_channel_model_trains(tmp_path):
+    """model.in_chans=1: the size check and the steps feed one channel (RGB digits -> grey)."""
+    from vig_pyg.train.training import fit_run
+
+    summary, run = fit_run(None, TINY + ["model.in_chans=1", "train.max_steps=1",
+                                         "aug.mixup=0", "aug.cutmix=0"],
+                           output=str(tmp_path / "grey"))
+    assert run.model.stem.convs[0].in_channels == 1 and summary["global_step"] == 1
+    assert next(iter(run.test_loader))[0].shape[1] == 1

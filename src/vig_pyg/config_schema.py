@@ -5,7 +5,9 @@ with their types and defaults. :class:`Schema` composes one from the defaults, a
 config, a YAML file and ``--set section.key=value`` overrides. Values are parsed as YAML
 (``[1, 2]``, ``null``, ``true``) and then converted to the key's type (:func:`coerce`),
 so ``1e-3`` is a float even though YAML 1.1 reads it as a string. Every problem is a
-one-line :class:`~vig_pyg.errors.ConfigError`; an unknown key names the valid ones.
+one-line :class:`~vig_pyg.errors.ConfigError`; an unknown key names the valid ones, and a
+key the chosen setting does not read (:class:`KeyReaders`, e.g. ``data.root`` with a
+built-in data set) is an error unless it holds its default.
 
 The schemas themselves are data: :mod:`vig_pyg.train.config` and
 :mod:`vig_pyg.detection.config` declare their sections and checks on top of this module.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import typing
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional
 
 import yaml
@@ -254,6 +257,80 @@ def check_not_negative(cfg, keys) -> None:
             raise ConfigError(f"{dotted} must not be negative, got {value}")
 
 
+def defaults_of(cls) -> dict:
+    """Each key of a section with its dataclass default (``default_factory`` called)."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        out[f.name] = f.default_factory() if f.default is dataclasses.MISSING else f.default
+    return out
+
+
+def yaml_text(value: Any) -> str:
+    """A value as it is written in YAML and ``--set``: ``true``, ``null``, ``[16, 48]``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "null" if value is None else str(value)
+
+
+@dataclass(frozen=True)
+class KeyReaders:
+    """Which keys of one section each value of its selector key reads (e.g. which ``data.*``
+    keys each ``data.dataset`` reads), as data for :func:`check_unused`.
+
+    ``reads`` lists, per selector value, only the keys that depend on the value; a key in
+    no entry is read by every value and never checked. ``also_read_by`` names keys that
+    some other key of the section reads too once that other key differs from its default
+    (``split_seed`` seeds ``train_subset``). ``about`` gives each value a few words for the
+    error: why it reads no such key.
+    """
+    section: str
+    selector: str
+    reads: Mapping[str, tuple]
+    about: Mapping[str, str]
+    also_read_by: Mapping[str, tuple] = dataclasses.field(default_factory=dict)
+
+    def dependent(self) -> list:
+        """The keys some value reads and another does not, each once, in table order."""
+        return list(dict.fromkeys(k for keys in self.reads.values() for k in keys))
+
+    def readers_of(self, key: str) -> list:
+        """The selector values that read ``key``."""
+        return [value for value, keys in self.reads.items() if key in keys]
+
+
+def check_unused(cfg, table: KeyReaders) -> None:
+    """An option that does nothing is an error: a key of ``table.section`` that the chosen
+    ``table.selector`` value does not read (nor a changed key of ``also_read_by``) must
+    hold its dataclass default. Run after :func:`check_choices` on the selector."""
+    obj = getattr(cfg, table.section)
+    defaults = defaults_of(type(obj))
+    changed = {k for k, v in defaults.items() if getattr(obj, k) != v}
+    choice = getattr(obj, table.selector)
+    read = set(table.reads[choice])
+    read.update(k for k, users in table.also_read_by.items() if changed & set(users))
+    for key in table.dependent():
+        if key in changed and key not in read:
+            raise ConfigError(_unused_message(table, obj, key, defaults[key]))
+
+
+def _unused_message(table: KeyReaders, obj, key: str, default: Any) -> str:
+    """``data.root=/x does nothing with data.dataset=digits (...): drop it (default null),
+    or set data.dataset to one of ...``."""
+    sec, sel = table.section, f"{table.section}.{table.selector}"
+    choice = getattr(obj, table.selector)
+    users = table.readers_of(key)
+    fixes = [f"{sel}={users[0]}" if len(users) == 1 else f"{sel} to one of " + ", ".join(users)]
+    fixes += [f"{sec}.{k}" for k in table.also_read_by.get(key, ())]
+    return (f"{sec}.{key}={yaml_text(getattr(obj, key))} does nothing with {sel}={choice} "
+            f"({table.about[choice]}): drop it (default {yaml_text(default)}), or set "
+            + _either(fixes))
+
+
+def _either(items: list) -> str:
+    """``a``, ``a or b``, ``a, b or c``."""
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " or " + items[-1]
+
+
 __all__ = ["Sections", "Schema", "ExtraKeys", "keys_of", "unknown_key", "coerce",
            "parse_override", "load_yaml", "value_at", "check_choices", "check_positive",
-           "check_not_negative"]
+           "check_not_negative", "defaults_of", "yaml_text", "KeyReaders", "check_unused"]

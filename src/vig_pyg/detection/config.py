@@ -3,7 +3,8 @@
 Sections ``model``, ``data``, ``optim``, ``sched``, ``train``, ``log``; defaults, then a
 YAML file, then ``--set section.key=value`` overrides; values are YAML converted to each
 key's type, unknown keys are an error naming the valid ones (the mechanism shared with
-the training config).
+the training config), and so is a ``data.*`` key the chosen ``data.dataset`` does not
+read (:data:`DATA_KEYS`) unless it holds its default.
 The defaults are the paper's COCO 1x recipe (12 epochs, AdamW, lr 1e-4, weight decay
 0.05, step decay at epochs 8 and 11); ``configs/detect_demo.yaml`` shrinks it for a CPU.
 """
@@ -12,7 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ..config_schema import Schema, Sections, check_choices, check_positive
+from ..config_schema import (KeyReaders, Schema, Sections, check_choices, check_positive,
+                             check_unused)
 from ..errors import ConfigError
 
 
@@ -128,9 +130,22 @@ CHOICES = {
 }
 
 
+#: Which ``data.*`` keys each ``data.dataset`` reads; the others must keep their defaults
+#: (batch sizes, workers, ``hflip`` and ``max_eval_images`` serve both and are not listed).
+DATA_KEYS = KeyReaders(
+    section="data",
+    selector="dataset",
+    reads={"synthetic": ("canvas", "num_train", "num_val", "max_objects", "scale", "seed",
+                         "cache_dir"),
+           "coco": ("root", "train_json", "train_images", "val_json", "val_images")},
+    about={"synthetic": "the built-in set", "coco": "COCO-layout files"},
+)
+
+
 def validate(cfg: DetectConfig) -> DetectConfig:
     """Checks that need no model or data."""
     check_choices(cfg, CHOICES)
+    check_unused(cfg, DATA_KEYS)
     check_positive(cfg, ("data.batch_size", "data.eval_batch_size", "train.epochs",
                          "train.eval_every", "data.canvas", "data.num_train", "data.num_val",
                          "data.max_objects", "model.fpn_channels", "model.max_size"))
@@ -154,4 +169,5 @@ def build_config(path: Optional[str] = None, overrides=None, base: Optional[dict
     return validate(cfg)
 
 
-__all__ = ["DetectConfig", "build_config", "set_key", "apply_dict", "validate", "ConfigError"]
+__all__ = ["DetectConfig", "DATA_KEYS", "build_config", "set_key", "apply_dict", "validate",
+           "ConfigError"]

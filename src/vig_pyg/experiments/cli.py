@@ -12,8 +12,10 @@ examples:
   vig-pyg sweep experiments/aggregators.yaml                      # all runs, then the report
   vig-pyg sweep experiments/aggregators.yaml --dry-run            # list the runs and their state
   vig-pyg sweep experiments/neighbours.yaml --jobs 2 --set train.epochs=5
+  vig-pyg sweep experiments/graphs.yaml --only model.conv=mr --seeds 0 1 2   # a slice
   vig-pyg sweep experiments/aggregators.yaml --executor slurm \\
-      --set sweep.partition=gpu sweep.gpus=1 sweep.time=240 data.dataset=cifar100 data.root=/data/cifar
+      --set sweep.partition=gpu sweep.gpus=1 sweep.time=240 data.dataset=cifar100 \\
+            data.root=/data/cifar data.test_fraction=0.2
 
 Running the same command again continues the sweep: finished runs are skipped, interrupted
 ones resume from checkpoints/last.pt, failed ones are tried again (twice at most).
@@ -40,6 +42,11 @@ def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--executor", default="local", choices=["local", "slurm", "submitit-local"])
     p.add_argument("-j", "--jobs", type=int, default=1,
                    help="runs at once (local: the cores are divided among them)")
+    p.add_argument("--seeds", type=int, nargs="+", metavar="N",
+                   help="these seeds instead of the study's")
+    p.add_argument("--only", metavar="AXIS=VALUE", nargs="+", action="extend", default=[],
+                   help="keep the configurations with these grid values (the reference must "
+                        "stay), e.g. --only model.conv=mr")
     p.add_argument("--dry-run", action="store_true", help="list the runs; train nothing")
     p.set_defaults(func=sweep_command)
     return p
@@ -63,7 +70,7 @@ def sweep_command(args) -> int:
     try:
         if args.jobs < 1:
             raise StudyError(f"--jobs must be at least 1, got {args.jobs}")
-        study = load_study(args.study, args.sets)
+        study = load_study(args.study, args.sets, args.seeds, args.only)
         output = args.output or os.path.join("runs", study.name)
         check_executor(args.executor)
         check_output(study, output)
@@ -75,7 +82,7 @@ def sweep_command(args) -> int:
     except VigPygError as exc:
         return _fail("sweep", exc)
     failed = sorted(n for n, s in status.items() if s.get("state") != "done")
-    print(result["table"])
+    print(result["header"] + "\n\n" + result["table"])
     print(f"sweep {study.name}: {len(status) - len(failed)} done, {len(failed)} failed -> {output}")
     for name in failed:
         print(f"  failed {name}: {status[name].get('error')}")
@@ -89,5 +96,5 @@ def report_command(args) -> int:
         result = report(args.directory, plots=not args.no_plots)
     except VigPygError as exc:
         return _fail("report", exc)
-    print(result["table"])
+    print(result["header"] + "\n\n" + result["table"])
     return 0

@@ -1,4 +1,5 @@
-"""The report's figures (matplotlib, Agg backend, PNG)."""
+"""The report's figures (matplotlib, Agg backend, PNG): test top-1 against GMACs and per
+axis value, and the curves of the selection split's top-1 and the training loss."""
 from __future__ import annotations
 
 import os
@@ -71,28 +72,34 @@ def plot_axis(study, configs, axis, path):
     plt.close(fig)
 
 
-def _band(ax, runs, index, label):
-    """Mean line and min-max band over seeds of metric ``index`` of the curves."""
-    epochs = sorted({e for r in runs for e, v in r["curves"].items() if v[index] is not None})
+SPLIT_NAMES = {"val": "validation", "test": "test"}
+
+
+def _band(ax, runs, metric, label):
+    """Mean line and min-max band over seeds of ``metric`` ("val", "test", "loss") of the
+    curves (:func:`.report.read_curves`)."""
+    epochs = sorted({e for r in runs for e, v in r["curves"].items() if v[metric] is not None})
     if not epochs:
         return
-    per = [[r["curves"][e][index] for r in runs
-            if e in r["curves"] and r["curves"][e][index] is not None] for e in epochs]
+    per = [[r["curves"][e][metric] for r in runs
+            if e in r["curves"] and r["curves"][e][metric] is not None] for e in epochs]
     mean = [sum(v) / len(v) for v in per]
     line, = ax.plot(epochs, mean, marker="o" if len(epochs) < 15 else None, ms=3, label=label)
     ax.fill_between(epochs, [min(v) for v in per], [max(v) for v in per],
                     color=line.get_color(), alpha=0.2)
 
 
-def plot_curves(configs, path):
+def plot_curves(configs, path, split="test"):
+    """Top-1 of ``split`` per epoch beside the training loss. With a validation split the
+    test split is evaluated once, at the end: there is no test curve to draw."""
     plt = _pyplot()
     fig, (top, loss) = plt.subplots(1, 2, figsize=(11, 4.5))
     for c in _done(configs):
         runs = list(c["runs"].values())
-        _band(top, runs, 0, c["label"])
-        _band(loss, runs, 1, c["label"])
+        _band(top, runs, split, c["label"])
+        _band(loss, runs, "loss", c["label"])
     top.set_xlabel("epoch")
-    top.set_ylabel("test top-1 (%)")
+    top.set_ylabel(f"{SPLIT_NAMES[split]} top-1 (%)")
     loss.set_xlabel("epoch")
     loss.set_ylabel("training loss")
     loss.legend(fontsize=7)
@@ -104,12 +111,13 @@ def plot_curves(configs, path):
     plt.close(fig)
 
 
-def write_plots(study, configs, output) -> list:
+def write_plots(study, configs, output, split="test") -> list:
+    """The report's PNGs; ``split``: the selection split, whose top-1 the curves draw."""
     if not _done(configs):
         return []
     paths = [os.path.join(output, "top1_vs_gmacs.png"), os.path.join(output, "curves.png")]
     plot_top1_vs_gmacs(configs, paths[0])
-    plot_curves(configs, paths[1])
+    plot_curves(configs, paths[1], split)
     for axis in study.axes:
         p = os.path.join(output, f"top1_by_{study.axis_label(axis).replace('.', '_')}.png")
         plot_axis(study, configs, axis, p)

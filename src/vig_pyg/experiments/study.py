@@ -15,6 +15,7 @@ Runs = (grid product, then ``include``) x seeds, in that order. A run is named a
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -178,10 +179,12 @@ def split_sets(items) -> tuple:
     return sweep, common
 
 
-def load_study(path: str, sets=()) -> Study:
+def load_study(path: str, sets=(), seeds=None, only=()) -> Study:
     """Read, check and complete a study; ``sets`` (``--set`` items) override its ``set`` and
-    ``sweep`` entries. Every configuration is built once with the training config's own
-    checks (keys, values, model options), so a bad study fails here, before any run starts."""
+    ``sweep`` entries, ``seeds`` its seeds, and ``only`` (``AXIS=VALUE`` items) keeps the
+    configurations with those values (:func:`restrict`). Every configuration is built once
+    with the training config's own checks (keys, values, model options), so a bad study
+    fails here, before any run starts."""
     if not os.path.isfile(path):
         raise StudyError(f"study file '{path}' does not exist")
     try:
@@ -203,8 +206,41 @@ def load_study(path: str, sets=()) -> Study:
         raise StudyError(f"unknown sweep setting 'sweep.{unknown[0]}'; valid: "
                          + ", ".join(f"sweep.{k}" for k in sorted(SWEEP_KEYS)))
     _check_reference(study)
+    if seeds is not None:
+        _check_shape({**raw, "seeds": list(seeds)}, path)
+        study.seeds = list(seeds)
+    study = restrict(study, only)
     validate_runs(study)
     return study
+
+
+def restrict(study: Study, only=()) -> Study:
+    """The study narrowed to the configurations whose grid values match every ``AXIS=VALUE``
+    of ``only`` (values read as YAML; several items on one axis keep each); run names are
+    unchanged, so a narrowed sweep and the whole one share their run directories. The
+    reference must survive: the comparisons are against it."""
+    wanted: dict = {}
+    for item in only:
+        axis, sep, text = item.partition("=")
+        if not sep or axis.strip() not in study.grid:
+            raise StudyError(f"--only '{item}' must be AXIS=VALUE with AXIS one of the grid's "
+                             f"axes ({', '.join(study.axes)})")
+        wanted.setdefault(axis.strip(), []).append(yaml.safe_load(text))
+    if not wanted:
+        return study
+    keep = lambda c: all(c[a] in vs for a, vs in wanted.items())  # noqa: E731
+    for axis, values in wanted.items():
+        missing = [v for v in values if not any(keep(c) and c[axis] == v
+                                                for c in study.configurations())]
+        if missing:
+            raise StudyError(f"--only {axis}={missing[0]}: no configuration of the study has "
+                             f"it (values: {study.grid[axis]})")
+    if study.reference and not keep(study.reference):
+        raise StudyError(f"--only leaves out the reference ({study.reference}): keep its "
+                         "values, the table compares every row with it")
+    grid = {a: [v for v in vs if a not in wanted or v in wanted[a]] for a, vs in study.grid.items()}
+    include = [c for c in study.include if keep(c)]
+    return dataclasses.replace(study, grid=grid, include=include)
 
 
 def validate_runs(study: Study) -> None:

@@ -2,7 +2,8 @@
 
 Layout of the sweep directory (``--output``, default ``runs/<study name>``)::
 
-    study.yaml          the study as run (its name marks the directory as this study's)
+    study.yaml          the study as run (its name marks the directory as this study's),
+                        with the machine, commit and executor it ran under (:mod:`.conditions`)
     status.json         per run: state (done, failed), attempts, error
     runs/NAME/          one training run each (config.yaml, metrics.csv, summary.json, ...)
     logs/NAME.log       the run's console output
@@ -21,6 +22,7 @@ import threading
 
 import yaml
 
+from .conditions import sweep_conditions
 from .executors import check_executor, execute
 from .runner import run_state
 from .study import Study, StudyError
@@ -61,6 +63,20 @@ def write_status(output: str, status: dict) -> None:
     with open(tmp, "w") as fh:
         json.dump(status, fh, indent=1, sort_keys=True)
     os.replace(tmp, path)
+
+
+def write_marker(study: Study, output: str, executor: str) -> dict:
+    """``study.yaml``: the study plus this invocation's machine, commit and executor (merged
+    with those of the marker it replaces: a continued sweep lists every one it ran under)."""
+    path = os.path.join(output, MARKER)
+    previous = None
+    if os.path.exists(path):
+        with open(path) as fh:
+            previous = yaml.safe_load(fh) or {}
+    marker = {**study.to_dict(), **sweep_conditions(previous, executor)}
+    with open(path, "w") as fh:
+        yaml.safe_dump(marker, fh, sort_keys=False)
+    return marker
 
 
 def plan(study: Study, output: str) -> list:
@@ -118,8 +134,7 @@ def run_sweep(study: Study, output: str, executor: str = "local", jobs: int = 1)
     check_output(study, output)
     os.makedirs(os.path.join(output, "logs"), exist_ok=True)
     os.makedirs(os.path.join(output, "runs"), exist_ok=True)
-    with open(os.path.join(output, MARKER), "w") as fh:
-        yaml.safe_dump(study.to_dict(), fh, sort_keys=False)
+    write_marker(study, output, executor)
     runs = plan(study, output)
     status = {n: s for n, s in read_status(output).items() if n in {r.name for r, _ in runs}}
     for run, state in runs:

@@ -17,6 +17,7 @@ from typing import Any, Optional
 from ..config_schema import Schema, Sections, check_choices, check_not_negative, check_positive
 from ..config_schema import load_yaml, parse_override  # noqa: F401  (re-exported)
 from ..datasets.table import DATASETS
+from .dataset_keys import check_data_keys
 from ..errors import ConfigError  # noqa: F401  (re-exported)
 
 
@@ -51,13 +52,15 @@ class DataConfig:
     num_workers: int = 0                 # loader worker processes (0: bit-exact resume)
     mean: Optional[list] = None          # one value per model.in_chans; null: the set's statistics from the table (cifar10/100: 0.5), else 0.5 (the official ViG weights expect 0.5 / 0.5)
     std: Optional[list] = None           # as mean
-    interpolation: str = "bicubic"       # resize interpolation
-    crop_pct: float = 1.0                # eval: resize to img_size / crop_pct, centre crop img_size (ImageNet: 0.875)
+    interpolation: Optional[str] = None  # resize interpolation (timm's: bicubic, bilinear, ...); null: bicubic for digits and the table's sets, else the model's pretrained_cfg (train/preprocessing.py)
+    crop_pct: Optional[float] = None     # eval: resize to floor(img_size / crop_pct), centre crop img_size; null: 1.0 for digits and the table's sets, else the model's pretrained_cfg (zoo: 0.9, pvig_b 0.95)
     train_split: str = "train"           # imagefolder: sub-directory for training
     val_split: str = "val"               # imagefolder: sub-directory for evaluation
     test_fraction: float = 0.2           # digits: held-out fraction (stratified)
-    split_seed: int = 0                  # digits: seed of the fixed train/test split; all sets: seed of train_subset
+    split_seed: int = 0                  # digits: seed of the fixed train/test split; all sets: seed of train_subset and val_fraction
     train_subset: Optional[int] = None   # train on a stratified subset of this many images (after the validation carve-out); null: all
+    val_fraction: float = 0.0            # held out of the training data for validation (stratified, seeded by split_seed); evaluation then runs on it and the test split once, at the end; 0: none
+    skip_bad_images: bool = False        # imagefolder: drop a file PIL cannot read from its batch (counted, named once on stderr) instead of stopping the run
 
 
 @dataclass
@@ -196,6 +199,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 def validate(cfg: Config) -> None:
     """Checks that need no model or data (names, ranges)."""
     check_choices(cfg, CHOICES)
+    check_data_keys(cfg)  # a data.* key the chosen data.dataset does not read
     check_positive(cfg, ["data.img_size", "data.batch_size", "data.eval_batch_size",
                          "train.epochs", "train.eval_every", "model.k"])
     check_not_negative(cfg, ["data.num_workers", "train.ckpt_every_steps", "train.max_steps",
@@ -215,8 +219,9 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"data.{name} needs {chans} values (one per channel, "
                               f"model.in_chans={chans}), got {v}: give {chans} values or null")
     validate_splits(cfg)
-    if not 0 < cfg.data.crop_pct <= 1:
-        raise ConfigError(f"data.crop_pct must be in (0, 1], got {cfg.data.crop_pct}")
+    from .preprocessing import check_preprocessing  # crop and interpolation rules live there
+
+    check_preprocessing(cfg)
     if len(cfg.aug.scale) != 2 or len(cfg.aug.ratio) != 2:
         raise ConfigError("aug.scale and aug.ratio need two values each, e.g. [0.08, 1.0]")
     if not 0 <= cfg.ema.decay < 1:
@@ -234,11 +239,15 @@ def in_chans(cfg: Config) -> int:
 
 def validate_splits(cfg: Config) -> None:
     """``data.train_subset`` null or a positive int (that it is not above the training
-    set's size is checked when the data is loaded)."""
+    set's size is checked when the data is loaded); ``data.val_fraction`` in [0, 1)."""
     n = cfg.data.train_subset
     if n is not None and n <= 0:
         raise ConfigError(f"data.train_subset must be a positive number of images, got {n}: "
                           "use e.g. 1000, or null for the whole training set")
+    f = cfg.data.val_fraction
+    if not 0 <= f < 1:
+        raise ConfigError(f"data.val_fraction must be in [0, 1), got {f}: use e.g. 0.1 to hold "
+                          "out a tenth of the training data, or 0 for no validation split")
 
 
 def validate_compile_mode(cfg: Config) -> None:

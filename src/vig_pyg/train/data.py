@@ -8,9 +8,13 @@
   directly in ROOT), the others by their torchvision class (``data.download=true`` fetches
   them; nothing is ever downloaded otherwise).
 * ``imagefolder``: ``ROOT/train/<class>/*.jpg`` and ``ROOT/val/<class>/*.jpg`` (ImageNet layout).
+  A damaged file stops the run with one line naming it, or with ``data.skip_bad_images`` is
+  dropped from its batch (:mod:`vig_pyg.datasets.bad_images`; every loader reads through its
+  ``SkippingView`` and ``collate``, so batches are ``Batch`` pairs listing what was skipped).
 
-``data.train_subset`` keeps a stratified subset of the training data
-(:mod:`vig_pyg.datasets.splits`, seeded by ``data.split_seed``).
+``data.val_fraction`` holds a stratified part of the training data out for validation, and
+``data.train_subset`` keeps a stratified subset of the rest for training
+(:mod:`vig_pyg.datasets.splits`, both seeded by ``data.split_seed``).
 
 Training transforms come from ``timm.data.create_transform`` (random-resized crop, flip,
 RandAugment, random erasing); mixup / cutmix is applied per batch by ``timm.data.Mixup``.
@@ -22,19 +26,21 @@ exactly the batches the interrupted run would have seen.
 from __future__ import annotations
 
 import os
-from typing import Iterator, Optional
+from typing import Iterator, NamedTuple, Optional
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Sampler
 
+from ..datasets.bad_images import ImageReader, SkippingView, collate
 from ..datasets.digits import DigitsDataset
 from ..datasets.idx import IdxDataset
-from ..datasets.splits import TransformedSubset, stratified_subset
+from ..datasets.splits import TransformedSubset, stratified_split, stratified_subset
 from ..datasets.table import DatasetFacts, facts_of
 from ..errors import one_line
 from .config import Config, ConfigError, in_chans
+from .preprocessing import eval_preprocessing
 
 
 # --------------------------------------------------------------------------- datasets
@@ -54,21 +60,11 @@ def channels_of(dataset: str) -> int:
 
 
 def normalization(cfg: Config) -> tuple:
-    """``(mean, std)`` with one value per ``model.in_chans``: ``data.mean``/``data.std`` when
-    given; else the table's statistics for a set with ``stats_by_default`` (a grey set's one
-    value repeated for a 3-channel model, whose input repeats the grey channel), else 0.5.
-    A colour set's statistics do not describe its grey conversion, so in_chans=1 gets 0.5."""
-    d, chans = cfg.data, in_chans(cfg)
-    facts = facts_of(d.dataset)
-
-    def pick(given, stats):
-        if given is not None:
-            return tuple(given)
-        if facts is None or not facts.stats_by_default or len(stats) not in (1, chans):
-            return (0.5,) * chans
-        return tuple(stats) * (chans // len(stats))
-
-    return (pick(d.mean, facts.mean if facts else ()), pick(d.std, facts.std if facts else ()))
+    """``(mean, std)`` with one value per ``model.in_chans``, as
+    :func:`~vig_pyg.train.preprocessing.eval_preprocessing` resolves them (config, else the
+    data set's statistics, else the model's pretrained cfg)."""
+    prep = eval_preprocessing(cfg)
+    return prep.mean, prep.std
 
 
 class ToMode:
@@ -105,18 +101,21 @@ def _patch_timm_posterize() -> None:
 
 
 def build_transforms(cfg: Config, train: bool):
-    """timm's transforms; first a conversion to the model's channels (grey to RGB, or RGB to
-    grey) when the set's images have other channels than ``model.in_chans``."""
+    """timm's transforms with :func:`~vig_pyg.train.preprocessing.eval_preprocessing`'s
+    interpolation, mean, std (and, for evaluation, crop); first a conversion to the model's
+    channels (grey to RGB, or RGB to grey) when the set's images have other channels than
+    ``model.in_chans``."""
     from timm.data import create_transform
     from torchvision.transforms import Compose
 
     _patch_timm_posterize()
 
     d, a = cfg.data, cfg.aug
-    mean, std = normalization(cfg)
-    common = dict(input_size=d.img_size, interpolation=d.interpolation, mean=mean, std=std)
+    prep = eval_preprocessing(cfg)
+    common = dict(input_size=d.img_size, interpolation=prep.interpolation, mean=prep.mean,
+                  std=prep.std)
     if not train:
-        tf = create_transform(is_training=False, crop_pct=d.crop_pct, **common)
+        tf = create_transform(is_training=False, crop_pct=prep.crop_pct, **common)
     else:
         tf = create_transform(
             is_training=True, scale=tuple(a.scale), ratio=tuple(a.ratio), hflip=a.hflip,
@@ -158,7 +157,8 @@ def _imagefolder(cfg: Config, train_tf, test_tf):
                               f"{d.train_split}/ and {d.val_split}/ sub-directories "
                               "(or set data.train_split / data.val_split)")
         try:
-            out.append(torchvision.datasets.ImageFolder(path, transform=tf))
+            out.append(torchvision.datasets.ImageFolder(  # damaged files: datasets.bad_images
+                path, transform=tf, loader=ImageReader(d.skip_bad_images)))
         except (FileNotFoundError, RuntimeError) as exc:
             raise ConfigError(f"no images in '{path}' ({one_line(exc)}): expected "
                               "one sub-directory of images per class") from None
@@ -217,10 +217,20 @@ def labels_of(dataset) -> np.ndarray:
     return np.asarray(labels, dtype=np.int64)
 
 
-def build_datasets(cfg: Config):
-    """``(train, test, num_classes)``, the training set reduced to ``data.train_subset``
-    images where set; raises ConfigError for a missing or empty root and for a subset
-    above the training images."""
+class Splits(NamedTuple):
+    """The data of a run: ``val`` is None without ``data.val_fraction``."""
+    train: object
+    val: object
+    test: object
+    num_classes: int
+
+
+def build_datasets(cfg: Config) -> Splits:
+    """The run's splits: ``data.val_fraction`` of the training data held out for validation
+    (stratified, seeded by ``data.split_seed``; test-time transforms), then
+    ``data.train_subset`` images of the rest kept for training (stratified, same seed); so
+    the validation images do not depend on the budget. Raises ConfigError for a missing or
+    empty root, a subset above the images left, and a fraction that leaves no validation image."""
     d = cfg.data
     train_tf, test_tf = build_transforms(cfg, True), build_transforms(cfg, False)
     facts = facts_of(d.dataset)
@@ -228,16 +238,29 @@ def build_datasets(cfg: Config):
         raise ConfigError(f"unknown dataset '{d.dataset}'")
     load = (lambda *tfs: _named(cfg, facts, *tfs)) if facts else (
         lambda *tfs: _SOURCES[d.dataset](cfg, *tfs))
-    if d.train_subset is None:
-        return load(train_tf, test_tf)
+    if d.train_subset is None and not d.val_fraction:
+        train, test, n = load(train_tf, test_tf)
+        return Splits(train, None, test, n)
     train, test, n = load(None, test_tf)
     labels = labels_of(train)
-    if d.train_subset > len(labels):
-        raise ConfigError(f"data.train_subset={d.train_subset} is above the {len(labels)} "
-                          f"training images of {d.dataset}: lower data.train_subset, or null "
-                          f"for all")
-    keep = stratified_subset(labels, d.train_subset, d.split_seed)
-    return TransformedSubset(train, keep, train_tf, labels), test, n
+    pool, val = np.arange(len(labels)), None
+    if d.val_fraction:
+        pool, held = stratified_split(labels, d.val_fraction, d.split_seed)
+        if len(held) == 0:
+            raise ConfigError(f"data.val_fraction={d.val_fraction} holds out no image of the "
+                              f"{len(labels)} training images: raise it")
+        val = TransformedSubset(train, held, test_tf, labels)
+    if d.train_subset is not None:
+        if d.train_subset > len(pool):
+            raise ConfigError(f"data.train_subset={d.train_subset} is above the {len(pool)} "
+                              f"training images of {d.dataset}{_after_val(d)}: lower "
+                              "data.train_subset, or null for all")
+        pool = pool[stratified_subset(labels[pool], d.train_subset, d.split_seed)]
+    return Splits(TransformedSubset(train, pool, train_tf, labels), val, test, n)
+
+
+def _after_val(d) -> str:
+    return f" left after data.val_fraction={d.val_fraction}" if d.val_fraction else ""
 
 
 # --------------------------------------------------------------------------- sampling
@@ -300,9 +323,10 @@ class TrainLoader:
                               "training images per process: lower data.batch_size")
         self.generator = torch.Generator()
         self.loader = DataLoader(
-            dataset, batch_sampler=BatchSampler(self.sampler, batch_size, drop_last=True),
+            SkippingView(dataset),
+            batch_sampler=BatchSampler(self.sampler, batch_size, drop_last=True),
             num_workers=num_workers, pin_memory=pin_memory, generator=self.generator,
-            persistent_workers=False, worker_init_fn=worker_init_fn)
+            persistent_workers=False, worker_init_fn=worker_init_fn, collate_fn=collate)
 
     def epoch(self, epoch: int, start_step: int = 0):
         self.sampler.set_epoch(epoch, start_step * self.batch_size)
@@ -312,10 +336,10 @@ class TrainLoader:
 
 def build_eval_loader(dataset, batch_size: int, num_workers: int, num_replicas: int = 1,
                       rank: int = 0, pin_memory: bool = False, worker_init_fn=None) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size,
+    return DataLoader(SkippingView(dataset), batch_size=batch_size,
                       sampler=ShardSampler(len(dataset), num_replicas, rank),
                       num_workers=num_workers, pin_memory=pin_memory,
-                      worker_init_fn=worker_init_fn)
+                      worker_init_fn=worker_init_fn, collate_fn=collate)
 
 
 def loader_init(imports):

@@ -1,6 +1,7 @@
 """``vig-pyg eval``: accuracy, loss and throughput of a checkpoint on a dataset's test split."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -13,6 +14,7 @@ from . import checkpoint as ckpt_io
 from .config import Config, ConfigError, build_config
 from .data import build_datasets, build_eval_loader, loader_init
 from .loop import evaluate
+from .preprocessing import eval_preprocessing
 from .setup import (build_model, check_input_size, load_run_weights, resolve_device,
                     resolve_precision)
 
@@ -56,7 +58,10 @@ def run_eval(checkpoint: str, config_path: Optional[str] = None, overrides: Opti
     if device.type == "cpu" and cfg.train.threads.isdigit():
         torch.set_num_threads(int(cfg.train.threads))
     precision = resolve_precision(cfg, device)
-    _, test_set, num_classes = build_datasets(cfg)
+    prep = eval_preprocessing(cfg)
+    print(f"{cfg.model.name} eval {prep.describe()}", flush=True)
+    splits = build_datasets(cfg)
+    test_set, num_classes = splits.test, splits.num_classes
     torch.manual_seed(cfg.train.seed)
     model = _model_for(cfg, num_classes, training, state).to(device)
     del ckpt, state
@@ -69,7 +74,8 @@ def run_eval(checkpoint: str, config_path: Optional[str] = None, overrides: Opti
            "dataset": cfg.data.dataset, "split": split, "img_size": cfg.data.img_size,
            "precision": precision.name, "device": str(device), "top1": res["top1"],
            "top5": res["top5"], "loss": res["loss"], "images": res["images"],
-           "img_per_s": res["img_per_s"], "wall_time_s": time.perf_counter() - wall0}
+           "img_per_s": res["img_per_s"], "wall_time_s": time.perf_counter() - wall0,
+           "preprocessing": dataclasses.asdict(prep)}
     print(f"{cfg.model.name} on {out['dataset']} ({split}, {res['images']} images, "
           f"{cfg.data.img_size} px, {which} weights): top-1 {res['top1']:.2f}%  top-5 "
           f"{res['top5']:.2f}%  loss {res['loss']:.4f}  {res['img_per_s']:.1f} img/s", flush=True)

@@ -21,16 +21,18 @@ from typing import Optional, Sequence
 from .config import Config
 
 #: The columns of metrics.csv, in order (the one list; TensorBoard tags derive from it).
-CSV_FIELDS = ["epoch", "global_step", "lr", "train_loss", "train_img_per_s", "test_loss",
-              "test_top1", "test_top5", "ema_test_loss", "ema_test_top1", "ema_test_top5",
-              "epoch_time_s", "elapsed_s"]
+CSV_FIELDS = ["epoch", "global_step", "lr", "train_loss", "train_img_per_s", "skipped_images",
+              "val_loss", "val_top1", "val_top5", "ema_val_loss", "ema_val_top1", "ema_val_top5",
+              "test_loss", "test_top1", "test_top5", "ema_test_loss", "ema_test_top1",
+              "ema_test_top5", "epoch_time_s", "elapsed_s"]
 #: Columns that measure time: the only ones a resumed run may differ in.
 TIMING_FIELDS = ("train_img_per_s", "epoch_time_s", "elapsed_s")
 #: summary.json keys that measure time or name places.
 SUMMARY_VOLATILE = ("train_img_per_s", "eval_img_per_s", "train_time_s", "wall_time_s",
                     "run_dir", "checkpoint", "weights_file", "resumes")
-_SCALARS = ("train_loss", "lr", "test_loss", "test_top1", "test_top5", "ema_test_loss",
-            "ema_test_top1", "ema_test_top5")
+_SCALARS = ("train_loss", "lr", "val_loss", "val_top1", "val_top5", "ema_val_loss",
+            "ema_val_top1", "ema_val_top5", "test_loss", "test_top1", "test_top5",
+            "ema_test_loss", "ema_test_top1", "ema_test_top5")
 
 
 def completed_rows(rows: list, completed_epochs: int) -> list:

@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from ..errors import VigPygError, one_line
 from . import distributed as D
-from .config import Config, ConfigError, cuda_graphs_need_cuda, model_kwargs
+from .config import Config, ConfigError, cuda_graphs_need_cuda, in_chans, model_kwargs
 from .imports import import_modules
 
 
@@ -172,7 +172,8 @@ def check_input_size(model: nn.Module, cfg: Config, device: torch.device) -> Non
     model.eval()
     try:
         with torch.no_grad():
-            out = model(torch.zeros(1, 3, cfg.data.img_size, cfg.data.img_size, device=device))
+            size = cfg.data.img_size
+            out = model(torch.zeros(1, in_chans(cfg), size, size, device=device))
     except VigPygError:
         raise
     except Exception as exc:  # any failure here means the size does not fit

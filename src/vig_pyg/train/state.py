@@ -42,9 +42,12 @@ class RunState:
     epoch_samples: int = 0
     train_images: int = 0             # images trained on (all ranks), for img/s
     train_compute_s: float = 0.0      # time inside training steps, for img/s
-    best_top1: float = -1.0
+    epoch_skipped: int = 0            # damaged training images skipped this epoch (this rank)
+    skipped_images: int = 0           # damaged training images skipped in the recorded epochs (all ranks)
+    best_top1: float = -1.0           # on the validation split when there is one, else test
     best_epoch: int = -1
-    evals: dict = field(default_factory=dict)  # last evaluation: {"model": {...}, "ema": {...}}
+    evals: dict = field(default_factory=dict)  # last test evaluation: {"model": {...}, "ema": {...}}
+    val_evals: dict = field(default_factory=dict)  # last validation evaluation, same layout
     finished: bool = False            # the schedule (or train.max_steps) is done
     resumes: int = 0                  # how many times the run was resumed
 
@@ -80,6 +83,7 @@ class RunState:
     def start_epoch(self) -> None:
         if self.step_in_epoch == 0:
             self.epoch_loss_sum, self.epoch_samples, self.epoch_time_s = 0.0, 0, 0.0
+            self.epoch_skipped = 0
 
     @property
     def recorded_epochs(self) -> int:
@@ -90,6 +94,7 @@ class RunState:
     def end_epoch(self) -> None:
         self.epoch, self.step_in_epoch = self.epoch + 1, 0
         self.epoch_loss_sum, self.epoch_samples, self.epoch_time_s = 0.0, 0, 0.0
+        self.epoch_skipped = 0
 
 
 @dataclass
@@ -110,6 +115,7 @@ class Run:
     train_loader: Any
     test_loader: Any
     num_classes: int
+    val_loader: Any = None            # data.val_fraction's split, or None
     state: RunState = field(default_factory=RunState)
 
     @property

@@ -32,8 +32,11 @@ def final_summary(run: Run, run_dir: str, wall0: float) -> dict:
         "model_loss": model_eval.get("loss"),
         "ema_top1": ema_eval.get("top1"), "ema_top5": ema_eval.get("top5"),
         "ema_loss": ema_eval.get("loss"),
+        **_val_summary(state.val_evals),
+        "selected_on": "val" if state.val_evals else "test",
         "best_top1": state.best_top1, "best_epoch": state.best_epoch,
         "epochs": state.epoch + partial, "global_step": state.global_step,
+        "skipped_images": state.skipped_images,  # damaged training images skipped (data.skip_bad_images)
         "eval_img_per_s": head.get("img_per_s"),
         "train_img_per_s": (state.train_images / state.train_compute_s
                             if state.train_compute_s > 0 else None),
@@ -46,6 +49,17 @@ def final_summary(run: Run, run_dir: str, wall0: float) -> dict:
         "checkpoint": os.path.abspath(os.path.join(run_dir, "checkpoints", "last.pt")),
         "config": cfg.to_dict(),
     }
+
+
+def _val_summary(val_evals: dict) -> dict:
+    """The validation split's results (None without one): ``val_*`` of the reported weights
+    (EMA when evaluated), ``model_val_*`` and ``ema_val_*``."""
+    model_eval, ema_eval = val_evals.get("model", {}), val_evals.get("ema", {})
+    head = ema_eval or model_eval
+    out = {}
+    for prefix, ev in (("val_", head), ("model_val_", model_eval), ("ema_val_", ema_eval)):
+        out.update({f"{prefix}{m}": ev.get(m) for m in ("top1", "top5", "loss")})
+    return out
 
 
 def save_final_weights(run: Run, run_dir: str) -> Optional[str]:
@@ -67,7 +81,8 @@ def save_final_weights(run: Run, run_dir: str) -> Optional[str]:
 def print_summary(run: Run, summary: dict) -> None:
     if not run.info.is_main or summary["top1"] is None:
         return
-    print(f"test top-1 {summary['top1']:.2f}%  top-5 {summary['top5']:.2f}%  loss "
+    val = "" if summary["val_top1"] is None else f"val top-1 {summary['val_top1']:.2f}%  "
+    print(f"{val}test top-1 {summary['top1']:.2f}%  top-5 {summary['top5']:.2f}%  loss "
           f"{summary['loss']:.4f}  ({summary['weights']} weights)  |  training "
           f"{summary['train_time_s']:.1f} s, {summary['train_img_per_s'] or 0:.0f} img/s  |  "
           f"{summary['run_dir']}", flush=True)

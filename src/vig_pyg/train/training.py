@@ -97,7 +97,7 @@ def build_run(cfg: Config, device, info: D.DistInfo, resumed: bool) -> Run:
     if (cfg.aug.mixup > 0 or cfg.aug.cutmix > 0) and d.batch_size % 2:
         raise ConfigError(f"mixup/cutmix need an even data.batch_size, got {d.batch_size}")
     set_deterministic(t.deterministic, device)
-    train_set, test_set, num_classes = build_datasets(cfg)
+    train_set, val_set, test_set, num_classes = build_datasets(cfg)
     seed_everything(t.seed)
     model = build_model(cfg, num_classes, initial_weights=not resumed)
     model.to(device)
@@ -108,8 +108,11 @@ def build_run(cfg: Config, device, info: D.DistInfo, resumed: bool) -> Run:
     init = loader_init(cfg.model.imports)
     train_loader = TrainLoader(train_set, d.batch_size, d.num_workers, t.seed, info.world_size,
                                info.rank, pin_memory=pin, worker_init_fn=init)
-    test_loader = build_eval_loader(test_set, d.eval_batch_size, d.num_workers, info.world_size,
-                                    info.rank, pin_memory=pin, worker_init_fn=init)
+    test_loader, val_loader = (
+        None if split is None else build_eval_loader(
+            split, d.eval_batch_size, d.num_workers, info.world_size, info.rank,
+            pin_memory=pin, worker_init_fn=init)
+        for split in (test_set, val_set))
     optimizer = build_optimizer(cfg, model)
     mixup = build_mixup(cfg, num_classes)
     return Run(cfg=cfg, device=device, info=info, precision=precision, model=model,
@@ -119,7 +122,7 @@ def build_run(cfg: Config, device, info: D.DistInfo, resumed: bool) -> Run:
                scheduler=build_scheduler(cfg, optimizer, train_loader.steps_per_epoch),
                scaler=torch.amp.GradScaler(device.type, enabled=precision.scaler),
                criterion=build_criterion(cfg, mixup), mixup=mixup, train_loader=train_loader,
-               test_loader=test_loader, num_classes=num_classes)
+               test_loader=test_loader, val_loader=val_loader, num_classes=num_classes)
 
 
 def _check_resumable(run: Run, path: str, records_dir: str) -> None:
@@ -166,7 +169,8 @@ def _train(run: Run, records: Records, rng) -> None:
         state.finished = train_epoch(run, lambda: run.save(last), rng, tuner)
         rng = None
         final = state.finished or state.epoch + 1 >= t.epochs
-        evals = evaluate_epoch(run) if final or (state.epoch + 1) % t.eval_every == 0 else None
+        evals = (evaluate_epoch(run, final) if final or (state.epoch + 1) % t.eval_every == 0
+                 else None)
         row = epoch_row(run, evals)
         records.add_epoch(row)
         crash_point("epoch_row")
@@ -195,6 +199,7 @@ def _announce(run: Run, run_dir: str, resume_path: Optional[str]) -> None:
     print(f"{'resuming' if resume_path else 'training'} {cfg.model.name} "
           f"({count_params(run.model) / 1e6:.2f} M params, conv {cfg.model.conv}) on "
           f"{cfg.data.dataset}: {len(run.train_loader.sampler.inner.dataset)} train images, "
+          f"{_val_images(run)}"
           f"{run.num_classes} classes, {cfg.train.epochs} epochs x {run.steps_per_epoch} steps, "
           f"batch {cfg.data.batch_size}x{run.info.world_size}, {run.device.type} "
           f"{run.precision.name}{_compiled(cfg)}"
@@ -203,6 +208,12 @@ def _announce(run: Run, run_dir: str, resume_path: Optional[str]) -> None:
     if resume_path:
         print(f"resumed from {resume_path} at epoch {s.epoch + 1}, step "
               f"{s.step_in_epoch}/{run.steps_per_epoch} (global step {s.global_step})", flush=True)
+
+
+def _val_images(run: Run) -> str:
+    if run.val_loader is None:
+        return ""
+    return f"{len(run.val_loader.dataset)} validation images (test once, at the end), "
 
 
 def _compiled(cfg: Config) -> str:
@@ -215,10 +226,11 @@ def _print_epoch(run: Run, row: dict, tuner) -> None:
     if not run.info.is_main:
         return
     msg = f"epoch {row['epoch']}/{run.cfg.train.epochs}  loss {row['train_loss']}  lr {row['lr']}"
-    if row.get("test_top1"):
-        msg += f"  test top-1 {float(row['test_top1']):.2f}%"
-    if row.get("ema_test_top1"):
-        msg += f" (ema {float(row['ema_test_top1']):.2f}%)"
+    for split in ("val", "test"):
+        if row.get(f"{split}_top1"):
+            msg += f"  {split} top-1 {float(row[f'{split}_top1']):.2f}%"
+        if row.get(f"ema_{split}_top1"):
+            msg += f" (ema {float(row[f'ema_{split}_top1']):.2f}%)"
     msg += f"  {row['epoch_time_s']} s"
     if tuner is not None and tuner.active:
         msg += f"  (threads {tuner.describe()})"
