@@ -13,7 +13,8 @@ from torchvision.transforms import CenterCrop, InterpolationMode, Normalize, Res
 from vig_pyg.datasets.table import DATASETS
 from vig_pyg.train.config import ConfigError, build_config
 from vig_pyg.train.data import ToMode, build_transforms
-from vig_pyg.train.preprocessing import KEYS, eval_preprocessing, interpolation_names
+from vig_pyg.train.config import interpolation_names
+from vig_pyg.train.preprocessing import KEYS, eval_preprocessing
 
 FOLDER = ["data.dataset=imagefolder", "data.root=/data/imagenet", "data.img_size=224"]
 

@@ -219,9 +219,7 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"data.{name} needs {chans} values (one per channel, "
                               f"model.in_chans={chans}), got {v}: give {chans} values or null")
     validate_splits(cfg)
-    from .preprocessing import check_preprocessing  # crop and interpolation rules live there
-
-    check_preprocessing(cfg)
+    validate_preprocessing(cfg)
     if len(cfg.aug.scale) != 2 or len(cfg.aug.ratio) != 2:
         raise ConfigError("aug.scale and aug.ratio need two values each, e.g. [0.08, 1.0]")
     if not 0 <= cfg.ema.decay < 1:
@@ -248,6 +246,35 @@ def validate_splits(cfg: Config) -> None:
     if not 0 <= f < 1:
         raise ConfigError(f"data.val_fraction must be in [0, 1), got {f}: use e.g. 0.1 to hold "
                           "out a tenth of the training data, or 0 for no validation split")
+
+
+def interpolation_names() -> tuple:
+    """The resize interpolations timm's transforms take, for training and evaluation alike
+    (``random`` is training-only in timm, so it is not one of them)."""
+    from timm.data.transforms import str_to_interp_mode
+    from torchvision.transforms import InterpolationMode
+
+    names = []
+    for mode in InterpolationMode:
+        try:
+            str_to_interp_mode(mode.value)
+        except KeyError:
+            continue
+        names.append(mode.value)
+    return tuple(names)
+
+
+def validate_preprocessing(cfg: Config) -> None:
+    """``data.crop_pct`` null or in (0, 1]; ``data.interpolation`` null or one of
+    :func:`interpolation_names` (mean/std lengths are checked with the config)."""
+    d = cfg.data
+    if d.crop_pct is not None and not 0 < d.crop_pct <= 1:
+        raise ConfigError(f"data.crop_pct must be in (0, 1], got {d.crop_pct}: e.g. 0.9, or "
+                          "null for the data set's or the model's")
+    names = interpolation_names()
+    if d.interpolation is not None and d.interpolation not in names:
+        raise ConfigError(f"data.interpolation='{d.interpolation}' is not supported: pick one "
+                          f"of {', '.join(names)} (or null for the data set's or the model's)")
 
 
 def validate_compile_mode(cfg: Config) -> None:

@@ -138,34 +138,4 @@ def model_preprocessing(name: str) -> Optional[dict]:
     return pretrained_cfg(ViGConfig(kind=entry.kind, name=name))
 
 
-def interpolation_names() -> tuple:
-    """The resize interpolations timm's transforms take, for training and evaluation alike
-    (``random`` is training-only in timm, so it is not one of them)."""
-    from timm.data.transforms import str_to_interp_mode
-    from torchvision.transforms import InterpolationMode
-
-    names = []
-    for mode in InterpolationMode:
-        try:
-            str_to_interp_mode(mode.value)
-        except KeyError:
-            continue
-        names.append(mode.value)
-    return tuple(names)
-
-
-def check_preprocessing(cfg: Config) -> None:
-    """``data.crop_pct`` null or in (0, 1]; ``data.interpolation`` null or one of
-    :func:`interpolation_names` (mean/std lengths are checked with the config)."""
-    d = cfg.data
-    if d.crop_pct is not None and not 0 < d.crop_pct <= 1:
-        raise ConfigError(f"data.crop_pct must be in (0, 1], got {d.crop_pct}: e.g. 0.9, or "
-                          "null for the data set's or the model's")
-    names = interpolation_names()
-    if d.interpolation is not None and d.interpolation not in names:
-        raise ConfigError(f"data.interpolation='{d.interpolation}' is not supported: pick one "
-                          f"of {', '.join(names)} (or null for the data set's or the model's)")
-
-
-__all__ = ["Preprocessing", "eval_preprocessing", "model_preprocessing", "check_preprocessing",
-           "interpolation_names", "KEYS"]
+__all__ = ["Preprocessing", "eval_preprocessing", "model_preprocessing", "KEYS"]
