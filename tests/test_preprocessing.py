@@ -11,9 +11,8 @@ from PIL import Image
 from torchvision.transforms import CenterCrop, InterpolationMode, Normalize, Resize
 
 from vig_pyg.datasets.table import DATASETS
-from vig_pyg.train.config import ConfigError, build_config
+from vig_pyg.train.config import ConfigError, build_config, interpolation_names
 from vig_pyg.train.data import ToMode, build_transforms
-from vig_pyg.train.config import interpolation_names
 from vig_pyg.train.preprocessing import KEYS, eval_preprocessing
 
 FOLDER = ["data.dataset=imagefolder", "data.root=/data/imagenet", "data.img_size=224"]
